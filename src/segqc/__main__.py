@@ -1,0 +1,3 @@
+from segqc.cli import main
+
+main()

@@ -1,0 +1,468 @@
+"""Assess new images with a bundle: mask, uncertainty map, predicted Jaccard and pass/refer decision."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from segqc.bundle import Bundle
+from segqc.data.readers import IMAGE_EXTENSIONS, open_image, resize_image, to_rgb
+from segqc.errors import DataError, SegQCError
+from segqc.segmenter import upsample_probs
+from segqc.types import QualitySamples
+from segqc.utils import atomic_write, write_json
+
+if TYPE_CHECKING:
+    from segqc.review_page import ReviewCase
+
+
+@dataclass
+class Assessment:
+    """The verdict on one image.
+
+    Attributes:
+        id: the image's id.
+        predicted_jaccard: g's estimate of the Jaccard index of ``mask``, in [0, 1].
+        decision: ``"refer"`` when ``predicted_jaccard < threshold`` (send to a human), else ``"pass"``.
+        threshold: the bundle's threshold.
+        mean_uncertainty: mean of f's uncertainty map at the model's resolution.
+        mask: ``(H, W)`` uint8 in {0, 1}, at the input image's own resolution.
+        uncertainty: ``(H, W)`` float32 uncertainty map, at the input image's own resolution.
+    """
+
+    id: str
+    predicted_jaccard: float
+    decision: str
+    threshold: float
+    mean_uncertainty: float
+    mask: np.ndarray
+    uncertainty: np.ndarray
+
+    @property
+    def referred(self) -> bool:
+        return self.decision == "refer"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-able fields (no arrays)."""
+        return {
+            "id": self.id,
+            "predicted_jaccard": self.predicted_jaccard,
+            "decision": self.decision,
+            "threshold": self.threshold,
+            "mean_uncertainty": self.mean_uncertainty,
+        }
+
+
+def _check_image(image: Any, id_: str) -> np.ndarray:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        shape = getattr(image, "shape", None)
+        dtype = getattr(image, "dtype", type(image).__name__)
+        raise DataError(f"{id_}: expected an (H, W, 3) uint8 RGB image, got shape {shape} of {dtype}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise DataError(f"{id_}: image has no pixels")
+    return image
+
+
+def assess_images(
+    bundle: Bundle, images: Sequence[np.ndarray], ids: Sequence[str] | None = None, *, batch_size: int = 16
+) -> list[Assessment]:
+    """Segment images with f, predict the quality of each segmentation with g, decide pass or refer.
+
+    Each image is resized (bilinear) to the bundle's square ``image_size``; f's probability and
+    uncertainty maps are resized back (bilinear) to the image's own size, and the mask is the
+    resized probability thresholded at 0.5.
+
+    Args:
+        bundle: a loaded bundle.
+        images: ``(H, W, 3)`` uint8 RGB images, each of any size.
+        ids: one id per image. Defaults to ``"0"``, ``"1"``, ...
+        batch_size: images per forward pass. Defaults to 16.
+
+    Returns:
+        One :class:`Assessment` per image, in order.
+
+    Raises:
+        DataError: an image is not an ``(H, W, 3)`` uint8 array, or ``ids`` has the wrong length.
+    """
+    ids = [str(i) for i in range(len(images))] if ids is None else [str(i) for i in ids]
+    if len(ids) != len(images):
+        raise DataError(f"got {len(images)} images but {len(ids)} ids")
+    if batch_size < 1:
+        raise DataError(f"batch size must be at least 1, got {batch_size}")
+    checked = [_check_image(image, id_) for image, id_ in zip(images, ids)]
+    size, threshold = bundle.image_size, bundle.threshold
+    out: list[Assessment] = []
+    for start in range(0, len(checked), batch_size):
+        batch = checked[start : start + batch_size]
+        small = np.stack([resize_image(np.ascontiguousarray(image), size) for image in batch])
+        pred = bundle.segmenter.predict(small, batch_size=batch_size)
+        quality = bundle.predictor.predict(QualitySamples(small, pred.mask, pred.uncertainty))
+        for j, image in enumerate(batch):
+            h, w = image.shape[:2]
+            # Resize probabilities, not the mask, so borders stay smooth at high resolution.
+            probs = upsample_probs(pred.probs[j : j + 1], h, w)[0]
+            uncertainty = upsample_probs(pred.uncertainty[j : j + 1], h, w)[0].astype(np.float32)
+            q = float(np.clip(quality[j], 0.0, 1.0))
+            out.append(
+                Assessment(
+                    id=ids[start + j],
+                    predicted_jaccard=q,
+                    decision="refer" if q < threshold else "pass",
+                    threshold=threshold,
+                    mean_uncertainty=float(pred.uncertainty[j].mean()),
+                    mask=(probs > 0.5).astype(np.uint8),
+                    uncertainty=uncertainty,
+                )
+            )
+    return out
+
+
+# -- files in, files out: what ``segqc predict`` does ------------------------------------------------------
+
+#: Columns of ``quality.csv``, one row per assessed image.
+QUALITY_COLUMNS = ("id", "predicted_jaccard", "decision", "threshold", "mean_uncertainty", "source")
+#: Columns of ``errors.csv``, one row per input that could not be read.
+ERROR_COLUMNS = ("id", "source", "reason")
+#: Per-image output folders: binary mask (0/255), uncertainty heat map, mask overlay; all PNG.
+OUTPUT_DIRS = ("masks", "uncertainty", "overlays")
+RUN_FILE = "run.json"
+_GLOB_CHARS = frozenset("*?[")
+
+
+def collect_inputs(inputs: Sequence[str | Path], *, exclude: str | Path | None = None) -> list[Path]:
+    """Image files named by ``inputs``: files, folders (searched recursively) and glob patterns.
+
+    Folders contribute files with a known image extension (``.jpg .jpeg .png .bmp .tif .tiff``, any
+    case), skipping hidden files and folders; a file named explicitly is taken whatever its name.
+    Patterns (``*``, ``?``, ``[...]``, ``**``) are expanded here too, for quoted patterns. A file
+    reached twice is listed once; anything under ``exclude`` (the output folder) is skipped.
+
+    Raises:
+        DataError: an input is neither a file, a folder nor a pattern matching something.
+    """
+    import glob
+
+    skip = Path(exclude).resolve() if exclude is not None else None
+    found: dict[Path, Path] = {}
+
+    def add(path: Path) -> None:
+        resolved = path.resolve()
+        if skip is not None and resolved.is_relative_to(skip):
+            return
+        found.setdefault(resolved, path)
+
+    def add_folder(folder: Path) -> None:
+        for path in sorted(folder.rglob("*")):
+            parts = path.relative_to(folder).parts
+            if (
+                path.suffix.lower() in IMAGE_EXTENSIONS
+                and path.is_file()
+                and not any(p.startswith(".") for p in parts)
+            ):
+                add(path)
+
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            add_folder(path)
+        elif path.is_file():
+            add(path)
+        elif _GLOB_CHARS & set(str(raw)):
+            matches = sorted(glob.glob(str(raw), recursive=True))
+            if not matches:
+                raise DataError(f"{raw}: no file matches this pattern")
+            for match in map(Path, matches):
+                if match.is_dir():
+                    add_folder(match)
+                else:
+                    add(match)
+        else:
+            raise DataError(f"{raw}: no such file or folder")
+    return list(found.values())
+
+
+def unique_ids(paths: Sequence[Path]) -> list[str]:
+    """One id per path: the file stem, or, when stems clash, the stem plus ``-`` and 8 hex digits of
+    the SHA-1 of the absolute path (more digits if still clashing).
+
+    Stems are compared ignoring case, because outputs ``masks/<id>.png`` must not collide on
+    case-insensitive file systems. The ids depend only on the set of paths, so a re-run gets the
+    same ids.
+    """
+
+    def digest(path: Path) -> str:
+        return hashlib.sha1(str(path.resolve()).encode("utf-8", "surrogateescape")).hexdigest()
+
+    ids = [p.stem for p in paths]
+    for length in (8, 16, 40):
+        counts = Counter(i.casefold() for i in ids)
+        clashing = [k for k, i in enumerate(ids) if counts[i.casefold()] > 1]
+        if not clashing:
+            break
+        for k in clashing:
+            ids[k] = f"{paths[k].stem}-{digest(paths[k])[:length]}"
+    return ids
+
+
+def read_input(path: Path) -> np.ndarray:
+    """Decode an input file as ``(H, W, 3)`` uint8 RGB (any mode, EXIF-rotated); DataError if it can't."""
+    try:
+        return to_rgb(open_image(path, str(path)))
+    except DataError:
+        raise
+    except Exception as err:  # Pillow raises many types on corrupt files; one bad file must not stop a run
+        raise DataError(f"{path}: cannot read image ({type(err).__name__}: {err})") from None
+
+
+def _png_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_png(path: Path, array: np.ndarray) -> None:
+    """Write a PNG via a temporary file, so the file is either complete or absent."""
+    with atomic_write(path) as fh:
+        fh.write(_png_bytes(array))
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_write(path) as fh:
+        fh.write(text.getvalue().encode("utf-8", "surrogateescape"))
+
+
+def _read_csv(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as fh:
+            reader = csv.DictReader(fh)
+            if tuple(reader.fieldnames or ()) != tuple(columns):
+                raise SegQCError(
+                    f"{path}: not a segqc output (columns {reader.fieldnames}, expected {columns})"
+                )
+            return list(reader)
+    except (OSError, csv.Error, UnicodeError) as err:
+        raise SegQCError(f"{path}: cannot read ({err})") from None
+
+
+@dataclass
+class PredictSummary:
+    """What :func:`assess_files` did.
+
+    Attributes:
+        out: the output folder.
+        assessed: ids assessed in this run.
+        skipped: ids skipped because an earlier run into the same folder had done them.
+        errors: ``(id, source, reason)`` of the inputs that could not be read.
+        rows: every row of ``quality.csv`` (this run's and earlier ones').
+        report: path of ``report.html``.
+    """
+
+    out: Path
+    assessed: list[str]
+    skipped: list[str]
+    errors: list[dict[str, str]]
+    rows: list[dict[str, Any]]
+    report: Path | None = None
+
+    @property
+    def n_referred(self) -> int:
+        return sum(r["decision"] == "refer" for r in self.rows)
+
+
+def _done(out: Path, id_: str) -> bool:
+    return all((out / d / f"{id_}.png").is_file() for d in OUTPUT_DIRS)
+
+
+def _check_run_file(out: Path, bundle: Bundle) -> None:
+    """Refuse to mix the outputs of two models in one folder; record the model on first use."""
+    run_file = out / RUN_FILE
+    weights = bundle.config.get("sha256")
+    if run_file.is_file():
+        try:
+            previous = json.loads(run_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise SegQCError(f"{run_file}: cannot read ({err})") from None
+        if previous.get("weights_sha256") != weights or previous.get("threshold") != bundle.threshold:
+            raise SegQCError(
+                f"{out} holds the results of another model ({previous.get('model')}); "
+                "choose another --out folder, or delete this one"
+            )
+        return
+    if (out / "quality.csv").exists():
+        raise SegQCError(f"{out}: has a quality.csv but no {RUN_FILE}; not a segqc predict folder")
+    write_json(
+        run_file,
+        {"model": str(bundle.path.resolve()), "weights_sha256": weights, "threshold": bundle.threshold,
+         "method": bundle.method, "image_size": bundle.image_size},
+    )  # fmt: skip
+
+
+def _clean_temporaries(out: Path) -> None:
+    """Remove temporary files a killed run may have left (``atomic_write`` names them ``.<name>.*.tmp``)."""
+    for folder in (out, *(out / d for d in OUTPUT_DIRS)):
+        if folder.is_dir():
+            for tmp in folder.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+
+def assess_files(
+    bundle: Bundle,
+    paths: Sequence[Path],
+    out_dir: str | Path,
+    *,
+    ids: Sequence[str] | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+    report: bool = True,
+) -> PredictSummary:
+    """Assess image files and write the results under ``out_dir``.
+
+    Writes, for each image, ``masks/<id>.png`` (0/255 at the image's own resolution),
+    ``uncertainty/<id>.png`` (heat map) and ``overlays/<id>.png``; one row per image in
+    ``quality.csv`` (:data:`QUALITY_COLUMNS`); the inputs that cannot be read in ``errors.csv``
+    (:data:`ERROR_COLUMNS`, always written); the model used in ``run.json``; and ``report.html``.
+
+    Every file is written to a temporary file and renamed, and ``quality.csv`` is rewritten after
+    each batch, so an interrupted run leaves only complete files. A re-run into the same folder
+    skips the images already in ``quality.csv`` (same id and source) whose three images exist.
+
+    Args:
+        bundle: a loaded bundle.
+        paths: image files (see :func:`collect_inputs`).
+        out_dir: output folder, created if needed.
+        ids: one id per path. Defaults to :func:`unique_ids`.
+        batch_size: images decoded and assessed together. Defaults to 16.
+        progress: show a progress bar. Defaults to True.
+        report: write ``report.html``. Defaults to True.
+
+    Raises:
+        SegQCError: ``out_dir`` holds results of another model, or its ``quality.csv`` is not ours.
+    """
+    from segqc.review_page import ReviewCase, thumbnail, write_review_page
+    from segqc.visualize import heatmap, mask_overlay
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ids = unique_ids(paths) if ids is None else list(ids)
+    if len(ids) != len(paths):
+        raise DataError(f"got {len(paths)} paths but {len(ids)} ids")
+    _check_run_file(out, bundle)
+    _clean_temporaries(out)
+    quality_csv = out / "quality.csv"
+    rows: dict[str, dict[str, Any]] = {}
+    if quality_csv.is_file():
+        rows = {r["id"]: r for r in _read_csv(quality_csv, QUALITY_COLUMNS)}
+    sources = [str(p.resolve()) for p in paths]  # absolute, so a re-run from elsewhere still matches
+    todo, skipped = [], []
+    for k, (id_, source) in enumerate(zip(ids, sources)):
+        row = rows.get(id_)
+        if row is not None and row["source"] == source and _done(out, id_):
+            skipped.append(id_)
+        else:
+            rows.pop(id_, None)  # stale or partial: redone below
+            todo.append(k)
+
+    vmax = bundle.uncertainty_vmax
+    cases: dict[str, ReviewCase] = {}
+    errors: list[dict[str, str]] = []
+    assessed: list[str] = []
+    with tqdm(total=len(todo), desc="assess", unit="image", disable=not progress) as bar:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            images, good = [], []
+            for k in chunk:
+                try:
+                    images.append(read_input(paths[k]))
+                    good.append(k)
+                except DataError as err:
+                    errors.append({"id": ids[k], "source": sources[k], "reason": str(err)})
+            results = assess_images(bundle, images, [ids[k] for k in good], batch_size=batch_size)
+            for k, rgb, a in zip(good, images, results):
+                uncertainty_rgb = heatmap(a.uncertainty, vmax)
+                overlay = mask_overlay(rgb, a.mask)
+                write_png(out / "masks" / f"{a.id}.png", a.mask * np.uint8(255))
+                write_png(out / "uncertainty" / f"{a.id}.png", uncertainty_rgb)
+                write_png(out / "overlays" / f"{a.id}.png", overlay)
+                rows[a.id] = {**_format_row(a), "source": sources[k]}
+                assessed.append(a.id)
+                if report:
+                    cases[a.id] = ReviewCase(
+                        **_case_fields(rows[a.id]), image=thumbnail(rgb), overlay=thumbnail(overlay),
+                        uncertainty=thumbnail(uncertainty_rgb),
+                    )  # fmt: skip
+            bar.update(len(chunk))
+            _write_csv(quality_csv, QUALITY_COLUMNS, list(rows.values()))
+            _write_csv(out / "errors.csv", ERROR_COLUMNS, errors)
+    _write_csv(quality_csv, QUALITY_COLUMNS, list(rows.values()))
+    _write_csv(out / "errors.csv", ERROR_COLUMNS, errors)
+
+    summary = PredictSummary(out, assessed, skipped, errors, list(rows.values()))
+    if report:
+        for id_, row in rows.items():
+            if id_ not in cases:
+                cases[id_] = _case_from_disk(out, row)
+        rule = (bundle.config.get("threshold_rule") or {}).get("description", "")
+        summary.report = write_review_page(
+            out / "report.html",
+            list(cases.values()),
+            errors=[(e["source"], e["reason"]) for e in errors],
+            title="segqc review",
+            subtitle=f"model {bundle.path.name}: method {bundle.method}, refer when predicted Jaccard < "
+            f"{bundle.threshold:g}" + (f" ({rule})" if rule else ""),
+        )
+    return summary
+
+
+def _format_row(a: Assessment) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "predicted_jaccard": f"{a.predicted_jaccard:.6f}",
+        "decision": a.decision,
+        "threshold": f"{a.threshold:g}",
+        "mean_uncertainty": f"{a.mean_uncertainty:.6f}",
+    }
+
+
+def _case_fields(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "predicted_jaccard": float(row["predicted_jaccard"]),
+        "decision": row["decision"],
+        "threshold": float(row["threshold"]),
+        "mean_uncertainty": float(row["mean_uncertainty"]),
+        "source": row["source"],
+    }
+
+
+def _case_from_disk(out: Path, row: dict[str, Any]) -> ReviewCase:
+    """A review case for an image assessed by an earlier run: thumbnails from its files."""
+    from segqc.review_page import ReviewCase, thumbnail
+
+    def thumb(path: Path) -> bytes | None:
+        try:
+            return thumbnail(read_input(path))
+        except (DataError, OSError):
+            return None  # e.g. the source image was moved since
+
+    id_ = row["id"]
+    return ReviewCase(
+        **_case_fields(row),
+        image=thumb(Path(row["source"])),
+        overlay=thumb(out / "overlays" / f"{id_}.png"),
+        uncertainty=thumb(out / "uncertainty" / f"{id_}.png"),
+    )

@@ -1,0 +1,139 @@
+"""``segqc serve``: the HTTP service over a model bundle (needs the optional extra ``segqc[serve]``)."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+MiB = 1024 * 1024
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``segqc.cli.handle_errors`` (SegQCError -> message and exit code 1), looked up when the command
+    runs: cli.py imports this module to attach the command, so importing cli.py here, at import time,
+    would be circular when this module is imported first."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from segqc.cli import handle_errors as cli_handle_errors
+
+        return cli_handle_errors(fn)(*args, **kwargs)
+
+    return wrapper
+
+
+def _import_server():  # -> (uvicorn module, create_app)
+    """Import the web stack only when serving, so the rest of the CLI works without it."""
+    missing = [
+        pkg
+        for pkg, modules in (
+            ("fastapi", ("fastapi",)),
+            ("uvicorn", ("uvicorn",)),
+            ("python-multipart", ("python_multipart", "multipart")),
+        )
+        if not any(_installed(m) for m in modules)
+    ]
+    if missing:
+        raise click.ClickException(
+            f"segqc serve needs the optional web packages ({', '.join(missing)} missing); "
+            "install them with: pip install 'segqc[serve]'"
+        )
+    import uvicorn
+
+    from segqc.service.app import create_app
+
+    return uvicorn, create_app
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a module set to None in sys.modules, or a broken package
+        return False
+
+
+@click.command("serve")
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Model bundle folder (written by `segqc train`).",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0: a free port."
+)
+@click.option(
+    "--max-upload-mb",
+    type=click.FloatRange(0.0, min_open=True),
+    default=20.0,
+    show_default=True,
+    help="Largest accepted upload (413 above).",
+)
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(1),
+    default=40_000_000,
+    show_default=True,
+    help="Largest accepted width x height, checked before decoding (413 above).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Server processes, each with its own copy of the model. Within a process, requests run in "
+    "parallel threads but the model runs one request at a time.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+    default="info",
+    show_default=True,
+    help="warning hides the per-request access log.",
+)
+@handle_errors
+def serve(
+    model_dir: Path, host: str, port: int, max_upload_mb: float, max_pixels: int, workers: int, log_level: str
+) -> None:
+    """Serve a model bundle over HTTP: POST /v1/assess, GET /v1/model, GET /healthz, docs at /docs.
+
+    \b
+    Example:
+        segqc serve --model model --port 8000
+        curl -F file=@lesion.jpg http://127.0.0.1:8000/v1/assess
+    """
+    uvicorn, create_app = _import_server()
+    max_upload_bytes = int(max_upload_mb * MiB)
+    # Load (and warm up) the bundle here, so a bad bundle is a clear error and exit code 1, even with workers.
+    app = create_app(model_dir, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels)
+    bundle = app.state.bundle
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(
+        f"segqc serve: model {model_dir} ({bundle.method}, threshold {bundle.threshold:g}) on "
+        f"http://{shown}:{port} (API docs at /docs)",
+        err=True,
+    )
+    common = {"host": host, "port": port, "log_level": log_level, "server_header": False}
+    if workers == 1:
+        uvicorn.run(app, **common)
+        return
+    # Several processes: uvicorn imports the app factory in each, which reads these settings.
+    os.environ.update(
+        SEGQC_SERVE_MODEL=str(Path(model_dir).resolve()),
+        SEGQC_SERVE_MAX_UPLOAD_BYTES=str(max_upload_bytes),
+        SEGQC_SERVE_MAX_PIXELS=str(max_pixels),
+    )
+    del app
+    uvicorn.run("segqc.service.app:create_app_from_env", factory=True, workers=workers, **common)
+
+
+if __name__ == "__main__":  # python -m segqc.commands.serve_cli, before it is attached to the segqc group
+    serve()

@@ -1,0 +1,244 @@
+"""Readers: single images and masks, the ISIC 2017 and generic folder layouts, protocol files.
+
+Every failure raises :class:`~segqc.errors.DataError` with the offending file in the message.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from segqc.errors import DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+#: Mask names tried, in order, for the generic ``images/`` + ``masks/`` layout.
+MASK_PATTERNS = ("{id}_segmentation.png", "{id}_lesion.png", "{id}_mask.png", "{id}.png")
+#: Official ISIC 2017 Part 1 folders: (image folder, ground-truth folder) per split.
+ISIC2017_SPLITS = {
+    "Training": ("ISIC-2017_Training_Data", "ISIC-2017_Training_Part1_GroundTruth"),
+    "Validation": ("ISIC-2017_Validation_Data", "ISIC-2017_Validation_Part1_GroundTruth"),
+    "Test": ("ISIC-2017_Test_v2_Data", "ISIC-2017_Test_v2_Part1_GroundTruth"),
+}
+_ISIC_IMAGE = re.compile(r"^(ISIC_\d+)\.jpg$", re.IGNORECASE)
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, UnidentifiedImageError)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One image file and its ground-truth mask file (``mask`` is ``None`` for unlabelled images)."""
+
+    id: str
+    image: Path
+    mask: Path | None
+
+
+class ImageTooLargeError(DataError):
+    """The image declares more pixels than allowed (a possible decompression bomb)."""
+
+
+def open_image(
+    source: str | Path | BinaryIO, name: str, what: str = "image", max_pixels: int | None = None
+) -> Image.Image:
+    """Open and fully decode an image file or stream, with clear errors naming ``name``.
+
+    Args:
+        source: a path or a binary stream.
+        name: how to name the source in errors (a path, an upload's file name).
+        what: ``"image"`` or ``"mask"``, for the messages.
+        max_pixels: refuse images declaring more pixels than this, before decoding them.
+            Defaults to Pillow's decompression-bomb limit.
+    """
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns (rather than fails) between 1x and 2x its pixel limit: treat both as bombs.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(source)
+            if limit and img.width * img.height > limit:
+                raise ImageTooLargeError(
+                    f"{name}: {what} declares {img.width}x{img.height} pixels, more than the limit of {limit}"
+                )
+            img.load()
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+        raise ImageTooLargeError(f"{name}: {what} is too large to decode safely ({err})") from None
+    except _DECODE_ERRORS as err:
+        raise DataError(f"{name}: cannot read {what} ({type(err).__name__}: {err})") from None
+    return img
+
+
+def _open(path: Path, what: str) -> Image.Image:
+    if not path.is_file():
+        raise DataError(f"{path}: {what} file not found")
+    return open_image(path, str(path), what)
+
+
+def to_rgb(img: Image.Image) -> np.ndarray:
+    """Any Pillow image (grey, 16-bit, RGBA, palette, EXIF-rotated) -> ``(H, W, 3)`` uint8 RGB."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Composite onto white: transparent regions of a photo are background, not black lesion.
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(bg, rgba)
+    return np.asarray(img.convert("RGB"))
+
+
+def read_image(path: str | Path, size: int | None = None) -> np.ndarray:
+    """Read an image as ``(H, W, 3)`` uint8 RGB, resized (bilinear) to ``size x size`` if given."""
+    path = Path(path)
+    rgb = to_rgb(_open(path, "image"))
+    if rgb.shape[0] < 1 or rgb.shape[1] < 1:
+        raise DataError(f"{path}: image has no pixels")
+    return resize_image(rgb, size) if size else rgb
+
+
+def resize_image(rgb: np.ndarray, size: int) -> np.ndarray:
+    if rgb.shape[:2] == (size, size):
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a {0,1} mask to ``(height, width)``."""
+    if mask.shape == tuple(size):
+        return mask
+    return np.asarray(Image.fromarray(mask * 255).resize((size[1], size[0]), Image.NEAREST)) // 255
+
+
+def read_mask(
+    path: str | Path, size: int | None = None, *, expect_shape: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Read a binary mask (values 0/255 or 0/1) as ``(H, W)`` uint8 in {0, 1}.
+
+    Args:
+        path: mask file.
+        size: resize (nearest) to ``size x size`` after the checks. Defaults to no resize.
+        expect_shape: ``(H, W)`` of the image the mask belongs to; a mask of another size is an error.
+    """
+    path = Path(path)
+    img = _open(path, "mask")
+    arr = np.asarray(img.convert("L") if img.mode in ("P", "1", "LA", "RGBA") else img)
+    if arr.ndim == 3:
+        if not (arr == arr[..., :1]).all():
+            raise DataError(f"{path}: mask is a colour image; expected one channel with values 0/255 or 0/1")
+        arr = arr[..., 0]
+    if expect_shape is not None and arr.shape != tuple(expect_shape):
+        raise DataError(
+            f"{path}: mask is {arr.shape[1]}x{arr.shape[0]} "
+            f"but its image is {expect_shape[1]}x{expect_shape[0]}"
+        )
+    values = np.unique(arr)
+    if set(values.tolist()) <= {0, 255}:
+        mask = (arr == 255).astype(np.uint8)
+    elif set(values.tolist()) <= {0, 1}:
+        mask = arr.astype(np.uint8)
+    else:
+        shown = ", ".join(str(v) for v in values[:8]) + (", ..." if len(values) > 8 else "")
+        raise DataError(f"{path}: mask is not binary (values {shown}); expected only 0/255 or 0/1")
+    return resize_mask(mask, (size, size)) if size else mask
+
+
+def read_pair(pair: Pair, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read an image and its mask, checking that they have the same size, then resize both."""
+    if pair.mask is None:
+        raise DataError(f"{pair.image}: no ground-truth mask found for id {pair.id!r}")
+    image = read_image(pair.image)
+    mask = read_mask(pair.mask, expect_shape=image.shape[:2])
+    if size:
+        image, mask = resize_image(image, size), resize_mask(mask, (size, size))
+    return image, mask
+
+
+def find_isic2017(root: str | Path) -> dict[str, Pair]:
+    """Pairs of the official ISIC 2017 Part 1 layout under ``root``, keyed by ISIC id.
+
+    Every split folder present is read (Training, Validation, Test_v2); the ``*_superpixels.png``
+    files of the official archives are ignored. An image without its mask is kept with ``mask=None``.
+    """
+    root = Path(root)
+    pairs: dict[str, Pair] = {}
+    for image_dir, mask_dir in ISIC2017_SPLITS.values():
+        if not (root / image_dir).is_dir():
+            continue
+        for path in sorted((root / image_dir).iterdir()):
+            match = _ISIC_IMAGE.match(path.name)
+            if match:
+                id_ = match.group(1)
+                mask = root / mask_dir / f"{id_}_segmentation.png"
+                pairs[id_] = Pair(id_, path, mask if mask.is_file() else None)
+    return pairs
+
+
+def find_folder(root: str | Path, mask_pattern: str | None = None) -> dict[str, Pair]:
+    """Pairs of the generic layout ``root/images/<id>.<ext>`` + ``root/masks/<mask_pattern>``.
+
+    Args:
+        root: folder holding ``images/`` and (optionally) ``masks/``.
+        mask_pattern: mask file name with an ``{id}`` placeholder. Defaults to the first of
+            :data:`MASK_PATTERNS` that matches the first image.
+    """
+    root = Path(root)
+    images = sorted(p for p in (root / "images").iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    mask_dir = root / "masks"
+    if mask_pattern is None and images:
+        first = images[0].stem
+        mask_pattern = next(
+            (p for p in MASK_PATTERNS if (mask_dir / p.format(id=first)).is_file()), MASK_PATTERNS[-1]
+        )
+    pairs: dict[str, Pair] = {}
+    for path in images:
+        if path.stem in pairs:
+            raise DataError(f"{path}: two images share the id {path.stem!r}")
+        mask = mask_dir / mask_pattern.format(id=path.stem)  # type: ignore[union-attr]
+        pairs[path.stem] = Pair(path.stem, path, mask if mask.is_file() else None)
+    return pairs
+
+
+def find_pairs(root: str | Path, mask_pattern: str | None = None) -> dict[str, Pair]:
+    """Image/mask pairs under ``root``, in the ISIC 2017 layout or the generic folder layout."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: data folder not found")
+    if any((root / image_dir).is_dir() for image_dir, _ in ISIC2017_SPLITS.values()):
+        pairs = find_isic2017(root)
+    elif (root / "images").is_dir():
+        pairs = find_folder(root, mask_pattern)
+    else:
+        raise DataError(
+            f"{root}: not a data folder; expected the ISIC 2017 layout (ISIC-2017_Training_Data/, ...) "
+            "or images/ + masks/"
+        )
+    if not pairs:
+        raise DataError(f"{root}: no images found")
+    return pairs
+
+
+def read_protocol(path: str | Path) -> dict[str, list[str]]:
+    """Read a protocol file: JSON with named lists of ids, e.g. ``{"train": [...], "test": [...]}``."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: protocol file not found") from None
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: cannot read protocol file ({err})") from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: protocol must be a JSON object of named id lists")
+    splits = {k: v for k, v in raw.items() if isinstance(v, list)}
+    for name, ids in splits.items():
+        if not all(isinstance(i, str) for i in ids):
+            raise DataError(f"{path}: split {name!r} must be a list of id strings")
+    if not splits:
+        raise DataError(f"{path}: protocol has no id lists")
+    return splits

@@ -1,0 +1,113 @@
+"""Training and inference loops shared by f and g: plain Python, no callbacks.
+
+Distributed data parallel training comes for free under ``torchrun``: when ``WORLD_SIZE > 1`` the
+loop joins the process group (gloo on the CPU, nccl on CUDA), wraps the model in
+DistributedDataParallel and gives each rank its share of every global batch, as
+DistributedSampler would. Only rank 0 shows progress; callers write files on rank 0 only
+(:func:`is_main_process`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+
+def init_distributed() -> bool:
+    """Join the torchrun process group if this process was started by torchrun with several ranks."""
+    if dist.is_available() and dist.is_initialized():
+        return True
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+        return False
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend)
+    return True
+
+
+def rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main_process() -> bool:
+    """True on rank 0 (and in a plain single-process run): the process that writes files and logs."""
+    return rank_and_world()[0] == 0
+
+
+def train_loop(
+    model: nn.Module,
+    tensors: tuple[Tensor, ...],
+    step: Callable[[nn.Module, tuple[Tensor, ...]], Tensor],
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    generator: torch.Generator,
+    device: torch.device,
+    desc: str = "train",
+    progress: bool = True,
+    micro_batches: int = 1,
+) -> list[float]:
+    """Adam on shuffled mini-batches; ``step(model, batch)`` returns the batch loss.
+
+    ``tensors`` are aligned along the first axis and stay on the CPU (pinned when training on
+    CUDA); each batch is moved to ``device``. On CUDA the step runs under bf16 autocast. Under
+    torchrun, ``batch_size`` is the global batch, split evenly over the ranks; every rank draws
+    the same shuffling from ``generator``. ``micro_batches > 1`` splits each batch into that many
+    interleaved parts and accumulates their gradients: the same arithmetic as that many ranks
+    (BatchNorm statistics per part included). Returns the mean loss of each epoch (of this rank).
+    """
+    distributed = init_distributed()
+    rank, world = rank_and_world()
+    cuda = device.type == "cuda"
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+        tensors = tuple(t.pin_memory() for t in tensors)
+    net: nn.Module = model
+    if distributed:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    n = len(tensors[0])
+    batches = math.ceil(n / batch_size)
+    history: list[float] = []
+    net.train()
+    show = progress and rank == 0
+    with tqdm(total=epochs * batches, desc=desc, disable=not show, unit="batch", leave=False) as bar:
+        for epoch in range(epochs):
+            order = torch.randperm(n, generator=generator)
+            total, count = 0.0, 0
+            for start in range(0, n, batch_size):
+                idx = order[start : start + batch_size]
+                bar.update(1)
+                # BatchNorm cannot train on a single sample; decided on the global batch so ranks agree.
+                if len(idx) < 2 * world * micro_batches:
+                    continue
+                idx = idx[rank::world]
+                opt.zero_grad(set_to_none=True)
+                for part in range(micro_batches):
+                    sub = idx[part::micro_batches]
+                    batch = tuple(t[sub].to(device, non_blocking=True) for t in tensors)
+                    with torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext():
+                        loss = step(net, batch) / micro_batches
+                    loss.backward()
+                    total += loss.item() * micro_batches * len(sub)
+                    count += len(sub)
+                opt.step()
+            history.append(total / max(count, 1))
+            bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]:.4f}")
+    model.eval()
+    return history
+
+
+def batched(n: int, batch_size: int) -> list[slice]:
+    return [slice(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]

@@ -1,0 +1,26 @@
+"""Exceptions raised by segqc. The CLI maps them to exit codes, the service to 4xx answers."""
+
+from __future__ import annotations
+
+
+class SegQCError(Exception):
+    """Base class of every error segqc raises on purpose (bad input, bad settings, bad files)."""
+
+
+class DataError(SegQCError, ValueError):
+    """An image, mask, folder or protocol file cannot be used; the message names the file."""
+
+
+class UnknownNameError(SegQCError, KeyError):
+    """A registry lookup with a name that is not registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class NotFittedError(SegQCError, ValueError, AttributeError):
+    """A predictor was used before ``fit``."""
+
+
+class BundleError(SegQCError, ValueError):
+    """A model file or bundle is missing, tampered with, or does not match its config."""

@@ -1,0 +1,29 @@
+"""Metrics: per-image segmentation overlap, and how well predicted quality matches true quality.
+
+``jaccard`` / ``dice`` score masks; ``quality_metrics`` scores a quality predictor's per-image Jaccard
+predictions against the true ones. ``HIGHER_IS_BETTER`` gives the better direction of each key of
+``quality_metrics`` (whose keys, in order, are ``QUALITY_KEYS``).
+"""
+
+from __future__ import annotations
+
+from segqc.metrics.quality import (
+    HIGHER_IS_BETTER,
+    QUALITY_KEYS,
+    aurc,
+    detection_error,
+    quality_metrics,
+    risk_coverage_curve,
+)
+from segqc.metrics.segmentation import dice, jaccard
+
+__all__ = [
+    "HIGHER_IS_BETTER",
+    "QUALITY_KEYS",
+    "aurc",
+    "detection_error",
+    "dice",
+    "jaccard",
+    "quality_metrics",
+    "risk_coverage_curve",
+]

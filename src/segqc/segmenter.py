@@ -1,0 +1,154 @@
+"""The segmentation stage f: a U-Net trained and read out through an uncertainty method."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from segqc.data.dataset import SegData, channel_stats, to_input
+from segqc.data.transforms import random_dihedral
+from segqc.engine import batched, train_loop
+from segqc.errors import NotFittedError
+from segqc.types import SegPrediction
+from segqc.uncertainty import create_method
+from segqc.utils import resolve_device, seed_everything
+
+
+class Segmenter:
+    """Segmentation network f with a per-pixel uncertainty map (scikit-learn style).
+
+    Args:
+        method: uncertainty method name (see ``segqc.uncertainty.METHODS``). Defaults to ``"msp"``.
+        method_params: settings of the method, e.g. ``{"samples": 20}``. Defaults to none.
+        base_width: U-Net width. Defaults to 16.
+        dropout: dropout on the central blocks. Defaults to 0.5.
+        epochs: training epochs (paper: 120). Defaults to 10.
+        batch_size: Defaults to 16 (paper).
+        lr: Adam learning rate. Defaults to 1e-3 (paper).
+        seed: fixes initialisation, data order, augmentation and sampling. Defaults to 0.
+        augment: random flips and 90-degree rotations while training. Defaults to True.
+        micro_batches: split each batch into this many parts and accumulate their gradients
+            (less memory; BatchNorm then sees each part). Defaults to 1.
+        device: ``auto``, ``cpu`` or ``cuda``. Defaults to ``auto``.
+        progress: show a progress bar. Defaults to True.
+
+    Examples::
+
+        seg = Segmenter("msp", epochs=2).fit(train)      # train: SegData
+        pred = seg.predict(test.images)                  # SegPrediction: probs, mask, uncertainty
+    """
+
+    def __init__(
+        self,
+        method: str = "msp",
+        *,
+        method_params: dict[str, Any] | None = None,
+        base_width: int = 16,
+        dropout: float = 0.5,
+        epochs: int = 10,
+        batch_size: int = 16,
+        lr: float = 1e-3,
+        seed: int = 0,
+        augment: bool = True,
+        micro_batches: int = 1,
+        device: str = "auto",
+        progress: bool = True,
+    ) -> None:
+        self.method = method
+        self.method_params = method_params
+        self.base_width = base_width
+        self.dropout = dropout
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.seed = seed
+        self.augment = augment
+        self.micro_batches = micro_batches
+        self.device = device
+        self.progress = progress
+
+    def get_params(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if not k.endswith("_")}
+
+    def _build(self) -> None:
+        self.method_ = create_method(self.method, **(self.method_params or {}))
+        self.model_: nn.Module = self.method_.build(base_width=self.base_width, dropout=self.dropout)
+
+    def fit(self, data: SegData) -> Segmenter:
+        if len(data) < 2:
+            raise ValueError("training f needs at least 2 images")
+        generator = seed_everything(self.seed)
+        device = resolve_device(self.device)
+        self._build()
+        self.mean_, self.std_ = channel_stats(data.images)
+        model = self.model_.to(device)
+        mean, std = self.mean_, self.std_
+
+        def step(model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
+            images, masks = batch
+            x = to_input(images, mean, std)
+            if self.augment:
+                x, masks = random_dihedral(x, masks, generator=generator)
+            return self.method_.loss(model(x), masks.long())
+
+        self.history_ = train_loop(
+            model,
+            (torch.from_numpy(data.images), torch.from_numpy(data.masks)),
+            step,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            generator=generator,
+            device=device,
+            desc=f"f ({self.method})",
+            progress=self.progress,
+            micro_batches=self.micro_batches,
+        )
+        self.model_ = model.cpu().eval()
+        return self
+
+    def predict(self, images: np.ndarray, *, batch_size: int = 32) -> SegPrediction:
+        """Segment ``(N, H, W, 3)`` uint8 images (any H = W divisible by 16)."""
+        if not hasattr(self, "model_"):
+            raise NotFittedError("this Segmenter is not fitted yet; call fit() first")
+        device = resolve_device(self.device)
+        model = self.model_.to(device).eval()
+        probs, uncert = [], []
+        with torch.inference_mode():
+            for part in batched(len(images), batch_size):
+                x = to_input(images[part], self.mean_, self.std_).to(device)
+                p, z = self.method_.predict(model, x)
+                probs.append(p[:, 1].float().cpu())
+                uncert.append(z.float().cpu())
+        self.model_ = model.cpu()
+        fg = torch.cat(probs).numpy()
+        return SegPrediction(
+            probs=fg, mask=(fg > 0.5).astype(np.uint8), uncertainty=torch.cat(uncert).numpy()
+        )
+
+    # -- persistence: tensors for safetensors, a JSON-able config ---------------------------------
+    def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        if not hasattr(self, "model_"):
+            raise NotFittedError("this Segmenter is not fitted yet")
+        config = {"params": self.get_params(), "mean": self.mean_, "std": self.std_}
+        config["params"].pop("progress", None)
+        return {k: v.contiguous() for k, v in self.model_.state_dict().items()}, config
+
+    @classmethod
+    def from_state(cls, tensors: dict[str, Tensor], config: dict[str, Any]) -> Segmenter:
+        seg = cls(**config["params"], progress=False)
+        seg._build()
+        seg.model_.load_state_dict(tensors)
+        seg.model_.eval()
+        seg.mean_, seg.std_ = list(config["mean"]), list(config["std"])
+        return seg
+
+
+def upsample_probs(probs: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of ``(N, h, w)`` maps to ``(N, height, width)``."""
+    t = torch.from_numpy(np.ascontiguousarray(probs))[:, None]
+    return F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[:, 0].numpy()

@@ -1,0 +1,64 @@
+"""The data passed between stages. This is the one place their shapes are documented."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class SegPrediction:
+    """Output of the segmentation network f with an uncertainty method, for N images.
+
+    Attributes:
+        probs: ``(N, H, W)`` float32 foreground probability.
+        mask: ``(N, H, W)`` uint8 predicted mask in {0, 1} (foreground where ``probs > 0.5``).
+        uncertainty: ``(N, H, W)`` float32 uncertainty map z; higher means less sure. Its scale
+            depends on the method (e.g. ``1 - max softmax`` in [0, 0.5], entropy in [0, ln 2]).
+    """
+
+    probs: np.ndarray
+    mask: np.ndarray
+    uncertainty: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.mask)
+
+
+@dataclass
+class QualitySamples:
+    """Inputs (and, for training, targets) of a quality predictor g.
+
+    Attributes:
+        images: ``(N, H, W, 3)`` uint8 RGB images x.
+        masks: ``(N, H, W)`` uint8 predicted masks y^.
+        uncertainty: ``(N, H, W)`` float32 uncertainty maps z.
+        jaccard: ``(N,)`` true Jaccard index of each predicted mask; needed by ``fit``.
+        true_masks: ``(N, H, W)`` uint8 ground truth; used by predictors that need references (RCA).
+        ids: image ids.
+    """
+
+    images: np.ndarray
+    masks: np.ndarray
+    uncertainty: np.ndarray
+    jaccard: np.ndarray | None = None
+    true_masks: np.ndarray | None = None
+    ids: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+    def subset(self, index: np.ndarray) -> QualitySamples:
+        def take(a):
+            return None if a is None else a[index]
+
+        ids = None if self.ids is None else [self.ids[i] for i in np.asarray(index)]
+        return QualitySamples(
+            self.images[index],
+            self.masks[index],
+            self.uncertainty[index],
+            take(self.jaccard),
+            take(self.true_masks),
+            ids,
+        )

@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny synthetic data, tiny settings, paths to the real ISIC 2017 copy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segqc.config import PipelineConfig
+from segqc.data.dataset import SegData
+from segqc.data.synthetic import make_synthetic
+
+ISIC = Path(__file__).resolve().parents[2] / "shared" / "data" / "isic2017"
+
+
+@pytest.fixture(scope="session")
+def isic_root() -> Path:
+    if not (ISIC / "split.json").is_file():
+        pytest.skip(f"real ISIC 2017 data not found at {ISIC}")
+    return ISIC
+
+
+@pytest.fixture(scope="session")
+def tiny_data() -> tuple[SegData, SegData]:
+    """48 training and 24 test synthetic images at 32x32."""
+    images, masks, ids = make_synthetic(72, 32, seed=3)
+    data = SegData(images, masks, ids)
+    return data.subset(range(48)), data.subset(range(48, 72))
+
+
+@pytest.fixture()
+def tiny_config() -> PipelineConfig:
+    return PipelineConfig(
+        image_size=32,
+        base_width=4,
+        quality_width=4,
+        seg_epochs=1,
+        quality_epochs=1,
+        batch_size=16,
+        device="cpu",
+    )
+
+
+def write_rgb(path: Path, size: tuple[int, int] = (40, 30), seed: int = 0, fmt: str | None = None) -> Path:
+    """A random RGB image of (width, height) ``size``."""
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path, format=fmt)
+    return path
+
+
+def write_mask(path: Path, size: tuple[int, int] = (40, 30), values: tuple[int, int] = (0, 255)) -> Path:
+    """A binary mask of (width, height) ``size``: a filled rectangle of ``values[1]`` on ``values[0]``."""
+    arr = np.full((size[1], size[0]), values[0], np.uint8)
+    arr[size[1] // 4 : 3 * size[1] // 4, size[0] // 4 : 3 * size[0] // 4] = values[1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path

@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segqc.data.dataset import load_folder, load_split
+from segqc.data.readers import find_pairs, read_image, read_mask, read_pair, read_protocol
+from segqc.errors import DataError
+from tests.conftest import write_mask, write_rgb
+
+
+def make_folder(root: Path, n: int = 3, pattern: str = "{id}_segmentation.png") -> Path:
+    for i in range(n):
+        write_rgb(root / "images" / f"case{i}.jpg", seed=i)
+        write_mask(root / "masks" / pattern.format(id=f"case{i}"))
+    return root
+
+
+@pytest.mark.parametrize("pattern", ["{id}_segmentation.png", "{id}_lesion.png", "{id}.png"])
+def test_generic_folder_detects_mask_pattern(tmp_path, pattern):
+    pairs = find_pairs(make_folder(tmp_path, pattern=pattern))
+    assert sorted(pairs) == ["case0", "case1", "case2"]
+    assert all(p.mask is not None and p.mask.name == pattern.format(id=p.id) for p in pairs.values())
+
+
+def test_load_folder_resizes_and_binarises(tmp_path):
+    data = load_folder(make_folder(tmp_path), size=16, cache_dir=None)
+    assert data.images.shape == (3, 16, 16, 3) and data.images.dtype == np.uint8
+    assert data.masks.shape == (3, 16, 16) and set(np.unique(data.masks)) == {0, 1}
+    assert data.ids == ["case0", "case1", "case2"]
+
+
+def test_cache_is_used_and_invalidated(tmp_path):
+    root = make_folder(tmp_path / "d")
+    first = load_folder(root, size=16, cache_dir=tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+    again = load_folder(root, size=16, cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(first.images, again.images)
+    write_rgb(root / "images" / "case0.jpg", seed=99)  # changed file -> new cache entry
+    changed = load_folder(root, size=16, cache_dir=tmp_path / "cache")
+    assert not np.array_equal(first.images[0], changed.images[0])
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
+
+
+def test_read_mask_accepts_0_1(tmp_path):
+    mask = read_mask(write_mask(tmp_path / "m.png", values=(0, 1)))
+    assert set(np.unique(mask)) == {0, 1}
+
+
+def test_non_binary_mask(tmp_path):
+    path = write_mask(tmp_path / "m.png", values=(0, 128))
+    with pytest.raises(DataError, match=r"m\.png.*not binary"):
+        read_mask(path)
+
+
+def test_mask_of_other_size(tmp_path):
+    root = make_folder(tmp_path, n=1)
+    write_mask(root / "masks" / "case0_segmentation.png", size=(20, 20))
+    with pytest.raises(DataError, match=r"case0_segmentation\.png.*20x20.*40x30"):
+        load_folder(root, size=16, cache_dir=None)
+
+
+def test_missing_mask(tmp_path):
+    root = make_folder(tmp_path, n=2)
+    (root / "masks" / "case1_segmentation.png").unlink()
+    pairs = find_pairs(root)
+    with pytest.raises(DataError, match=r"case1\.jpg.*no ground-truth mask"):
+        read_pair(pairs["case1"])
+    # Loading by explicit id reports it too, naming the file.
+    with pytest.raises(DataError, match="case1"):
+        load_folder(root, size=16, ids=["case0", "case1"], cache_dir=None)
+
+
+def test_unreadable_and_truncated_image(tmp_path):
+    (tmp_path / "junk.jpg").write_text("not an image")
+    with pytest.raises(DataError, match=r"junk\.jpg.*cannot read image"):
+        read_image(tmp_path / "junk.jpg")
+    good = write_rgb(tmp_path / "t.jpg", size=(64, 64))
+    data = good.read_bytes()
+    (tmp_path / "t.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"t\.jpg.*cannot read image"):
+        read_image(tmp_path / "t.jpg")
+    with pytest.raises(DataError, match="not found"):
+        read_image(tmp_path / "absent.png")
+
+
+def test_bad_items_are_all_reported(tmp_path):
+    root = make_folder(tmp_path, n=3)
+    (root / "images" / "case0.jpg").write_bytes(b"")
+    write_mask(root / "masks" / "case2_segmentation.png", values=(0, 7))
+    with pytest.raises(DataError, match=r"2 of 3 items(.|\n)*case0\.jpg(.|\n)*case2_segmentation"):
+        load_folder(root, size=16, cache_dir=None)
+
+
+def test_empty_and_missing_folders(tmp_path):
+    (tmp_path / "images").mkdir()
+    with pytest.raises(DataError, match="no images found"):
+        find_pairs(tmp_path)
+    with pytest.raises(DataError, match="not found"):
+        find_pairs(tmp_path / "nope")
+    (tmp_path / "other").mkdir()
+    with pytest.raises(DataError, match="not a data folder"):
+        find_pairs(tmp_path / "other")
+
+
+def test_odd_image_modes_become_rgb(tmp_path):
+    grey = tmp_path / "g.png"
+    Image.fromarray(np.full((5, 6), 100, np.uint8)).save(grey)
+    assert read_image(grey).shape == (5, 6, 3)
+    deep = tmp_path / "d.png"
+    Image.fromarray(np.full((5, 6), 65535, np.uint16)).save(deep)
+    assert read_image(deep).max() == 255
+    rgba = tmp_path / "a.png"
+    Image.fromarray(np.zeros((5, 6, 4), np.uint8)).save(rgba)  # fully transparent -> white
+    assert (read_image(rgba) == 255).all()
+
+
+def test_protocol_errors(tmp_path):
+    bad = tmp_path / "p.json"
+    bad.write_text("{not json")
+    with pytest.raises(DataError, match="cannot read protocol"):
+        read_protocol(bad)
+    bad.write_text(json.dumps({"train": [1, 2]}))
+    with pytest.raises(DataError, match="list of id strings"):
+        read_protocol(bad)
+    root = make_folder(tmp_path / "d", n=2)
+    bad.write_text(json.dumps({"train": ["case0"], "test": ["case9"]}))
+    with pytest.raises(DataError, match="case9"):
+        load_split(root, bad, size=16, cache_dir=None)
+
+
+def test_real_isic_layout(isic_root):
+    pairs = find_pairs(isic_root)
+    assert len(pairs) == 2150 and all(p.mask is not None for p in pairs.values())
+    protocol = read_protocol(isic_root / "split.json")
+    assert len(protocol["train"]) == 1550 and len(protocol["test"]) == 600
+    ids = protocol["test"][:4]
+    data = load_folder(isic_root, size=64, ids=ids, cache_dir=None)
+    assert data.ids == ids and data.images.shape == (4, 64, 64, 3)
+    assert set(np.unique(data.masks)) <= {0, 1} and data.masks.any()
+    image, mask = read_pair(pairs[ids[0]])
+    assert image.shape == (224, 224, 3) and mask.shape == (224, 224)
