@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from segqc.config import PipelineConfig
@@ -13,6 +14,9 @@ from segqc.data.dataset import SegData
 from segqc.data.synthetic import make_synthetic
 
 ISIC = Path(__file__).resolve().parents[2] / "shared" / "data" / "isic2017"
+
+# The test models are tiny: one thread is as fast, and far faster when the cores are busy.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -224,8 +224,10 @@ def test_target_failure_recall_out_of_range(tmp_path):
         train_bundle(None, None, tiny_config(), tmp_path / "m", target_failure_recall=1.5, progress=False)
 
 
-def test_train_bundle_protocol_without_test_split(tmp_path):
+def test_train_bundle_protocol_without_test_split(tmp_path, monkeypatch):
     from segqc.data.synthetic import write_synthetic
+
+    monkeypatch.setenv("SEGQC_CACHE", str(tmp_path / "cache"))
 
     ids = sorted(write_synthetic(tmp_path / "d", 12, 32, seed=4))
     (tmp_path / "split.json").write_text(json.dumps({"train": ids[:10]}))  # no "test" list

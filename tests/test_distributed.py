@@ -76,3 +76,88 @@ def test_torchrun_two_ranks_agree_with_single_process(tmp_path):
         if value.is_floating_point() and "running" not in name:
             diff = (value - rank0[name]).abs().max().item()
             assert diff < TOLERANCE, (name, diff)
+
+
+TINY = [
+    "--image-size",
+    "32",
+    "--seg-epochs",
+    "1",
+    "--quality-epochs",
+    "1",
+    "--base-width",
+    "4",
+    "--quiet",
+    "--device",
+    "cpu",
+]
+
+
+def torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "segqc",
+        *args,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def small_folder(tmp_path_factory):
+    from segqc.data.synthetic import write_synthetic
+
+    root = tmp_path_factory.mktemp("data")
+    ids = write_synthetic(root / "d", 24, 32, seed=0)
+    (root / "split.json").write_text(f'{{"train": {ids[:16]!r}, "test": {ids[16:]!r}}}'.replace("'", '"'))
+    return root
+
+
+@pytest.mark.slow
+def test_segqc_train_under_torchrun(small_folder, tmp_path):
+    from segqc.bundle import load_bundle
+
+    out = tmp_path / "model"
+    proc = torchrun(
+        "train",
+        "--data",
+        str(small_folder / "d"),
+        "--protocol",
+        str(small_folder / "split.json"),
+        "--out",
+        str(out),
+        *TINY,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bundle = load_bundle(out)  # rank 0 wrote one complete, consistent bundle
+    assert bundle.config["data"]["n_train"] == 16
+    assert not list(out.glob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_segqc_experiment_under_torchrun(small_folder, tmp_path):
+    out = tmp_path / "exp"
+    proc = torchrun(
+        "experiment",
+        "--data",
+        str(small_folder / "d"),
+        "--protocol",
+        str(small_folder / "split.json"),
+        "--methods",
+        "msp",
+        "--baselines",
+        "none",
+        "--seeds",
+        "1",
+        "--out",
+        str(out),
+        *TINY,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "results.json").is_file() and (out / "table1.md").is_file()
+    assert len(list((out / "units").iterdir())) >= 3

@@ -16,12 +16,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from segqc.commands.download_cli import download_command
 from segqc.data.readers import find_pairs
 from segqc.download import (
     ISIC2017_MD5,
     ISIC2017_PARTS,
     OFFICIAL_BASE_URL,
-    download_command,
     download_isic2017,
     resolve_parts,
 )

@@ -218,8 +218,10 @@ def test_out_folder_of_another_model_is_refused(model, tmp_path):
     assert result.exit_code == 1 and "another model" in result.output
 
 
-def test_train_command_on_a_data_folder_writes_a_bundle_that_predict_uses(tmp_path):
+def test_train_command_on_a_data_folder_writes_a_bundle_that_predict_uses(tmp_path, monkeypatch):
     from segqc.data.synthetic import write_synthetic
+
+    monkeypatch.setenv("SEGQC_CACHE", str(tmp_path / "cache"))
 
     ids = sorted(write_synthetic(tmp_path / "d", 40, 32, seed=2))
     (tmp_path / "split.json").write_text(json.dumps({"train": ids[:30], "test": ids[30:]}))

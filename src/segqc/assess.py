@@ -137,6 +137,7 @@ ERROR_COLUMNS = ("id", "source", "reason")
 #: Per-image output folders: binary mask (0/255), uncertainty heat map, mask overlay; all PNG.
 OUTPUT_DIRS = ("masks", "uncertainty", "overlays")
 RUN_FILE = "run.json"
+PNG_COMPRESS_LEVEL = 3
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -227,7 +228,8 @@ def read_input(path: Path) -> np.ndarray:
 
 def _png_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
+    # Level 3 (not Pillow's 6): about twice as fast on 12-megapixel overlays, files ~20 % larger.
+    Image.fromarray(array).save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buf.getvalue()
 
 

@@ -37,6 +37,7 @@ from torch import Tensor
 
 from segqc.config import PipelineConfig
 from segqc.data.dataset import SegData
+from segqc.engine import barrier, is_main_process
 from segqc.errors import BundleError, SegQCError, UnknownNameError
 from segqc.metrics import quality_metrics
 from segqc.pipeline import make_predictor, make_segmenter, quality_samples, segmentation_summary
@@ -155,6 +156,8 @@ def save_bundle(
     out = Path(out_dir)
     if not math.isfinite(threshold) or not 0.0 < threshold <= 1.0:
         raise SegQCError(f"threshold must be in (0, 1], got {threshold}")
+    if not is_main_process():  # under torchrun, rank 0 writes
+        return out
     f_tensors, f_config = segmenter.state()
     g_tensors, g_config = predictor.state()
     sums = {}
@@ -453,6 +456,7 @@ def train_bundle(
         extra["data"].update(n_test=len(test), test_ids=list(test.ids))
     extra["timing"] = {"train_s": time.perf_counter() - start}
     out = save_bundle(out_dir, segmenter, g, image_size=cfg.image_size, threshold=threshold, extra=extra)
+    barrier()  # under torchrun, rank 0 writes the bundle that every rank then loads
     return load_bundle(out, device=cfg.device)
 
 

@@ -2,47 +2,13 @@
 
 from __future__ import annotations
 
-import functools
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from segqc import __version__
-from segqc.errors import SegQCError
-
-#: Exit codes: 0 success, 1 an error segqc explains (bad data, bad model file, ...), 2 bad usage.
-EXIT_ERROR = 1
-
-
-def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except SegQCError as err:
-            click.echo(f"error: {err}", err=True)
-            sys.exit(EXIT_ERROR)
-
-    return wrapper
-
-
-def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Settings shared by the commands that train (unset flags keep the library defaults)."""
-    options = [
-        click.option("--image-size", type=int, default=None, help="Side of the square images [64]."),
-        click.option("--seg-epochs", type=int, default=None, help="Epochs for f [10]."),
-        click.option("--quality-epochs", type=int, default=None, help="Epochs for g [15]."),
-        click.option("--base-width", type=int, default=None, help="U-Net width [16]."),
-        click.option("--seed", type=int, default=None, help="Seed of everything [0]."),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="[auto]"),
-        click.option("--quiet", is_flag=True, help="No progress bars."),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+from segqc.commands.common import common_options, handle_errors
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -143,6 +109,15 @@ def list_methods() -> None:
 
     click.echo("uncertainty methods: " + ", ".join(METHODS.names()))
     click.echo("quality predictors: " + ", ".join(PREDICTORS.names()))
+
+
+from segqc.commands.assess_cli import predict, train  # noqa: E402
+from segqc.commands.download_cli import download_command  # noqa: E402
+from segqc.commands.experiment_cli import experiment  # noqa: E402
+from segqc.commands.serve_cli import serve  # noqa: E402
+
+for command in (experiment, train, predict, serve, download_command):
+    cli.add_command(command)
 
 
 def main() -> None:

@@ -34,14 +34,21 @@ def init_distributed() -> bool:
 
 
 def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of ranks; torchrun's variables before the group is joined."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def is_main_process() -> bool:
     """True on rank 0 (and in a plain single-process run): the process that writes files and logs."""
     return rank_and_world()[0] == 0
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op outside torchrun), e.g. until rank 0 has written a file."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def train_loop(

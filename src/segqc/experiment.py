@@ -67,6 +67,7 @@ from segqc import __version__
 from segqc.config import PipelineConfig
 from segqc.data.dataset import SegData
 from segqc.demo import DEMO_TEST, DEMO_TRAIN, load_data
+from segqc.engine import is_main_process
 from segqc.errors import SegQCError
 from segqc.metrics import QUALITY_KEYS, jaccard, quality_metrics
 from segqc.pipeline import make_predictor, make_segmenter, row_name, segmentation_summary
@@ -139,13 +140,17 @@ class ExperimentConfig:
         if not self.seeds or min(self.seeds) < 0:
             raise SegQCError(f"seeds must be a non-empty list of non-negative integers, got {self.seeds}")
         if self.quality_train not in QUALITY_TRAIN:
-            raise SegQCError(f"quality_train must be one of {', '.join(QUALITY_TRAIN)}, got {self.quality_train!r}")
+            raise SegQCError(
+                f"quality_train must be one of {', '.join(QUALITY_TRAIN)}, got {self.quality_train!r}"
+            )
         if self.folds < 2:
             raise SegQCError(f"folds must be at least 2, got {self.folds}")
         if self.rca_references < 1 or (self.mc_samples is not None and self.mc_samples < 1):
             raise SegQCError("rca_references and mc_samples must be at least 1")
         if self.n_train < 2 or self.n_test < 1:
-            raise SegQCError(f"need at least 2 training and 1 test image, got {self.n_train} and {self.n_test}")
+            raise SegQCError(
+                f"need at least 2 training and 1 test image, got {self.n_train} and {self.n_test}"
+            )
         self.pipeline_config(self.methods[0], self.seeds[0])  # PipelineConfig's own checks
 
     @property
@@ -162,11 +167,21 @@ class ExperimentConfig:
     def pipeline_config(self, method: str, seed: int) -> PipelineConfig:
         """The settings of one unit: f with ``method`` and the quality predictors, at ``seed``."""
         return PipelineConfig(
-            method=method, method_params=self.method_settings(method), predictors=[],
+            method=method,
+            method_params=self.method_settings(method),
+            predictors=[],
             predictor_params={"rca": {"n_references": self.rca_references}},
-            image_size=self.image_size, base_width=self.base_width, dropout=self.dropout,
-            seg_epochs=self.seg_epochs, quality_epochs=self.quality_epochs, quality_width=self.quality_width,
-            batch_size=self.batch_size, lr=self.lr, threshold=self.threshold, seed=seed, device=self.device,
+            image_size=self.image_size,
+            base_width=self.base_width,
+            dropout=self.dropout,
+            seg_epochs=self.seg_epochs,
+            quality_epochs=self.quality_epochs,
+            quality_width=self.quality_width,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            threshold=self.threshold,
+            seed=seed,
+            device=self.device,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -271,6 +286,8 @@ class UnitStore:
             return None
 
     def save(self, unit: Unit, payload: Payload, seconds: float) -> None:
+        if not is_main_process():  # under torchrun, rank 0 writes; every rank computes the same units
+            return
         folder = self.root / unit.folder
         folder.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
@@ -283,11 +300,20 @@ class UnitStore:
 
             with atomic_write(folder / "weights.safetensors") as fh:
                 fh.write(save({k: v.contiguous() for k, v in payload.tensors.items()}))
-        write_json(folder / "unit.json", {
-            "kind": unit.kind, "label": unit.label, "digest": unit.digest, "key": unit.key,
-            "meta": payload.meta, "seconds": seconds, "has_arrays": bool(payload.arrays),
-            "has_tensors": bool(payload.tensors), "segqc": __version__,
-        })
+        write_json(
+            folder / "unit.json",
+            {
+                "kind": unit.kind,
+                "label": unit.label,
+                "digest": unit.digest,
+                "key": unit.key,
+                "meta": payload.meta,
+                "seconds": seconds,
+                "has_arrays": bool(payload.arrays),
+                "has_tensors": bool(payload.tensors),
+                "segqc": __version__,
+            },
+        )
 
 
 # -- the experiment -------------------------------------------------------------------------------
@@ -303,7 +329,9 @@ class _Row:
 
 
 class _Experiment:
-    def __init__(self, cfg: ExperimentConfig, train: SegData, test: SegData, out: Path, progress: bool) -> None:
+    def __init__(
+        self, cfg: ExperimentConfig, train: SegData, test: SegData, out: Path, progress: bool
+    ) -> None:
         self.cfg, self.train, self.test, self.progress = cfg, train, test, progress
         self.store = UnitStore(out / "units")
         self.memo: dict[str, Payload] = {}
@@ -340,7 +368,10 @@ class _Experiment:
         self.compute_seconds += seconds
         self.memo[unit.digest] = payload
         self.done += 1
-        self.log(f"[{self.done}/{self.total}] {unit.label}: {status}; {time.perf_counter() - self.start:.0f} s elapsed")
+        self.log(
+            f"[{self.done}/{self.total}] {unit.label}: {status}; "
+            f"{time.perf_counter() - self.start:.0f} s elapsed"
+        )
         return payload
 
     # -- unit builders ----------------------------------------------------------------------------
@@ -353,10 +384,15 @@ class _Experiment:
         index = np.arange(len(self.train)) if fold is None else fold[1]
         part = "full" if fold is None else f"fold{fold[0] + 1}of{cfg.folds}"
         key = {
-            **self.base_key(seed), "training": tkey, "images": index.tolist() if fold else "all",
+            **self.base_key(seed),
+            "training": tkey,
+            "images": index.tolist() if fold else "all",
             # a method's own settings may change its training, unless its f is shared
             "method_params": cfg.method_settings(method) if tkey == method else {},
-            "f": {k: getattr(cfg, k) for k in ("image_size", "base_width", "dropout", "seg_epochs", "batch_size", "lr")},
+            "f": {
+                k: getattr(cfg, k)
+                for k in ("image_size", "base_width", "dropout", "seg_epochs", "batch_size", "lr")
+            },
         }
 
         def compute() -> Payload:
@@ -367,10 +403,15 @@ class _Experiment:
 
         return Unit("f", f"f-{tkey}-s{seed}-{part}", key, compute)
 
-    def pred_unit(self, method: str, seed: int, f_unit: Unit, which: str, index: np.ndarray | None = None) -> Unit:
+    def pred_unit(
+        self, method: str, seed: int, f_unit: Unit, which: str, index: np.ndarray | None = None
+    ) -> Unit:
         """Masks and maps of ``method`` with the weights of ``f_unit`` on test, train or train[index]."""
         key = {
-            "segqc": __version__, "seed": seed, "f": f_unit.digest, "method": method,
+            "segqc": __version__,
+            "seed": seed,
+            "f": f_unit.digest,
+            "method": method,
             "method_params": self.cfg.method_settings(method),
             "images": {"test": self.test_digest, "train": self.train_digest}[which.split(":")[0]],
             "index": None if index is None else index.tolist(),
@@ -379,7 +420,9 @@ class _Experiment:
         def compute() -> Payload:
             f = self.get(f_unit)
             config = json.loads(_canonical(f.meta["segmenter"]))
-            config["params"].update(method=method, method_params=self.cfg.method_settings(method), device=self.cfg.device)
+            config["params"].update(
+                method=method, method_params=self.cfg.method_settings(method), device=self.cfg.device
+            )
             seg = Segmenter.from_state(f.tensors, config)
             images = self.test.images if which == "test" else self.train.images
             seed_everything(seed)  # MC dropout samples: the same whether or not earlier units ran
@@ -390,15 +433,21 @@ class _Experiment:
         label = f"pred-{method}-s{seed}-{which.replace(':', '-')}"
         return Unit("pred", label, key, compute)
 
-    def g_unit(self, row: _Row, seed: int, train_side: list[tuple[Unit, np.ndarray | None]], test_pred: Unit) -> Unit:
+    def g_unit(
+        self, row: _Row, seed: int, train_side: list[tuple[Unit, np.ndarray | None]], test_pred: Unit
+    ) -> Unit:
         """g of ``row`` trained on the train-side predictions (each unit with the indices it covers)."""
         cfg = self.cfg
         pcfg = cfg.pipeline_config(row.method, seed)
         params = make_predictor(row.predictor, pcfg, progress=False).get_params()
         params = {k: v for k, v in params.items() if k not in ("progress", "device")}
         key = {
-            **self.base_key(seed), "test": self.test_digest, "predictor": row.predictor, "params": params,
-            "variant": row.variant, "train_preds": [(u.digest, None if i is None else i.tolist()) for u, i in train_side],
+            **self.base_key(seed),
+            "test": self.test_digest,
+            "predictor": row.predictor,
+            "params": params,
+            "variant": row.variant,
+            "train_preds": [(u.digest, None if i is None else i.tolist()) for u, i in train_side],
             "test_pred": test_pred.digest,
         }
 
@@ -410,10 +459,14 @@ class _Experiment:
                 where = slice(None) if index is None else index
                 masks[where], unc[where] = p.arrays["mask"], p.arrays["uncertainty"].astype(np.float32)
             train_j = jaccard(masks, self.train.masks) if train_side else np.ones(n)
-            train_samples = QualitySamples(self.train.images, masks, unc, train_j, self.train.masks, list(self.train.ids))
+            train_samples = QualitySamples(
+                self.train.images, masks, unc, train_j, self.train.masks, list(self.train.ids)
+            )
             t = self.get(test_pred)
             # no ground truth on the test side: nothing can leak into the prediction
-            test_samples = QualitySamples(self.test.images, t.arrays["mask"], t.arrays["uncertainty"].astype(np.float32))
+            test_samples = QualitySamples(
+                self.test.images, t.arrays["mask"], t.arrays["uncertainty"].astype(np.float32)
+            )
             predictor = make_predictor(row.predictor, pcfg, progress=self.progress).fit(train_samples)
             q = np.asarray(predictor.predict(test_samples), dtype=np.float64)
             return Payload(arrays={"predicted": q}, meta={"history": getattr(predictor, "history_", None)})
@@ -464,12 +517,19 @@ class _Experiment:
         if "crossfit" in variants:
             folds = self.folds(seed)
             if min(len(self.train) - len(f) for f in folds) < 2:
-                raise SegQCError(f"{cfg.folds} folds of {len(self.train)} training images leave too few to train f")
+                raise SegQCError(
+                    f"{cfg.folds} folds of {len(self.train)} training images leave too few to train f"
+                )
             for k, index in enumerate(folds):
-                fold_f = {t: self.f_unit(t, seed, (k, np.setdiff1d(np.arange(len(self.train)), index))) for t in self.tkeys}
+                fold_f = {
+                    t: self.f_unit(t, seed, (k, np.setdiff1d(np.arange(len(self.train)), index)))
+                    for t in self.tkeys
+                }
                 units += fold_f.values()
                 for m in cfg.methods:
-                    u = self.pred_unit(m, seed, fold_f[training_key(m)], f"train:fold{k + 1}of{cfg.folds}", index)
+                    u = self.pred_unit(
+                        m, seed, fold_f[training_key(m)], f"train:fold{k + 1}of{cfg.folds}", index
+                    )
                     units.append(u)
                     train_side.setdefault((m, "crossfit"), []).append((u, index))
         g_units = {}
@@ -481,8 +541,10 @@ class _Experiment:
 
 def _machine() -> dict[str, Any]:
     info: dict[str, Any] = {
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
     }
     if torch.cuda.is_available():
         info["cuda_device"] = torch.cuda.get_device_name(0)
@@ -536,13 +598,17 @@ def run_experiment(
     if train.size != cfg.image_size or test.size != cfg.image_size:
         raise SegQCError(f"the images are {train.size} px, the config says image_size {cfg.image_size}")
     resolve_device(cfg.device)  # fail early on --device cuda without CUDA
-    write_json(out / "config.json", cfg.to_dict())
+    main = is_main_process()
+    if main:
+        write_json(out / "config.json", cfg.to_dict())
 
     exp = _Experiment(cfg, train, test, out, progress)
     rows = exp.rows()
     plans = [exp.plan(seed, rows) for seed in cfg.seeds]
     exp.total = sum(len(units) for units, _, _ in plans)
-    exp.log(f"experiment: {len(rows)} rows x {len(cfg.seeds)} seeds, {exp.total} units, cache {exp.store.root}")
+    exp.log(
+        f"experiment: {len(rows)} rows x {len(cfg.seeds)} seeds, {exp.total} units, cache {exp.store.root}"
+    )
 
     segmentation: dict[str, list[dict[str, float]]] = {m: [] for m in cfg.methods}
     first: dict[str, Any] = {}  # first seed: test predictions per method, predicted quality per row
@@ -563,7 +629,9 @@ def run_experiment(
             with warnings.catch_warnings(record=True):  # one-class test sets give NaN, reported as null
                 warnings.simplefilter("always")
                 metrics = quality_metrics(q, true_j[row.method], cfg.threshold)
-            row.per_seed.append({"seed": seed, "metrics": metrics, "segmentation_jaccard": float(true_j[row.method].mean())})
+            row.per_seed.append(
+                {"seed": seed, "metrics": metrics, "segmentation_jaccard": float(true_j[row.method].mean())}
+            )
             if s_i == 0:
                 first.setdefault("quality", {})[row.name] = (true_j[row.method], q)
         exp.memo.clear()  # free this seed's arrays
@@ -574,11 +642,19 @@ def run_experiment(
         for k in QUALITY_KEYS:
             metrics[k], std[k] = _mean_std([s["metrics"][k] for s in row.per_seed])
         seg_mean, seg_std = _mean_std([s["segmentation_jaccard"] for s in row.per_seed])
-        result_rows.append({
-            "method": row.name, "predictor": row.predictor, "uncertainty_method": row.method,
-            "quality_train": row.variant, "metrics": metrics, "std": std, "per_seed": row.per_seed,
-            "segmentation_jaccard": seg_mean, "segmentation_jaccard_std": seg_std,
-        })
+        result_rows.append(
+            {
+                "method": row.name,
+                "predictor": row.predictor,
+                "uncertainty_method": row.method,
+                "quality_train": row.variant,
+                "metrics": metrics,
+                "std": std,
+                "per_seed": row.per_seed,
+                "segmentation_jaccard": seg_mean,
+                "segmentation_jaccard_std": seg_std,
+            }
+        )
     seg_summary = {}
     for m, per_seed in segmentation.items():
         entry: dict[str, Any] = {}
@@ -591,8 +667,13 @@ def run_experiment(
     results = {
         "config": cfg.to_dict(),
         "versions": versions(),
-        "data": {**info, "n_train": len(train), "n_test": len(test),
-                 "train_ids": list(train.ids), "test_ids": list(test.ids)},
+        "data": {
+            **info,
+            "n_train": len(train),
+            "n_test": len(test),
+            "train_ids": list(train.ids),
+            "test_ids": list(test.ids),
+        },
         "command": list(sys.argv if command is None else command),
         "wall_time_s": time.perf_counter() - start,
         "compute_time_s": exp.compute_seconds,
@@ -610,8 +691,9 @@ def run_experiment(
             for name, (t, q) in first["quality"].items()
         },
     }
-    write_json(out / "results.json", results)
-    write_experiment_report(out, results, test=test, maps=first["maps"])
-    results["wall_time_s"] = time.perf_counter() - start
-    write_json(out / "results.json", results)  # again, with the report's time included
+    if main:
+        write_json(out / "results.json", results)
+        write_experiment_report(out, results, test=test, maps=first["maps"])
+        results["wall_time_s"] = time.perf_counter() - start
+        write_json(out / "results.json", results)  # again, with the report's time included
     return results

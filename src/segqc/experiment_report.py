@@ -44,10 +44,6 @@ def _base_name(row_name: str) -> str:
     return row_name[: -len(CROSSFIT_SUFFIX)] if row_name.endswith(CROSSFIT_SUFFIX) else row_name
 
 
-def _pm(value: float | None, std: float | None, percent: bool) -> str:
-    return format_value(value, percent, std)
-
-
 def table1_markdown(results: dict[str, Any]) -> str:
     """The paper's Table 1 layout: an "ours" line per row (mean ± std over seeds), the paper's line
     below each row it reports, then the segmentation quality of each f."""
@@ -60,46 +56,61 @@ def table1_markdown(results: dict[str, Any]) -> str:
         f"Test set: {data.get('n_test', len(data.get('test_ids', [])))} images ({data.get('source', '?')}"
         + (f", protocol {Path(data['protocol']).name}" if data.get("protocol") else "")
         + f"); g trained on {data.get('n_train', len(data.get('train_ids', [])))} images. "
-        f"Mean ± standard deviation over {len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))}). "
+        f"Mean ± standard deviation over {len(seeds)} seed{'s' if len(seeds) > 1 else ''} "
+        f"({', '.join(map(str, seeds))}). "
         "Detection error, AUROC and AUPR in percent; RMSE, AURC and Spearman as fractions. "
         f"Pass = true Jaccard >= {cfg['threshold']}. AURC (risk = 1 - Jaccard, lower is better) and "
         "Spearman's rho are not in the paper.",
         "",
-        "| Method | | " + " | ".join(h for _, h, _ in TABLE_COLUMNS) + " |",
+        "| Method | Source | " + " | ".join(h for _, h, _ in TABLE_COLUMNS) + " |",
         "|---|---" + "|---" * len(TABLE_COLUMNS) + "|",
     ]
     any_paper = False
     for row in results["rows"]:
         base = _base_name(row["method"])
-        label = row["method"] + (f" ({PAPER_NAMES[base]})" if base in PAPER_NAMES else "")
-        cells = [_pm(row["metrics"].get(k), row.get("std", {}).get(k), pct) for k, _, pct in TABLE_COLUMNS]
-        lines.append(f"| {label} | ours | " + " | ".join(cells) + " |")
+        cells = [
+            format_value(row["metrics"].get(k), pct, row.get("std", {}).get(k)) for k, _, pct in TABLE_COLUMNS
+        ]
+        lines.append(f"| {row['method']} | ours | " + " | ".join(cells) + " |")
         if base in PAPER_NAMES and row.get("quality_train") != "crossfit":
             paper = PAPER_TABLE1.get(base, {})
             any_paper = any_paper or bool(paper)
-            cells = [format_value(paper.get(k), pct) if k in PAPER_KEYS else "–" for k, _, pct in TABLE_COLUMNS]
-            lines.append("| | paper | " + " | ".join(cells) + " |")
+            cells = [
+                format_value(paper.get(k), pct) if k in PAPER_KEYS else "–" for k, _, pct in TABLE_COLUMNS
+            ]
+            lines.append(f"| | paper: {PAPER_NAMES[base]} | " + " | ".join(cells) + " |")
 
-    lines += ["", "## Segmentation (test set)", "", "| f (uncertainty method) | mean Jaccard | mean Dice | "
-              f"failures (Jaccard < {cfg['threshold']}) (%) |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "## Segmentation (test set)",
+        "",
+        "| f (uncertainty method) | mean Jaccard | mean Dice | "
+        f"failures (Jaccard < {cfg['threshold']}) (%) |",
+        "|---|---|---|---|",
+    ]
     for method, seg in results["segmentation"].items():
         lines.append(
-            f"| {method} | {_pm(seg['jaccard_mean'], seg.get('jaccard_std'), False)} | "
-            f"{_pm(seg['dice_mean'], seg.get('dice_std'), False)} | "
-            f"{_pm(seg['failure_rate'], seg.get('failure_rate_std'), True)} |"
+            f"| {method} | {format_value(seg['jaccard_mean'], False, seg.get('jaccard_std'))} | "
+            f"{format_value(seg['dice_mean'], False, seg.get('dice_std'))} | "
+            f"{format_value(seg['failure_rate'], True, seg.get('failure_rate_std'))} |"
         )
     notes = [
         "",
         "## Notes",
         "",
         f"- Each method row is the paper's g(x, y^, z) on the maps of that method's f; the baselines "
-        f"({', '.join(cfg['baselines']) or 'none'}) read the masks of the `{results.get('baseline_f', cfg['methods'][0])}` f.",
+        f"({', '.join(cfg['baselines']) or 'none'}) read the masks of the "
+        f"`{results.get('baseline_f', cfg['methods'][0])}` f.",
         "- `(crossfit)` rows: g trained on out-of-fold predictions of f over its training images "
         f"({cfg['folds']} folds); the other rows train g on f's predictions over its own training images, "
         "as in the paper. RCA does not learn from f's predictions and has one row.",
         "- paper lines: DeVries & Taylor (2018), Table 1 (ISIC 2017, 224x224, f 120 epochs, g 30 epochs)."
-        + ("" if any_paper else " n/a: the published values were not available to us when this table "
-           "was made; see `PAPER_TABLE1` in `segqc/experiment_report.py`."),
+        + (
+            ""
+            if any_paper
+            else " n/a: the published values were not available to us when this table "
+            "was made; see `PAPER_TABLE1` in `segqc/experiment_report.py`."
+        ),
         "",
     ]
     return "\n".join(lines + notes)
@@ -137,11 +148,14 @@ def plot_fig2(
             ax.set_title(title, fontsize=8)
             ax.axis("off")
     fig.suptitle("TP green, FP red, FN blue; uncertainty maps scaled to their own maximum", fontsize=10)
+    fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
 
 
-def plot_fig3(per_row: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, *, threshold: float = 0.7) -> None:
+def plot_fig3(
+    per_row: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, *, threshold: float = 0.7
+) -> None:
     """Figure-3-style true vs predicted Jaccard, one panel per row; each row has its own f, hence its
     own true Jaccard (``report.plot_scatter`` takes one true array for all panels)."""
     import matplotlib
@@ -153,7 +167,7 @@ def plot_fig3(per_row: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, *, 
     ncols = min(4, n)
     nrows = math.ceil(n / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 3.4 * nrows), squeeze=False)
-    for ax in axes.flat[len(per_row):]:
+    for ax in axes.flat[len(per_row) :]:
         ax.axis("off")
     for ax, (name, (true_j, q)) in zip(axes.flat, per_row.items()):
         true_j, q = np.asarray(true_j, float), np.asarray(q, float)
@@ -200,7 +214,8 @@ def write_experiment_report(
         "# segqc experiment",
         "",
         f"Methods {', '.join(cfg['methods'])}; baselines {', '.join(cfg['baselines']) or 'none'}; "
-        f"seeds {', '.join(map(str, cfg['seeds']))}; images {cfg['image_size']} px; f {cfg['seg_epochs']} epochs "
+        f"seeds {', '.join(map(str, cfg['seeds']))}; images {cfg['image_size']} px; "
+        f"f {cfg['seg_epochs']} epochs "
         f"(width {cfg['base_width']}), g {cfg['quality_epochs']} epochs (width {cfg['quality_width']}); "
         f"g trained on: {cfg['quality_train']}.",
         "",

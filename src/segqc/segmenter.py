@@ -116,7 +116,8 @@ class Segmenter:
         if not hasattr(self, "model_"):
             raise NotFittedError("this Segmenter is not fitted yet; call fit() first")
         device = resolve_device(self.device)
-        model = self.model_.to(device).eval()
+        # The model stays on its device between calls (no weight copies per request).
+        model = self.model_ = self.model_.to(device).eval()
         probs, uncert = [], []
         with torch.inference_mode():
             for part in batched(len(images), batch_size):
@@ -124,7 +125,6 @@ class Segmenter:
                 p, z = self.method_.predict(model, x)
                 probs.append(p[:, 1].float().cpu())
                 uncert.append(z.float().cpu())
-        self.model_ = model.cpu()
         fg = torch.cat(probs).numpy()
         return SegPrediction(
             probs=fg, mask=(fg > 0.5).astype(np.uint8), uncertainty=torch.cat(uncert).numpy()
@@ -136,7 +136,7 @@ class Segmenter:
             raise NotFittedError("this Segmenter is not fitted yet")
         config = {"params": self.get_params(), "mean": self.mean_, "std": self.std_}
         config["params"].pop("progress", None)
-        return {k: v.contiguous() for k, v in self.model_.state_dict().items()}, config
+        return {k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()}, config
 
     @classmethod
     def from_state(cls, tensors: dict[str, Tensor], config: dict[str, Any]) -> Segmenter:

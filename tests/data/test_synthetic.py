@@ -1,7 +1,11 @@
 """Tests of the synthetic dermoscopy generator and its folder writer.
 
-The difficulty knobs in ``segqc.data.synthetic`` were calibrated outside the test suite (a width-16 U-Net
-trained 8 epochs on 320 images, Jaccard measured on 160 more); these tests only check the contract:
+The difficulty knobs in ``segqc.data.synthetic`` were calibrated outside the test suite, too slow to
+rerun here: ``segqc.networks.unet.UNet`` (width 16, dropout 0.5) trained on the first 320 images at 64x64
+for 8 epochs (Adam 1e-3, batch 16, cross-entropy, random 90-degree rotations), per-image Jaccard on the
+next 160. Final knobs, generator seed 0: mean 0.77, 25 % below 0.7, 59 % above 0.8, quartiles
+0.70 / 0.84 / 0.91; seed 1: mean 0.72, 36 % below 0.7, 56 % above 0.8, quartiles 0.57 / 0.87 / 0.95.
+Failures concentrate on lazy masks, low contrast and tiny lesions. These tests only check the contract:
 shapes, value sets, determinism, the prefix property, the lazy fraction and the writer.
 """
 
@@ -61,10 +65,10 @@ def test_lazy_fraction_only_changes_masks() -> None:
 
 
 def test_lazy_fraction_roughly_respected_and_coarse() -> None:
-    _, masks, _, info = make_synthetic(300, 32, seed=5, lazy_fraction=0.3, return_info=True)
+    _, masks, _, info = make_synthetic(200, 32, seed=5, lazy_fraction=0.3, return_info=True)
     assert 0.2 < info["lazy"].mean() < 0.4
     # Lazy outlines are drawn outside the lesion, so they overlap the exact mask only partly.
-    _, exact, _ = make_synthetic(300, 32, seed=5, lazy_fraction=0.0)
+    _, exact, _ = make_synthetic(200, 32, seed=5, lazy_fraction=0.0)
     lazy_idx = np.flatnonzero(info["lazy"])
     inter = (masks[lazy_idx] & exact[lazy_idx]).reshape(len(lazy_idx), -1).sum(1)
     union = (masks[lazy_idx] | exact[lazy_idx]).reshape(len(lazy_idx), -1).sum(1)

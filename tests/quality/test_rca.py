@@ -22,7 +22,7 @@ def reference_samples(n: int = 30, size: int = 32, seed: int = 0) -> QualitySamp
 
 
 def corrupted(n: int = 40, size: int = 32, seed: int = 1) -> tuple[QualitySamples, np.ndarray]:
-    """Test samples whose predicted masks are the truth corrupted to varied degrees, and their true Jaccard."""
+    """Test samples whose masks are the truth corrupted to varied degrees, and their true Jaccard."""
     images, truth, ids = make_synthetic(n, size, seed=seed, lazy_fraction=0.0)
     rng = np.random.default_rng(seed)
     masks = truth.copy()

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from segqc.cli import common_options, handle_errors
+from segqc.commands.common import common_options, handle_errors
 
 #: Exit code of ``segqc predict`` when some inputs could not be read (the others were assessed).
 EXIT_PARTIAL = 3
@@ -26,7 +26,8 @@ EXIT_PARTIAL = 3
     "--protocol",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="JSON file with 'train' and 'test' id lists; default: a seeded 80/20 split of --data.",
+    help="JSON file with a 'train' id list and optionally a 'test' one; default: a seeded 80/20 "
+    "train/test split of --data.",
 )
 @click.option("--method", default=None, help="Uncertainty method of f [msp]; see `segqc list-methods`.")
 @click.option(

@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 
+from segqc.commands.common import handle_errors
+
 MiB = 1024 * 1024
-
-
-def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``segqc.cli.handle_errors`` (SegQCError -> message and exit code 1), looked up when the command
-    runs: cli.py imports this module to attach the command, so importing cli.py here, at import time,
-    would be circular when this module is imported first."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from segqc.cli import handle_errors as cli_handle_errors
-
-        return cli_handle_errors(fn)(*args, **kwargs)
-
-    return wrapper
 
 
 def _import_server():  # -> (uvicorn module, create_app)

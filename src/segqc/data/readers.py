@@ -68,6 +68,8 @@ def open_image(
             img.load()
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
         raise ImageTooLargeError(f"{name}: {what} is too large to decode safely ({err})") from None
+    except ImageTooLargeError:
+        raise
     except _DECODE_ERRORS as err:
         raise DataError(f"{name}: cannot read {what} ({type(err).__name__}: {err})") from None
     return img

@@ -44,13 +44,13 @@ __all__ = ["SyntheticData", "SyntheticDataWithInfo", "make_synthetic", "syntheti
 # ---------------------------------------------------------------------------------------------------------
 P_LOW_CONTRAST = 0.10  # lesion only slightly darker than the skin
 LOW_CONTRAST_RANGE = (0.12, 0.30)  # blend factor towards the lesion colour in that case
-CONTRAST_RANGE = (0.6, 1.0)  # ... and otherwise
-P_PARTS = (0.82, 0.12, 0.06)  # probability of 1, 2, 3 blobs
+CONTRAST_RANGE = (0.65, 1.0)  # ... and otherwise
+P_PARTS = (0.84, 0.11, 0.05)  # probability of 1, 2, 3 blobs
 P_TINY = 0.06  # radius 4-8 % of the image side
 P_LARGE = 0.12  # radius 33-55 % of the image side (fills most of the image)
 P_OFF_CENTRE = 0.20  # centre anywhere in the middle half rather than near the middle
 P_AT_BORDER = 0.08  # centre close to an image edge, so the lesion is cut by the border
-P_HAIR_FEW, P_HAIR_MANY = 0.30, 0.12  # 1-6 hairs, 8-30 hairs; otherwise none
+P_HAIR_FEW, P_HAIR_MANY = 0.30, 0.10  # 1-6 hairs, 8-30 hairs; otherwise none
 P_FUZZY_EDGE = 0.15  # a soft, gradual border (edge width 2-4 px at 64 px) instead of a crisp one
 P_SCOPE_CORNERS = 0.30  # dark circular corners of the dermoscope field of view
 MAX_LESION_LUMA = 0.75  # lesion colours are at most this bright relative to the skin (before contrast)
@@ -430,7 +430,7 @@ def _draw_one(
         if j == 0:
             q_main = q
         # alpha is 0.5 exactly on the drawn border, so the exact mask is the inside of the curve.
-        strength = 1.0 if j == 0 else rng.uniform(0.7, 1.1)
+        strength = 1.0 if j == 0 else rng.uniform(0.85, 1.1)
         alpha = np.maximum(alpha, strength * np.clip(0.5 - sd / edge, 0.0, 1.0))
         mask |= sd < 0
 

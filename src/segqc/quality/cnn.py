@@ -102,7 +102,7 @@ class CNNQualityPredictor(QualityPredictor):
     def predict(self, samples: QualitySamples, *, batch_size: int = 64) -> np.ndarray:
         self._check_fitted("model_")
         device = resolve_device(self.device)
-        model = self.model_.to(device).eval()
+        model = self.model_ = self.model_.to(device).eval()
         out = []
         with torch.inference_mode():
             for part in batched(len(samples), batch_size):
@@ -112,7 +112,6 @@ class CNNQualityPredictor(QualityPredictor):
                     torch.from_numpy(np.asarray(samples.uncertainty[part], dtype=np.float32)),
                 ).to(device)
                 out.append(model(x).float().cpu())
-        self.model_ = model.cpu()
         return torch.cat(out).numpy().astype(np.float64)
 
     def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -126,7 +125,7 @@ class CNNQualityPredictor(QualityPredictor):
             "z_mean": self.z_mean_,
             "z_std": self.z_std_,
         }
-        return {k: v.contiguous() for k, v in self.model_.state_dict().items()}, config
+        return {k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()}, config
 
     @classmethod
     def from_state(cls, tensors: dict[str, Tensor], config: dict[str, Any]) -> CNNQualityPredictor:

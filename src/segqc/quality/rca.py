@@ -64,8 +64,9 @@ def pixel_features(images: np.ndarray) -> np.ndarray:
     parts = [rgb]
     for sigma in (h / 32.0, h / 16.0):
         parts.append(gaussian_filter(rgb, sigma=(0, sigma, sigma, 0), mode="reflect", truncate=3.0))
-    yy, xx = np.meshgrid(np.linspace(-1, 1, h, dtype=np.float32), np.linspace(-1, 1, w, dtype=np.float32),
-                         indexing="ij")
+    yy, xx = np.meshgrid(
+        np.linspace(-1, 1, h, dtype=np.float32), np.linspace(-1, 1, w, dtype=np.float32), indexing="ij"
+    )
     parts.append(np.broadcast_to(np.stack([xx, yy], -1), (n, h, w, 2)))
     return np.concatenate(parts, axis=-1).reshape(n, h * w, -1)
 
@@ -162,7 +163,8 @@ class ReverseClassificationAccuracy(QualityPredictor):
         self._check_fitted("reference_images_")
         if samples.images.shape[1:3] != self.reference_images_.shape[1:3]:
             raise ValueError(
-                f"rca: test images are {samples.images.shape[1:3]}, references {self.reference_images_.shape[1:3]}"
+                f"rca: test images are {samples.images.shape[1:3]}, "
+                f"references {self.reference_images_.shape[1:3]}"
             )
         r = len(self.reference_images_)
         p = self.reference_masks_[0].size

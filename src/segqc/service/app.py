@@ -23,7 +23,6 @@ import base64
 import io
 import os
 import threading
-import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -266,12 +265,11 @@ def sniff_format(data: bytes, name: str, max_pixels: int) -> str:
     """The Pillow format of ``data`` if it is an accepted one of at most ``max_pixels`` pixels; else 413
     (too many pixels), 415 (not an image, or a format not accepted) or 422 (it starts like an accepted
     format but its header is corrupt). Reads headers only."""
+    # No warnings.catch_warnings() here: it changes process-wide state, unsafe across request threads.
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # open_image decides on size
-            with Image.open(io.BytesIO(data), formats=FORMATS) as probe:
-                fmt, width, height = str(probe.format), probe.width, probe.height
-    except Image.DecompressionBombError as err:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as probe:
+            fmt, width, height = str(probe.format), probe.width, probe.height
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         detail = f"{name}: image is too large to decode safely ({err}); the limit here is {max_pixels} pixels"
         raise HTTPException(413, detail) from None
     except UnidentifiedImageError:
@@ -302,10 +300,8 @@ def sniff_format(data: bytes, name: str, max_pixels: int) -> str:
 def _identify_any(data: bytes) -> str | None:
     """Name a format Pillow knows but the service refuses (header only, nothing decoded)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as probe:
-                return str(probe.format)
+        with Image.open(io.BytesIO(data)) as probe:
+            return str(probe.format)
     except Exception:  # noqa: BLE001 - any failure just means "not identified"
         return None
 

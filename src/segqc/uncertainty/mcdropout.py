@@ -32,10 +32,12 @@ class MCDropout(UncertaintyMethod):
     Args:
         samples: number of dropout samples T. Defaults to 20.
         max_batch: most images decoded at once (samples x batch images); bounds memory. At least
-            one sample is always decoded at a time. Defaults to 64.
+            one sample is always decoded at a time. On a CPU one sample per decode is fastest
+            (``benchmarks/bench_mcdropout.py``: stacked samples outgrow the caches), so the default
+            equals ``Segmenter.predict``'s batch size; a GPU may gain from more. Defaults to 32.
     """
 
-    def __init__(self, *, samples: int = 20, max_batch: int = 64) -> None:
+    def __init__(self, *, samples: int = 20, max_batch: int = 32) -> None:
         if samples < 1 or max_batch < 1:
             raise SegQCError(f"samples and max_batch must be at least 1, got {samples} and {max_batch}")
         self.samples = samples

@@ -1,0 +1,374 @@
+"""``segqc experiment``: Table 1 end to end, the unit cache, resuming, and the CLI command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+import segqc.experiment as experiment
+from segqc.data.dataset import SegData
+from segqc.data.synthetic import make_synthetic, write_synthetic
+from segqc.errors import SegQCError, UnknownNameError
+from segqc.experiment import ExperimentConfig, Payload, Unit, UnitStore, run_experiment, training_key
+from segqc.metrics import QUALITY_KEYS
+from segqc.segmenter import Segmenter
+from segqc.uncertainty import METHODS
+
+PAPER_METHODS = [m for m in ("msp", "mcdropout", "hcnn", "lce") if m in METHODS.names()]
+BASELINES = ["no-uncertainty", "qualitynet", "rca"]
+TINY = dict(
+    image_size=32,
+    base_width=4,
+    quality_width=4,
+    seg_epochs=1,
+    quality_epochs=1,
+    batch_size=16,
+    folds=2,
+    rca_references=4,
+    mc_samples=2,
+    device="cpu",
+    method_params={"hcnn": {"samples": 2}},
+)
+PNG = b"\x89PNG\r\n\x1a\n"
+RUN_UNIT = experiment.run_unit  # the real one, before any test wraps it
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one torch thread. On a shared, loaded 2-core machine two OpenMP threads made a
+    1-epoch fit of f take 4.5 s instead of 0.06 s."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def count_units(monkeypatch: pytest.MonkeyPatch, fail_after: int | None = None) -> list[str]:
+    """Wrap ``experiment.run_unit``: record each computed unit; raise after ``fail_after`` of them."""
+    calls: list[str] = []
+
+    def wrapped(unit: Unit) -> Payload:
+        if fail_after is not None and len(calls) >= fail_after:
+            raise Interrupted(unit.label)
+        calls.append(unit.label)
+        return RUN_UNIT(unit)
+
+    monkeypatch.setattr(experiment, "run_unit", wrapped)
+    return calls
+
+
+def strict_json(path: Path) -> dict:
+    def no_constant(name: str) -> None:
+        raise AssertionError(f"{path} is not strict JSON: {name}")
+
+    return json.loads(path.read_text(), parse_constant=no_constant)
+
+
+def comparable(results: dict) -> dict:
+    """The parts of results.json that must not depend on caching or timing."""
+    keep = ("rows", "segmentation", "per_image", "per_image_by_row", "data", "config")
+    return json.loads(json.dumps({k: results[k] for k in keep}, default=str))
+
+
+# -- end to end on a generic data folder --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> tuple[Path, Path, list[str], list[str]]:
+    root = tmp_path_factory.mktemp("folder")
+    ids = write_synthetic(root / "data", 26, 32, seed=5)
+    train_ids, test_ids = ids[:16], ids[16:]
+    (root / "split.json").write_text(json.dumps({"train": train_ids, "test": test_ids}))
+    return root / "data", root / "split.json", train_ids, test_ids
+
+
+@pytest.fixture(scope="module")
+def full_run(folder, tmp_path_factory):
+    data, protocol, _, _ = folder
+    out = tmp_path_factory.mktemp("full")
+    cfg = ExperimentConfig(
+        methods=PAPER_METHODS, baselines=BASELINES, seeds=[0, 1], quality_train="both", **TINY
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SEGQC_CACHE", str(out.parent / "data-cache"))
+        calls = count_units(mp)
+        results = run_experiment(
+            cfg, out, data=data, protocol=protocol, progress=False, command=["segqc", "test"]
+        )
+    return cfg, out, results, calls
+
+
+def expected_rows() -> list[str]:
+    rows = []
+    for name in [*PAPER_METHODS, *BASELINES]:
+        rows += [name] if name == "rca" else [name, f"{name} (crossfit)"]
+    return rows
+
+
+@pytest.mark.slow
+def test_end_to_end_results_json(full_run, folder):
+    cfg, out, results, calls = full_run
+    _, _, train_ids, test_ids = folder
+    res = strict_json(out / "results.json")
+    assert [r["method"] for r in res["rows"]] == expected_rows()
+    assert res["units"] == {"total": len(calls), "computed": len(calls), "cached": 0}
+    assert ExperimentConfig.from_dict(res["config"]) == cfg
+    assert res["data"]["train_ids"] == train_ids and res["data"]["test_ids"] == test_ids
+    assert res["data"]["protocol"].endswith("split.json")
+    assert res["command"] == ["segqc", "test"] and res["wall_time_s"] > 0
+    assert {"platform", "cpu_count"} <= set(res["machine"]) and "torch" in res["versions"]
+    for row in res["rows"]:
+        assert list(row["metrics"]) == list(QUALITY_KEYS) and list(row["std"]) == list(QUALITY_KEYS)
+        assert [s["seed"] for s in row["per_seed"]] == [0, 1]
+        assert all(set(s["metrics"]) == set(QUALITY_KEYS) for s in row["per_seed"])
+        rmse = [s["metrics"]["rmse"] for s in row["per_seed"]]
+        assert row["metrics"]["rmse"] == pytest.approx(np.mean(rmse))
+        assert row["std"]["rmse"] == pytest.approx(np.std(rmse, ddof=1))
+        assert row["segmentation_jaccard"] == pytest.approx(
+            res["segmentation"][row["uncertainty_method"]]["jaccard_mean"]
+        )
+        expected_variant = (
+            "reference"
+            if row["predictor"] == "rca"
+            else ("crossfit" if row["method"].endswith("(crossfit)") else "paper")
+        )
+        assert row["quality_train"] == expected_variant
+    baselines = [r for r in res["rows"] if r["predictor"] in BASELINES]
+    assert {r["uncertainty_method"] for r in baselines} == {PAPER_METHODS[0]}
+    assert set(res["segmentation"]) == set(PAPER_METHODS)
+    for seg in res["segmentation"].values():
+        assert (
+            0 <= seg["jaccard_mean"] <= 1 and seg["n_images"] == len(test_ids) and len(seg["per_seed"]) == 2
+        )
+    assert [p["id"] for p in res["per_image"]] == test_ids
+    assert set(res["per_image"][0]) == {"id", "true_jaccard", "predicted_jaccard"}
+    assert set(res["per_image_by_row"]) == set(expected_rows())
+    # the per-image values of the first row are its seed-0 predictions
+    first = res["rows"][0]["per_seed"][0]["metrics"]
+    t = np.array([p["true_jaccard"] for p in res["per_image"]])
+    q = np.array([p["predicted_jaccard"] for p in res["per_image"]])
+    assert np.sqrt(np.mean((q - t) ** 2)) == pytest.approx(first["rmse"])
+
+
+@pytest.mark.slow
+def test_end_to_end_table_figures_and_units(full_run):
+    cfg, out, results, calls = full_run
+    table = (out / "table1.md").read_text()
+    for name in expected_rows():
+        assert f"| {name} | ours |" in table
+    assert table.count("| paper: ") == len(PAPER_METHODS) + len(BASELINES)  # crossfit rows have no paper line
+    assert "Detection Error (%)" in table and "AUPR-Fail (%)" in table and "Spearman" in table
+    for method in PAPER_METHODS:
+        assert f"| {method} | " in table.split("## Segmentation")[1]
+    report = (out / "report.md").read_text()
+    assert "table1.md" in report and "figures/fig2.png" in report and "segqc test" in report
+    for fig in ("fig2.png", "fig3.png"):
+        path = out / "figures" / fig
+        assert path.read_bytes()[:8] == PNG
+        with Image.open(path) as im:
+            im.verify()
+    assert not list(out.rglob("*.tmp")) and not list(out.rglob("*.pkl"))
+    folders = sorted(p.name for p in (out / "units").iterdir())
+    assert len(folders) == len(calls) == results["units"]["total"]
+    # msp and mcdropout share one f per seed and fold; other methods train their own
+    f_units = [f for f in folders if f.startswith("f-")]
+    keys = sorted({training_key(m) for m in PAPER_METHODS})
+    assert len(f_units) == len(keys) * 2 * (1 + cfg.folds)
+    assert not any(f.startswith(("f-msp-", "f-mcdropout-")) for f in f_units)
+    for name in folders:
+        unit = out / "units" / name
+        assert json.loads((unit / "unit.json").read_text())["label"] == name.rsplit("-", 1)[0]
+        if name.startswith("f-"):
+            from safetensors.torch import load_file
+
+            assert load_file(unit / "weights.safetensors")
+        if name.startswith("pred-"):
+            with np.load(unit / "arrays.npz", allow_pickle=False) as z:
+                assert z["mask"].dtype == np.uint8 and z["uncertainty"].dtype == np.float16
+
+
+@pytest.mark.slow
+def test_rerun_reuses_every_unit(full_run, folder, monkeypatch):
+    cfg, out, results, _ = full_run
+    data, protocol, _, _ = folder
+    monkeypatch.setenv("SEGQC_CACHE", str(out.parent / "data-cache"))
+    calls = count_units(monkeypatch)
+    again = run_experiment(cfg, out, data=data, protocol=protocol, progress=False, command=["segqc", "test"])
+    assert calls == []
+    assert again["units"]["computed"] == 0 and again["units"]["cached"] == results["units"]["total"]
+    assert comparable(again) == comparable(results)
+
+
+# -- resuming ------------------------------------------------------------------------------------
+
+SMALL = ExperimentConfig(
+    methods=["msp"],
+    baselines=["no-uncertainty"],
+    seeds=[0],
+    quality_train="both",
+    n_train=16,
+    n_test=12,
+    **TINY,
+)
+
+
+@pytest.mark.slow
+def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatch):
+    reference_calls = count_units(monkeypatch)
+    reference = run_experiment(SMALL, tmp_path / "a", progress=False)
+    total = reference["units"]["total"]
+    assert len(reference_calls) == total == 1 + 2 + 2 * 2 + 4  # f, 2 preds, 2 folds x (f, pred), 4 g
+
+    k = 7
+    count_units(monkeypatch, fail_after=k)
+    with pytest.raises(Interrupted):
+        run_experiment(SMALL, tmp_path / "b", progress=False)
+    finished = list((tmp_path / "b" / "units").glob("*/unit.json"))
+    assert len(finished) == k
+    assert not (tmp_path / "b" / "results.json").exists()
+
+    resumed_calls = count_units(monkeypatch)
+    resumed = run_experiment(SMALL, tmp_path / "b", progress=False)
+    assert len(resumed_calls) == total - k
+    assert not set(resumed_calls) & {json.loads(p.read_text())["label"] for p in finished}
+    assert resumed["units"] == {"total": total, "computed": total - k, "cached": k}
+    assert comparable(resumed) == comparable(reference)
+
+    # a changed setting of g recomputes exactly the learned g units; f and its predictions are reused
+    changed_calls = count_units(monkeypatch)
+    changed = run_experiment(SMALL.replace(quality_epochs=2), tmp_path / "b", progress=False)
+    assert sorted(changed_calls) == sorted(
+        f"g-{row}-s0" for row in ("msp", "msp-crossfit", "no-uncertainty", "no-uncertainty-crossfit")
+    )
+    assert changed["rows"][0]["metrics"] != resumed["rows"][0]["metrics"]
+
+
+def plan_digests(cfg: ExperimentConfig, tmp_path: Path) -> dict[str, str]:
+    images, masks, ids = make_synthetic(20, 32, seed=0)
+    data = SegData(images, masks, ids)
+    exp = experiment._Experiment(cfg, data.subset(range(14)), data.subset(range(14, 20)), tmp_path, False)
+    units, _, _ = exp.plan(cfg.seeds[0], exp.rows())
+    return {u.label: u.digest for u in units}
+
+
+def test_unit_keys_follow_what_determines_them(tmp_path):
+    base = SMALL
+    digests = plan_digests(base, tmp_path)
+    assert plan_digests(base, tmp_path) == digests
+    # threshold only enters the metrics, computed at the end
+    assert plan_digests(base.replace(threshold=0.6), tmp_path) == digests
+    # f's settings change every unit downstream of f
+    changed = plan_digests(base.replace(seg_epochs=2), tmp_path)
+    assert changed.keys() == digests.keys() and all(changed[k] != digests[k] for k in digests)
+    # g's settings change only the g units
+    changed = plan_digests(base.replace(quality_epochs=2), tmp_path)
+    assert all((changed[k] != digests[k]) == k.startswith("g-") for k in digests)
+    # a different seed changes everything
+    changed = plan_digests(base.replace(seeds=[1]), tmp_path)
+    assert not set(changed.values()) & set(digests.values())
+
+
+def test_unit_store_round_trip_and_rejections(tmp_path):
+    store = UnitStore(tmp_path / "units")
+    payload = Payload(
+        arrays={"mask": np.eye(4, dtype=np.uint8)},
+        tensors={"w": torch.arange(6.0).reshape(2, 3)},
+        meta={"a": 1},
+    )
+    unit = Unit("f", "f-test", {"x": 1, "lr": 1e-3}, lambda: payload)
+    assert store.load(unit) is None
+    store.save(unit, payload, 1.5)
+    loaded, seconds = store.load(unit)
+    assert seconds == 1.5 and loaded.meta == {"a": 1}
+    np.testing.assert_array_equal(loaded.arrays["mask"], payload.arrays["mask"])
+    assert torch.equal(loaded.tensors["w"], payload.tensors["w"])
+    # another key is another folder; a tampered key or a damaged file is never trusted
+    assert store.load(Unit("f", "f-test", {"x": 2, "lr": 1e-3}, lambda: payload)) is None
+    folder = tmp_path / "units" / unit.folder
+    info = json.loads((folder / "unit.json").read_text())
+    (folder / "unit.json").write_text(json.dumps({**info, "key": {"x": 2, "lr": 1e-3}}))
+    assert store.load(unit) is None
+    store.save(unit, payload, 1.5)
+    (folder / "arrays.npz").write_bytes(b"not a zip")
+    assert store.load(unit) is None
+
+
+@pytest.mark.skipif("mcdropout" not in METHODS.names(), reason="mcdropout not registered")
+def test_msp_and_mcdropout_train_the_same_f(tiny_data):
+    assert training_key("msp") == training_key("mcdropout")
+    train, _ = tiny_data
+    a = Segmenter("msp", base_width=4, epochs=1, device="cpu", progress=False).fit(train.subset(range(16)))
+    b = Segmenter("mcdropout", base_width=4, epochs=1, device="cpu", progress=False).fit(
+        train.subset(range(16))
+    )
+    sa, sb = a.state()[0], b.state()[0]
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_config_validation():
+    with pytest.raises(UnknownNameError, match="unknown uncertainty method 'nope'"):
+        ExperimentConfig(methods=["nope"])
+    with pytest.raises(SegQCError, match="not a baseline"):
+        ExperimentConfig(baselines=["uncertainty"])
+    with pytest.raises(SegQCError, match="quality_train"):
+        ExperimentConfig(quality_train="sometimes")
+    with pytest.raises(SegQCError, match="folds"):
+        ExperimentConfig(folds=1)
+    with pytest.raises(SegQCError, match="duplicates"):
+        ExperimentConfig(seeds=[0, 0])
+    with pytest.raises(SegQCError, match="multiple of 16"):
+        ExperimentConfig(image_size=30)
+    cfg = ExperimentConfig(seeds=[2, 5], mc_samples=7)
+    assert ExperimentConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert cfg.pipeline_config("mcdropout", 5).method_params == {"samples": 7}
+    assert cfg.pipeline_config("msp", 5).seed == 5
+
+
+# -- CLI -----------------------------------------------------------------------------------------
+
+TINY_FLAGS = [
+    *("--image-size", "32", "--base-width", "4", "--quality-width", "4", "--seg-epochs", "1"),
+    *("--quality-epochs", "1", "--device", "cpu", "--quiet"),
+]
+
+
+@pytest.mark.slow
+def test_cli_experiment(tmp_path):
+    from segqc.commands.experiment_cli import experiment as command
+
+    out = tmp_path / "exp"
+    flags = ["--methods", "msp", "--baselines", "rca", "--seeds", "1", "--n-train", "16", "--n-test", "8"]
+    args = ["--out", str(out), *flags, "--rca-references", "3", *TINY_FLAGS]
+    result = CliRunner().invoke(command, args)
+    assert result.exit_code == 0, result.output
+    assert "rca: RMSE" in result.output and "table1.md" in result.output
+    res = strict_json(out / "results.json")
+    assert [r["method"] for r in res["rows"]] == ["msp", "rca"]
+    assert res["config"]["seeds"] == [0] and res["config"]["rca_references"] == 3
+    assert res["data"]["source"] == "synthetic" and len(res["per_image"]) == 8
+    again = CliRunner().invoke(command, args)
+    assert again.exit_code == 0 and "0 computed" in again.output
+
+
+def test_cli_bad_input(tmp_path):
+    from segqc.commands.experiment_cli import experiment as command
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = CliRunner().invoke(command, ["--out", str(tmp_path / "o"), "--data", str(empty), *TINY_FLAGS])
+    assert result.exit_code == 1
+    assert "error:" in result.output and "not a data folder" in result.output
+    result = CliRunner().invoke(command, ["--out", str(tmp_path / "o"), "--methods", "msp,nope", *TINY_FLAGS])
+    assert result.exit_code == 1 and "unknown uncertainty method 'nope'" in result.output
+    result = CliRunner().invoke(command, ["--out", str(tmp_path / "o"), "--seeds", "2", "--seed", "1"])
+    assert result.exit_code == 2
