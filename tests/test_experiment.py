@@ -16,6 +16,7 @@ from segqc.data.dataset import SegData
 from segqc.data.synthetic import make_synthetic, write_synthetic
 from segqc.errors import SegQCError, UnknownNameError
 from segqc.experiment import ExperimentConfig, Payload, Unit, UnitStore, run_experiment, training_key
+from segqc.experiment_report import PAPER_TABLE1, table1_markdown
 from segqc.metrics import QUALITY_KEYS
 from segqc.segmenter import Segmenter
 from segqc.uncertainty import METHODS
@@ -160,13 +161,22 @@ def test_end_to_end_results_json(full_run, folder):
     assert np.sqrt(np.mean((q - t) ** 2)) == pytest.approx(first["rmse"])
 
 
+def test_paper_line_shown_when_values_are_known(full_run, monkeypatch):
+    results = full_run[2]
+    monkeypatch.setitem(PAPER_TABLE1, "msp", {"rmse": 0.123, "auroc": 0.876})
+    table = table1_markdown(results)
+    assert table.count("| paper: ") == 1
+    assert "| | paper: baseline (max softmax) | 0.123 | n/a | 87.6 |" in table
+
+
 @pytest.mark.slow
 def test_end_to_end_table_figures_and_units(full_run):
     cfg, out, results, calls = full_run
     table = (out / "table1.md").read_text()
     for name in expected_rows():
         assert f"| {name} | ours |" in table
-    assert table.count("| paper: ") == len(PAPER_METHODS) + len(BASELINES)  # crossfit rows have no paper line
+    # a paper line under each row whose published values are known; none for crossfit rows
+    assert table.count("| paper: ") == sum(name in PAPER_TABLE1 for name in [*PAPER_METHODS, *BASELINES])
     assert "Detection Error (%)" in table and "AUPR-Fail (%)" in table and "Spearman" in table
     for method in PAPER_METHODS:
         assert f"| {method} | " in table.split("## Segmentation")[1]

@@ -1,4 +1,9 @@
-"""Assess new images with a bundle: mask, uncertainty map, predicted Jaccard and pass/refer decision."""
+"""Assess new images with a bundle: mask, uncertainty map, predicted Jaccard and pass/refer decision.
+
+Works with a PyTorch :class:`~segqc.bundle.Bundle` and with an ONNX export
+(:class:`~segqc.onnx_backend.OnnxBundle`); this module imports no torch itself, so the ONNX path runs
+without it.
+"""
 
 from __future__ import annotations
 
@@ -16,14 +21,16 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from segqc.bundle import Bundle
 from segqc.data.readers import IMAGE_EXTENSIONS, open_image, resize_image, to_rgb
 from segqc.errors import DataError, SegQCError
-from segqc.segmenter import upsample_probs
 from segqc.types import QualitySamples
 from segqc.utils import atomic_write, write_json
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from segqc.bundle import Bundle
+    from segqc.onnx_backend import OnnxBundle
     from segqc.review_page import ReviewCase
 
 
@@ -74,8 +81,21 @@ def _check_image(image: Any, id_: str) -> np.ndarray:
     return image
 
 
+def _upsampler(bundle: Bundle | OnnxBundle) -> Callable[[np.ndarray, int, int], np.ndarray]:
+    """The bilinear resize of f's maps: torch's for a torch bundle, its NumPy twin for an ONNX export."""
+    if getattr(bundle, "backend", "torch") == "onnx":
+        from segqc.onnx_backend import upsample_probs
+    else:
+        from segqc.segmenter import upsample_probs
+    return upsample_probs
+
+
 def assess_images(
-    bundle: Bundle, images: Sequence[np.ndarray], ids: Sequence[str] | None = None, *, batch_size: int = 16
+    bundle: Bundle | OnnxBundle,
+    images: Sequence[np.ndarray],
+    ids: Sequence[str] | None = None,
+    *,
+    batch_size: int = 16,
 ) -> list[Assessment]:
     """Segment images with f, predict the quality of each segmentation with g, decide pass or refer.
 
@@ -84,7 +104,7 @@ def assess_images(
     resized probability thresholded at 0.5.
 
     Args:
-        bundle: a loaded bundle.
+        bundle: a loaded bundle, or a loaded ONNX export (``segqc.onnx_backend.load_onnx_bundle``).
         images: ``(H, W, 3)`` uint8 RGB images, each of any size.
         ids: one id per image. Defaults to ``"0"``, ``"1"``, ...
         batch_size: images per forward pass. Defaults to 16.
@@ -102,6 +122,7 @@ def assess_images(
         raise DataError(f"batch size must be at least 1, got {batch_size}")
     checked = [_check_image(image, id_) for image, id_ in zip(images, ids)]
     size, threshold = bundle.image_size, bundle.threshold
+    upsample_probs = _upsampler(bundle)
     out: list[Assessment] = []
     for start in range(0, len(checked), batch_size):
         batch = checked[start : start + batch_size]
@@ -290,7 +311,7 @@ def _done(out: Path, id_: str) -> bool:
     return all((out / d / f"{id_}.png").is_file() for d in OUTPUT_DIRS)
 
 
-def _check_run_file(out: Path, bundle: Bundle) -> None:
+def _check_run_file(out: Path, bundle: Bundle | OnnxBundle) -> None:
     """Refuse to mix the outputs of two models in one folder; record the model on first use."""
     run_file = out / RUN_FILE
     weights = bundle.config.get("sha256")
@@ -310,7 +331,8 @@ def _check_run_file(out: Path, bundle: Bundle) -> None:
     write_json(
         run_file,
         {"model": str(bundle.path.resolve()), "weights_sha256": weights, "threshold": bundle.threshold,
-         "method": bundle.method, "image_size": bundle.image_size},
+         "method": bundle.method, "image_size": bundle.image_size,
+         "backend": getattr(bundle, "backend", "torch")},
     )  # fmt: skip
 
 
@@ -323,7 +345,7 @@ def _clean_temporaries(out: Path) -> None:
 
 
 def assess_files(
-    bundle: Bundle,
+    bundle: Bundle | OnnxBundle,
     paths: Sequence[Path],
     out_dir: str | Path,
     *,
@@ -344,7 +366,7 @@ def assess_files(
     skips the images already in ``quality.csv`` (same id and source) whose three images exist.
 
     Args:
-        bundle: a loaded bundle.
+        bundle: a loaded bundle or ONNX export.
         paths: image files (see :func:`collect_inputs`).
         out_dir: output folder, created if needed.
         ids: one id per path. Defaults to :func:`unique_ids`.

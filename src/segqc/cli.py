@@ -114,9 +114,10 @@ def list_methods() -> None:
 from segqc.commands.assess_cli import predict, train  # noqa: E402
 from segqc.commands.download_cli import download_command  # noqa: E402
 from segqc.commands.experiment_cli import experiment  # noqa: E402
+from segqc.commands.export_cli import export  # noqa: E402
 from segqc.commands.serve_cli import serve  # noqa: E402
 
-for command in (experiment, train, predict, serve, download_command):
+for command in (experiment, train, predict, export, serve, download_command):
     cli.add_command(command)
 
 

@@ -72,9 +72,9 @@ def table1_markdown(results: dict[str, Any]) -> str:
             format_value(row["metrics"].get(k), pct, row.get("std", {}).get(k)) for k, _, pct in TABLE_COLUMNS
         ]
         lines.append(f"| {row['method']} | ours | " + " | ".join(cells) + " |")
-        if base in PAPER_NAMES and row.get("quality_train") != "crossfit":
-            paper = PAPER_TABLE1.get(base, {})
-            any_paper = any_paper or bool(paper)
+        paper = PAPER_TABLE1.get(base, {})
+        if paper and row.get("quality_train") != "crossfit":
+            any_paper = True
             cells = [
                 format_value(paper.get(k), pct) if k in PAPER_KEYS else "–" for k, _, pct in TABLE_COLUMNS
             ]
@@ -104,12 +104,12 @@ def table1_markdown(results: dict[str, Any]) -> str:
         "- `(crossfit)` rows: g trained on out-of-fold predictions of f over its training images "
         f"({cfg['folds']} folds); the other rows train g on f's predictions over its own training images, "
         "as in the paper. RCA does not learn from f's predictions and has one row.",
-        "- paper lines: DeVries & Taylor (2018), Table 1 (ISIC 2017, 224x224, f 120 epochs, g 30 epochs)."
-        + (
-            ""
+        (
+            "- paper lines: DeVries & Taylor (2018), Table 1 (ISIC 2017, 224x224, f 120 epochs, g 30 epochs)."
             if any_paper
-            else " n/a: the published values were not available to us when this table "
-            "was made; see `PAPER_TABLE1` in `segqc/experiment_report.py`."
+            else "- The paper's published values (DeVries & Taylor 2018, Table 1) were not available to us "
+            "when this table was made, so no paper lines are shown; fill in `PAPER_TABLE1` in "
+            "`segqc/experiment_report.py` to show them beside ours."
         ),
         "",
     ]

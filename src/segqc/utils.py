@@ -13,14 +13,18 @@ import tempfile
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where used, so the ONNX path (segqc.onnx_backend) runs without it
+    import torch
 
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a torch generator for data order and augmentation."""
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -94,12 +98,15 @@ def versions() -> dict[str, str]:
     for name in ("segqc", "torch", "numpy", "scikit-learn", "scipy", "pillow", "safetensors"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[name] = metadata.version(name)
-    out["torch_threads"] = str(torch.get_num_threads())
+    if "torch" in sys.modules:  # not imported on the torch-free ONNX path
+        out["torch_threads"] = str(sys.modules["torch"].get_num_threads())
     return out
 
 
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` picks CUDA when available, else the CPU."""
+    import torch
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and "LOCAL_RANK" in os.environ:  # one GPU per torchrun rank

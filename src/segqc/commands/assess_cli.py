@@ -91,7 +91,8 @@ def train(
     "--model",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     required=True,
-    help="Model bundle folder written by `segqc train`.",
+    help="Model bundle folder written by `segqc train`; with --backend onnx, a folder written by "
+    "`segqc export`.",
 )
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output folder.")
@@ -103,6 +104,13 @@ def train(
     help="Images decoded and assessed together.",
 )
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option(
+    "--backend",
+    type=click.Choice(["torch", "onnx"]),
+    default="torch",
+    show_default=True,
+    help="Run f and g with PyTorch (a bundle), or with onnxruntime and NumPy only (an export folder).",
+)
 @click.option("--no-report", is_flag=True, help="Do not write report.html.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @handle_errors
@@ -112,6 +120,7 @@ def predict(
     out: Path,
     batch_size: int,
     device: str,
+    backend: str,
     no_report: bool,
     quiet: bool,
 ) -> None:
@@ -137,15 +146,26 @@ def predict(
     Exit codes: 0 all assessed, 3 some inputs could not be read (see errors.csv; the
     others were assessed), 1 an error such as a bad model bundle, 2 bad usage.
 
+    With --backend onnx, --model is a folder written by `segqc export`; f and g run in
+    onnxruntime and PyTorch is not imported. The outputs are the same files, with values equal to
+    the torch backend's up to float rounding (mcdropout: up to its random sampling).
+
     \b
     Example:
         segqc predict --model model scans/ extra.png --out results
+        segqc predict --backend onnx --model model-onnx scans/ --out results
     """
     from segqc.assess import assess_files, collect_inputs
-    from segqc.bundle import load_bundle
     from segqc.errors import DataError
 
-    bundle = load_bundle(model, device=device)
+    if backend == "onnx":
+        from segqc.onnx_backend import load_onnx_bundle
+
+        bundle = load_onnx_bundle(model, device=device)
+    else:
+        from segqc.bundle import load_bundle
+
+        bundle = load_bundle(model, device=device)
     try:
         paths = collect_inputs(inputs, exclude=out)
     except DataError as err:
