@@ -19,7 +19,8 @@ class PipelineConfig:
 
     method: str = "msp"
     method_params: dict[str, Any] = field(default_factory=dict)
-    predictors: list[str] = field(default_factory=lambda: ["uncertainty"])
+    # g with the uncertainty map (the paper's method) and without it (the ablation), for comparison
+    predictors: list[str] = field(default_factory=lambda: ["uncertainty", "no-uncertainty"])
     predictor_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     image_size: int = 64
     base_width: int = 16

@@ -90,6 +90,7 @@ def plot_overlays(
             ax.set_title(title, fontsize=9)
             ax.axis("off")
     fig.suptitle("TP green, FP red, FN blue", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
     save_figure(fig, path)
     plt.close(fig)
 
@@ -117,6 +118,10 @@ def plot_scatter(
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
+
+
+def _total_seconds(timing: dict[str, float]) -> float:
+    return timing.get("total_s", sum(timing.values()))
 
 
 def write_report(out_dir: str | Path, results: dict[str, Any], *, title: str = "segqc report") -> Path:
@@ -153,7 +158,7 @@ def write_report(out_dir: str | Path, results: dict[str, Any], *, title: str = "
         "",
         "## Run",
         "",
-        f"- time: {sum(results.get('timing', {}).values()):.0f} s of training and prediction",
+        f"- wall time: {_total_seconds(results.get('timing', {})):.0f} s",
         f"- versions: {', '.join(f'{k} {v}' for k, v in results['versions'].items())}",
         "",
     ]
