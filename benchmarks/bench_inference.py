@@ -3,7 +3,8 @@
 Usage::
 
     python benchmarks/bench_inference.py [--quick] [--sizes 64 128 224] [--width 16] [--batch 16]
-        [--opt-size 224] [--sweep 1 4 16 32] [--compile] [--repeats N] [--threads N] [--out FILE]
+        [--opt-size 224] [--small-batch 4] [--sweep 1 4 16 32] [--sweep-sizes 64 128 224]
+        [--tables 1 2 3 4] [--compile] [--repeats N] [--threads N] [--out FILE]
 
 Untrained weights (timing does not depend on them): f is ``Segmenter(method)._build()`` with a fixed
 mean/std, g is ``UncertaintyCNN.from_state`` of a fresh ``QualityCNN``. Inputs are random uint8
@@ -20,10 +21,11 @@ Prints markdown tables (and writes them as JSON with ``--out``):
    ``_common.matmul_peak``). Both per second of wall time and per second of process CPU time: the
    latter is robust to other jobs sharing the machine.
 2. msp at ``--opt-size``: the optimisations we tried, applied from outside the library (weights in
-   channels_last, BatchNorm folded into the convolutions, ``no_grad`` vs ``inference_mode``,
-   NCHW-contiguous input, one thread, ``torch.compile`` with ``--compile``), on the whole pipeline
-   and on the two networks alone.
-3. msp at ``--opt-size``: throughput against the predict batch size.
+   channels_last, BatchNorm folded into the convolutions, a smaller predict batch, ``no_grad`` vs
+   ``inference_mode``, NCHW-contiguous input, one thread, TorchScript freezing, ``torch.compile``
+   with ``--compile``), on the whole pipeline and on the two networks alone, timed round-robin.
+3. msp at each of ``--sweep-sizes``: throughput against the predict batch size, library as is and
+   with what we keep (BatchNorm folded, weights in channels_last).
 4. msp at ``--opt-size``: where the time goes (``torch.profiler`` self time by operator kind), and
    the FLOP rate of the convolutions alone.
 
@@ -157,8 +159,11 @@ def channels_last(model: nn.Module) -> nn.Module:
 
 
 def with_models(seg: Segmenter, g: CNNQualityPredictor, transform: Callable[[nn.Module], nn.Module]):
-    """Shallow copies of f and g whose networks are ``transform``-ed (the originals stay as they are)."""
-    seg2, g2 = copy.copy(seg), copy.copy(g)
+    """Copies of f and g whose networks are ``transform``-ed (the originals stay as they are).
+
+    Deep copies, so nothing an estimator keeps between predict calls is shared with the original.
+    """
+    seg2, g2 = copy.deepcopy(seg), copy.deepcopy(g)
     seg2.model_, g2.model_ = transform(seg.model_), transform(g.model_)
     return seg2, g2
 
@@ -223,6 +228,13 @@ def optimisation_table(args: argparse.Namespace) -> list[dict[str, Any]]:
     ]:
         s2, g2 = with_models(seg, g, transform)
         cases.append((level, name, lambda s2=s2, g2=g2: run_pipeline(s2, g2, images, batch), pipe_flops, {}))
+    if args.small_batch < batch:
+        # Everything we keep at once: folded BN, channels_last weights and a smaller predict batch
+        # (table 3: large batches at 224 px spill the caches and fault in fresh pages every call).
+        small = args.small_batch
+        s3, g3 = with_models(seg, g, lambda m: channels_last(fold_batchnorm(m)))
+        name = f"BN folded + weights channels_last + predict batch {small}"
+        cases.append((level, name, lambda: run_pipeline(s3, g3, images, small), pipe_flops, {}))
     threads = torch.get_num_threads()
     if threads > 1:
 
@@ -314,13 +326,30 @@ def optimisation_table(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def batch_table(args: argparse.Namespace) -> list[dict[str, Any]]:
-    size, n = args.opt_size, max(args.sweep)
+    """msp f + g against the predict batch size, library as is and with BN folded + channels_last.
+
+    Same images (the largest batch of ``--sweep``) for every batch size; per size, all variants
+    round-robin.
+    """
+    n = max(args.sweep)
     seg, g = make_segmenter("msp", args.width), make_quality(args.width)
-    images = np.random.default_rng(0).integers(0, 256, (n, size, size, 3), np.uint8)
-    flops = count_flops(lambda: run_pipeline(seg, g, images, n))
-    fns = [lambda batch=batch: run_pipeline(seg, g, images, batch) for batch in args.sweep]
-    times = measure_interleaved(fns, repeats=args.repeats)
-    return [{"batch": b, "images": n, **rates(flops, n, t)} for b, t in zip(args.sweep, times, strict=True)]
+    kept = with_models(seg, g, lambda m: channels_last(fold_batchnorm(m)))
+    rows = []
+    for size in args.sweep_sizes:
+        images = np.random.default_rng(size).integers(0, 256, (n, size, size, 3), np.uint8)
+        flops = count_flops(lambda images=images: run_pipeline(seg, g, images, n))
+        cases = [
+            (name, b, s2, g2)
+            for b in args.sweep
+            for name, (s2, g2) in [("library", (seg, g)), ("kept", kept)]
+        ]
+        fns = [
+            lambda b=b, s2=s2, g2=g2, images=images: run_pipeline(s2, g2, images, b) for _, b, s2, g2 in cases
+        ]
+        for (name, b, _, _), t in zip(cases, measure_interleaved(fns, repeats=args.repeats), strict=True):
+            rows.append({"size": size, "batch": b, "variant": name, "images": n, **rates(flops, n, t)})
+        print(f"  batch sweep {size}px done", flush=True)
+    return rows
 
 
 OP_KINDS = [  # (kind, substrings of aten operator names), first match wins
@@ -416,18 +445,30 @@ def print_tables(args: argparse.Namespace, res: dict[str, Any]) -> None:
         ]
         print(markdown_table(head, rows))
     if res.get("batch_sizes"):
-        print(f"\n## 3. msp f + g at {args.opt_size} px: predict batch size ({max(args.sweep)} images)\n")
-        rows = [
-            [
-                r["batch"],
-                f"{r['images_per_s']:.1f}",
-                f"{r['gflops']:.1f}",
-                pct(r["fraction_of_peak"]),
-                pct(r["cpu_fraction_of_peak"]),
-            ]
-            for r in res["batch_sizes"]
-        ]
-        print(markdown_table(["batch", "images/s", "GFLOP/s", "% of peak", "% of peak (CPU time)"], rows))
+        print(
+            f"\n## 3. msp f + g: predict batch size ({max(args.sweep)} images per call; kept = BN folded + "
+            "weights channels_last)\n"
+        )
+        by_key = {(r["size"], r["batch"], r["variant"]): r for r in res["batch_sizes"]}
+        rows = []
+        for size in args.sweep_sizes:
+            for b in args.sweep:
+                lib, kept = by_key[(size, b, "library")], by_key[(size, b, "kept")]
+                rows.append(
+                    [
+                        size,
+                        b,
+                        f"{lib['images_per_s']:.1f}",
+                        pct(lib["fraction_of_peak"]),
+                        pct(lib["cpu_fraction_of_peak"]),
+                        f"{kept['images_per_s']:.1f}",
+                        pct(kept["fraction_of_peak"]),
+                        pct(kept["cpu_fraction_of_peak"]),
+                    ]
+                )
+        head = ["size", "batch", "library: images/s", "% of peak", "% of peak (CPU time)"]
+        head += ["kept: images/s", "% of peak", "% of peak (CPU time)"]
+        print(markdown_table(head, rows))
     prof = res.get("profile")
     if prof:
         print(
@@ -465,6 +506,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="predict batch size (default 16)")
     parser.add_argument("--opt-size", type=int, default=None, help="size of tables 2-4 (default 224)")
     parser.add_argument("--sweep", type=int, nargs="+", default=None, help="batch sizes of table 3")
+    parser.add_argument("--sweep-sizes", type=int, nargs="+", default=None, help="image sizes of table 3")
+    parser.add_argument("--small-batch", type=int, default=4, help="predict batch of table 2's last variant")
     parser.add_argument("--tables", type=int, nargs="+", default=[1, 2, 3, 4], help="which tables (1-4)")
     parser.add_argument("--compile", action="store_true", help="also try torch.compile in table 2 (minutes)")
     parser.add_argument("--budget", type=float, default=None, help="stop repeats after this many s")
@@ -477,6 +520,7 @@ def main() -> None:
     args.batch = args.batch or (4 if quick else 16)
     args.opt_size = args.opt_size or (32 if quick else 224)
     args.sweep = args.sweep or ([1, 4] if quick else [1, 4, 16, 32])
+    args.sweep_sizes = args.sweep_sizes or ([32] if quick else [64, 128, 224])
     args.repeats = args.repeats or (2 if quick else 3)
     args.budget = args.budget or (5.0 if quick else 15.0)
     peak_sizes, peak_repeats = ((512, 1024), 2) if quick else ((2048, 4096), 3)

@@ -13,6 +13,7 @@ from segqc.data.dataset import SegData, channel_stats, to_input
 from segqc.data.transforms import random_dihedral
 from segqc.engine import batched, train_loop
 from segqc.errors import NotFittedError
+from segqc.networks.inference import inference_copy, pixel_batch
 from segqc.types import SegPrediction
 from segqc.uncertainty import create_method
 from segqc.utils import resolve_device, seed_everything
@@ -72,7 +73,7 @@ class Segmenter:
         self.progress = progress
 
     def get_params(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if not k.endswith("_")}
+        return {k: v for k, v in vars(self).items() if not k.endswith("_") and not k.startswith("_")}
 
     def _build(self) -> None:
         self.method_ = create_method(self.method, **(self.method_params or {}))
@@ -111,13 +112,19 @@ class Segmenter:
         self.model_ = model.cpu().eval()
         return self
 
-    def predict(self, images: np.ndarray, *, batch_size: int = 32) -> SegPrediction:
-        """Segment ``(N, H, W, 3)`` uint8 images (any H = W divisible by 16)."""
+    def predict(self, images: np.ndarray, *, batch_size: int | None = None) -> SegPrediction:
+        """Segment ``(N, H, W, 3)`` uint8 images (any H = W divisible by 16).
+
+        Runs a BatchNorm-folded, channels_last copy of f (same outputs up to float rounding), kept
+        on its device between calls. ``batch_size`` defaults to about 2**16 pixels per batch on a
+        CPU (cache-friendly) and 32 images on a GPU.
+        """
         if not hasattr(self, "model_"):
             raise NotFittedError("this Segmenter is not fitted yet; call fit() first")
         device = resolve_device(self.device)
-        # The model stays on its device between calls (no weight copies per request).
-        model = self.model_ = self.model_.to(device).eval()
+        model = self._inference_model(device)
+        if batch_size is None:
+            batch_size = 32 if device.type == "cuda" else pixel_batch(*images.shape[1:3])
         probs, uncert = [], []
         with torch.inference_mode():
             for part in batched(len(images), batch_size):
@@ -129,6 +136,12 @@ class Segmenter:
         return SegPrediction(
             probs=fg, mask=(fg > 0.5).astype(np.uint8), uncertainty=torch.cat(uncert).numpy()
         )
+
+    def _inference_model(self, device: torch.device) -> nn.Module:
+        cached = getattr(self, "_inference", None)
+        if cached is None or cached[0] is not self.model_ or cached[1] != device:
+            self._inference = (self.model_, device, inference_copy(self.model_, device))
+        return self._inference[2]
 
     # -- persistence: tensors for safetensors, a JSON-able config ---------------------------------
     def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:

@@ -44,3 +44,21 @@ def test_quality_cnn_range(in_channels):
     net = QualityCNN(in_channels, base_width=4).eval()
     out = net(torch.randn(3, in_channels, 32, 32) * 10)
     assert out.shape == (3,) and ((out >= 0) & (out <= 1)).all()
+
+
+@pytest.mark.parametrize("net", [UNet(base_width=4), QualityCNN(5, base_width=4)])
+def test_folded_copy_matches_eval_network(net):
+    from segqc.networks.inference import fold_batchnorm
+
+    net.train()
+    with torch.no_grad():  # give BatchNorm non-trivial running statistics
+        for _ in range(3):
+            net(
+                torch.randn(4, net.encoders[0][0].in_channels if isinstance(net, UNet) else 5, 32, 32) * 3 + 1
+            )
+    net.eval()
+    folded = fold_batchnorm(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(2, 3 if isinstance(net, UNet) else 5, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), net(x), atol=1e-5, rtol=1e-4)
