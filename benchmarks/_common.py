@@ -167,12 +167,19 @@ def matmul_peak(sizes: Sequence[int] = (2048, 4096), repeats: int = 3) -> dict[s
 
 
 def load_note(before: float, after: float) -> str:
-    worst = max(before, after)
-    if worst < QUIET_LOAD:
-        return f"quiet machine (1-min load average {before:.2f} before, {after:.2f} after)"
+    """Whether other jobs shared the machine, judged from the 1-minute load averages.
+
+    ``after`` includes this benchmark's own threads (up to ``torch.get_num_threads()`` of load),
+    so that much is subtracted before comparing it with :data:`QUIET_LOAD`. ``before`` may still
+    hold the tail of a previous run's load (the average decays over about a minute).
+    """
+    others_after = max(0.0, after - torch.get_num_threads())
+    if max(before, others_after) < QUIET_LOAD:
+        return f"quiet machine (1-min load average {before:.2f} before, {after:.2f} after incl. this run)"
     return (
-        f"TAKEN UNDER LOAD: 1-min load average {before:.2f} before, {after:.2f} after on "
-        f"{os.cpu_count()} cores; other jobs shared the CPU, so absolute numbers are pessimistic and noisy"
+        f"TAKEN UNDER LOAD: 1-min load average {before:.2f} before, {after:.2f} after (incl. this run's "
+        f"{torch.get_num_threads()} threads) on {os.cpu_count()} cores; other jobs shared the CPU, so "
+        "wall-clock numbers are pessimistic and noisy (compare the CPU-time columns)"
     )
 
 
