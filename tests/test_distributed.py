@@ -16,6 +16,7 @@ from segqc.data.synthetic import make_synthetic
 from segqc.segmenter import Segmenter
 from segqc.uncertainty import create_method
 from segqc.utils import seed_everything
+from tests.test_cli import TINY
 
 # Augmentation and dropout off: their random draws are per process, so with them on the runs are
 # equivalent only in distribution. BatchNorm normalises each rank's half of the global batch with
@@ -76,21 +77,6 @@ def test_torchrun_two_ranks_agree_with_single_process(tmp_path):
         if value.is_floating_point() and "running" not in name:
             diff = (value - rank0[name]).abs().max().item()
             assert diff < TOLERANCE, (name, diff)
-
-
-TINY = [
-    "--image-size",
-    "32",
-    "--seg-epochs",
-    "1",
-    "--quality-epochs",
-    "1",
-    "--base-width",
-    "4",
-    "--quiet",
-    "--device",
-    "cpu",
-]
 
 
 def torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:

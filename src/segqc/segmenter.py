@@ -13,7 +13,7 @@ from segqc.data.dataset import SegData, channel_stats, to_input
 from segqc.data.transforms import random_dihedral
 from segqc.engine import batched, train_loop
 from segqc.errors import NotFittedError
-from segqc.networks.inference import inference_copy, pixel_batch
+from segqc.networks.inference import cached_inference_copy, pixel_batch
 from segqc.types import SegPrediction
 from segqc.uncertainty import create_method
 from segqc.utils import resolve_device, seed_everything
@@ -122,7 +122,7 @@ class Segmenter:
         if not hasattr(self, "model_"):
             raise NotFittedError("this Segmenter is not fitted yet; call fit() first")
         device = resolve_device(self.device)
-        model = self._inference_model(device)
+        model = cached_inference_copy(self, self.model_, device)
         if batch_size is None:
             batch_size = 32 if device.type == "cuda" else pixel_batch(*images.shape[1:3])
         probs, uncert = [], []
@@ -136,12 +136,6 @@ class Segmenter:
         return SegPrediction(
             probs=fg, mask=(fg > 0.5).astype(np.uint8), uncertainty=torch.cat(uncert).numpy()
         )
-
-    def _inference_model(self, device: torch.device) -> nn.Module:
-        cached = getattr(self, "_inference", None)
-        if cached is None or cached[0] is not self.model_ or cached[1] != device:
-            self._inference = (self.model_, device, inference_copy(self.model_, device))
-        return self._inference[2]
 
     # -- persistence: tensors for safetensors, a JSON-able config ---------------------------------
     def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:

@@ -45,6 +45,15 @@ def inference_copy(model: nn.Module, device: torch.device) -> nn.Module:
     return fold_batchnorm(model).to(device, memory_format=torch.channels_last).eval()
 
 
+def cached_inference_copy(owner: object, model: nn.Module, device: torch.device) -> nn.Module:
+    """``inference_copy(model, device)``, kept on ``owner`` until its model or the device changes."""
+    cached = getattr(owner, "_inference", None)
+    if cached is None or cached[0] is not model or cached[1] != device:
+        cached = (model, device, inference_copy(model, device))
+        owner._inference = cached  # type: ignore[attr-defined]
+    return cached[2]
+
+
 def pixel_batch(height: int, width: int, pixels: int = 2**16) -> int:
     """Images per prediction batch on a CPU: about ``pixels`` pixels per batch keeps the
     activations in the caches (16 images at 64 px, 4 at 128, 1 at 224)."""

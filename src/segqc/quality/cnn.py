@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from segqc.data.dataset import channel_stats, to_input
 from segqc.data.transforms import random_dihedral
 from segqc.engine import batched, train_loop
-from segqc.networks.inference import inference_copy, pixel_batch
+from segqc.networks.inference import cached_inference_copy, pixel_batch
 from segqc.networks.quality_cnn import QualityCNN
 from segqc.quality.base import QualityPredictor, check_training_samples, register_predictor
 from segqc.types import QualitySamples
@@ -105,10 +105,7 @@ class CNNQualityPredictor(QualityPredictor):
         :mod:`segqc.networks.inference`); ``batch_size`` defaults to ~2**16 pixels on a CPU."""
         self._check_fitted("model_")
         device = resolve_device(self.device)
-        cached = getattr(self, "_inference", None)
-        if cached is None or cached[0] is not self.model_ or cached[1] != device:
-            self._inference = (self.model_, device, inference_copy(self.model_, device))
-        model = self._inference[2]
+        model = cached_inference_copy(self, self.model_, device)
         if batch_size is None:
             batch_size = 64 if device.type == "cuda" else pixel_batch(*samples.images.shape[1:3])
         out = []
