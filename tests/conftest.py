@@ -34,17 +34,15 @@ def tiny_data() -> tuple[SegData, SegData]:
     return data.subset(range(48)), data.subset(range(48, 72))
 
 
+#: The smallest settings that still train f and g: shared by the pipeline and experiment tests.
+TINY_SETTINGS = dict(
+    image_size=32, base_width=4, quality_width=4, seg_epochs=1, quality_epochs=1, batch_size=16, device="cpu"
+)
+
+
 @pytest.fixture()
 def tiny_config() -> PipelineConfig:
-    return PipelineConfig(
-        image_size=32,
-        base_width=4,
-        quality_width=4,
-        seg_epochs=1,
-        quality_epochs=1,
-        batch_size=16,
-        device="cpu",
-    )
+    return PipelineConfig(**TINY_SETTINGS)
 
 
 def write_rgb(path: Path, size: tuple[int, int] = (40, 30), seed: int = 0, fmt: str | None = None) -> Path:

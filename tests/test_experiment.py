@@ -20,20 +20,15 @@ from segqc.experiment_report import PAPER_TABLE1, table1_markdown
 from segqc.metrics import QUALITY_KEYS
 from segqc.segmenter import Segmenter
 from segqc.uncertainty import METHODS
+from tests.conftest import TINY_SETTINGS
 
 PAPER_METHODS = [m for m in ("msp", "mcdropout", "hcnn", "lce") if m in METHODS.names()]
 BASELINES = ["no-uncertainty", "qualitynet", "rca"]
 TINY = dict(
-    image_size=32,
-    base_width=4,
-    quality_width=4,
-    seg_epochs=1,
-    quality_epochs=1,
-    batch_size=16,
+    **TINY_SETTINGS,
     folds=2,
     rca_references=4,
     mc_samples=2,
-    device="cpu",
     method_params={"hcnn": {"samples": 2}},
 )
 PNG = b"\x89PNG\r\n\x1a\n"
