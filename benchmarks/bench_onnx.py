@@ -27,8 +27,8 @@ from _common import add_common_args, finish, header, load1, machine_info, markdo
 from bench_inference import make_quality, make_segmenter, run_pipeline
 
 from segqc.bundle import save_bundle
-from segqc.export import export_onnx
-from segqc.onnx_backend import load_onnx_bundle
+from segqc.runtime.export import export_onnx
+from segqc.runtime.onnx_backend import load_onnx_bundle
 from segqc.types import QualitySamples
 
 

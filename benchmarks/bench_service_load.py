@@ -38,10 +38,10 @@ def free_port() -> int:
 
 def train_small_bundle(out: Path, size: int, n: int) -> float:
     """Train a bundle quickly (1 epoch each, narrow networks) on ``n`` synthetic images; returns seconds."""
-    from segqc.bundle import train_bundle
     from segqc.config import PipelineConfig
     from segqc.data.dataset import SegData
     from segqc.data.synthetic import make_synthetic
+    from segqc.training import train_bundle
 
     start = time.perf_counter()
     cfg = PipelineConfig(

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segqc.assess import Assessment, assess_images, collect_inputs, unique_ids
+from segqc.assess.folder import Assessment, assess_images, collect_inputs, unique_ids
 from segqc.errors import DataError
 from tests.conftest import write_rgb
 from tests.test_bundle import train_tiny_bundle

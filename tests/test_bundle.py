@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segqc.bundle import BUNDLE_FORMAT, Bundle, choose_threshold, load_bundle, save_bundle, train_bundle
+from segqc.bundle import BUNDLE_FORMAT, Bundle, load_bundle, save_bundle
+from segqc.calibration import choose_threshold
 from segqc.config import PipelineConfig
 from segqc.data.dataset import SegData
 from segqc.data.synthetic import make_synthetic
 from segqc.errors import BundleError, SegQCError
-from segqc.pipeline import make_predictor, make_segmenter, quality_samples
+from segqc.training import make_predictor, make_segmenter, quality_samples, train_bundle
 
 TINY = dict(image_size=32, base_width=4, quality_width=4, seg_epochs=1, quality_epochs=1, device="cpu")
 

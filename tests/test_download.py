@@ -1,4 +1,4 @@
-"""Tests of segqc.download against a local HTTP server on 127.0.0.1 serving tiny ISIC-like archives."""
+"""Tests of segqc.data.download against a local HTTP server on 127.0.0.1 serving tiny ISIC-like archives."""
 
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ from click.testing import CliRunner
 from PIL import Image
 
 from segqc.commands.download_cli import download_command
-from segqc.data.readers import find_pairs
-from segqc.download import (
+from segqc.data.download import (
     ISIC2017_MD5,
     ISIC2017_PARTS,
     OFFICIAL_BASE_URL,
     download_isic2017,
     resolve_parts,
 )
+from segqc.data.readers import find_pairs
 from segqc.errors import DataError, UnknownNameError
 
 # Distinct ids per split: the readers key pairs by id across all splits.
@@ -391,7 +391,7 @@ def test_official_checksums_apply_to_the_official_host_only(
     def fake_get_part(name: str, *args: object, url: str, md5: str | None, **kwargs: object) -> None:
         seen[url] = md5
 
-    monkeypatch.setattr("segqc.download._get_part", fake_get_part)  # no network in this test
+    monkeypatch.setattr("segqc.data.download._get_part", fake_get_part)  # no network in this test
     download_isic2017(tmp_path, parts=[VAL_GT], progress=False)
     assert seen == {f"{OFFICIAL_BASE_URL}{VAL_GT}.zip": ISIC2017_MD5[VAL_GT]}
     seen.clear()

@@ -11,12 +11,12 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-import segqc.experiment as experiment
+import segqc.experiment.run as experiment
 from segqc.data.dataset import SegData
 from segqc.data.synthetic import make_synthetic, write_synthetic
 from segqc.errors import SegQCError, UnknownNameError
-from segqc.experiment import ExperimentConfig, Payload, Unit, UnitStore, run_experiment, training_key
-from segqc.experiment_report import PAPER_TABLE1, table1_markdown
+from segqc.experiment.report import PAPER_TABLE1, table1_markdown
+from segqc.experiment.run import ExperimentConfig, Payload, Unit, UnitStore, run_experiment, training_key
 from segqc.metrics import QUALITY_KEYS
 from segqc.segmenter import Segmenter
 from segqc.uncertainty import METHODS

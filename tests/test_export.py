@@ -18,19 +18,20 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-import segqc.export
+import segqc.runtime.export
 import segqc.uncertainty.mcdropout as mcdropout_module
-from segqc.assess import assess_images
-from segqc.bundle import Bundle, train_bundle
+from segqc.assess.folder import assess_images
+from segqc.bundle import Bundle
 from segqc.commands.assess_cli import predict
 from segqc.commands.export_cli import export
 from segqc.config import PipelineConfig
 from segqc.data.dataset import SegData
 from segqc.data.synthetic import make_synthetic
 from segqc.errors import BundleError, SegQCError
-from segqc.export import TOLERANCE, export_onnx
-from segqc.onnx_backend import MANIFEST, OnnxBundle, load_onnx_bundle, upsample_probs
+from segqc.runtime.export import TOLERANCE, export_onnx
+from segqc.runtime.onnx_backend import MANIFEST, OnnxBundle, load_onnx_bundle, upsample_probs
 from segqc.segmenter import upsample_probs as torch_upsample_probs
+from segqc.training import train_bundle
 from segqc.types import QualitySamples
 from segqc.uncertainty import METHODS
 
@@ -152,7 +153,7 @@ def test_export_refuses_bad_bundles_and_failed_parity(msp_export, tmp_path, monk
         export_onnx(no_cnn, tmp_path / "out")
     with pytest.raises(SegQCError, match="exporter must be"):
         export_onnx(bundle, tmp_path / "out", exporter="tf")
-    monkeypatch.setattr(segqc.export, "TOLERANCE", {"atol": -1.0, "rtol": 0.0})  # nothing can pass
+    monkeypatch.setattr(segqc.runtime.export, "TOLERANCE", {"atol": -1.0, "rtol": 0.0})  # nothing can pass
     with pytest.raises(SegQCError, match="disagree with PyTorch"):
         export_onnx(bundle, tmp_path / "failed", exporter="torchscript")
     assert not (tmp_path / "failed" / MANIFEST).exists()

@@ -9,7 +9,7 @@ from segqc.config import PipelineConfig
 from segqc.demo import run_demo
 from segqc.errors import SegQCError
 from segqc.metrics import QUALITY_KEYS
-from segqc.pipeline import run_pipeline
+from segqc.training import run_pipeline
 
 
 def test_run_pipeline_results_schema(tiny_data, tiny_config):

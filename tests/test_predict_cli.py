@@ -163,9 +163,9 @@ def test_all_good_exits_0_and_html_escapes_ids(model, tmp_path):
 
 
 def test_interrupted_run_leaves_whole_files_and_resumes(model, inputs, tmp_path, monkeypatch):
-    import segqc.assess
+    import segqc.assess.folder
 
-    real = segqc.assess._png_bytes
+    real = segqc.assess.folder._png_bytes
     calls = {"n": 0}
 
     def failing(array):
@@ -174,7 +174,7 @@ def test_interrupted_run_leaves_whole_files_and_resumes(model, inputs, tmp_path,
             raise KeyboardInterrupt
         return real(array)
 
-    monkeypatch.setattr(segqc.assess, "_png_bytes", failing)
+    monkeypatch.setattr(segqc.assess.folder, "_png_bytes", failing)
     out = tmp_path / "out"
     result = run_predict(model, out, str(inputs))
     assert result.exit_code != 0 and calls["n"] == 11
@@ -185,7 +185,7 @@ def test_interrupted_run_leaves_whole_files_and_resumes(model, inputs, tmp_path,
     for png in out.rglob("*.png"):
         Image.open(png).load()
 
-    monkeypatch.setattr(segqc.assess, "_png_bytes", real)
+    monkeypatch.setattr(segqc.assess.folder, "_png_bytes", real)
     again = run_predict(model, out, str(inputs))
     assert again.exit_code == EXIT_PARTIAL, again.output
     assert f"skipped {len(done)}" in again.output

@@ -22,25 +22,18 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import time
-import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import Tensor
 
-from segqc.config import PipelineConfig
-from segqc.data.dataset import SegData
-from segqc.engine import barrier, is_main_process
+from segqc.engine import is_main_process
 from segqc.errors import BundleError, SegQCError, UnknownNameError
-from segqc.metrics import quality_metrics
-from segqc.pipeline import make_predictor, make_segmenter, quality_samples, segmentation_summary
 from segqc.quality import PREDICTORS, QualityPredictor
 from segqc.segmenter import Segmenter
 from segqc.uncertainty import METHODS
@@ -57,8 +50,6 @@ REQUIRED_KEYS: tuple[tuple[str, ...], ...] = (
     ("predictor_config",), ("predictor_config", "params"),
     ("sha256",), ("sha256", WEIGHT_FILES["segmenter"]), ("sha256", WEIGHT_FILES["predictor"]),
 )  # fmt: skip
-#: Share of the training images held out to choose the threshold for a target failure recall.
-CALIBRATION_FRACTION = 0.2
 
 
 @dataclass
@@ -292,194 +283,3 @@ def _restore(build: Any, file: Path, section: str) -> Any:
         ) from None
     except (TypeError, ValueError) as err:
         raise BundleError(f"{file.parent / CONFIG_FILE}: invalid '{section}' settings ({err})") from None
-
-
-# -- training ----------------------------------------------------------------------------------------------
-
-
-def choose_threshold(
-    predicted: np.ndarray, true: np.ndarray, target_recall: float, failure_jaccard: float
-) -> dict:
-    """The smallest threshold that refers at least ``target_recall`` of the real failures.
-
-    An image is a failure when its true Jaccard is below ``failure_jaccard``; it is referred when its
-    predicted Jaccard is below the threshold. The threshold is rounded up to 4 decimals, just above
-    the predicted Jaccard of the k-th lowest-scored failure (k = ceil(target_recall * failures)).
-
-    Args:
-        predicted: ``(N,)`` predicted Jaccard of held-out images.
-        true: ``(N,)`` their true Jaccard.
-        target_recall: wanted fraction of failures referred, in (0, 1].
-        failure_jaccard: true Jaccard below which a segmentation is a failure (0.7).
-
-    Returns:
-        ``threshold``, ``achieved_recall`` and ``referral_rate`` (fraction of the N images referred),
-        plus the counts they come from.
-
-    Raises:
-        SegQCError: the held-out images contain no failure.
-    """
-    predicted, true = np.asarray(predicted, np.float64), np.asarray(true, np.float64)
-    failures = np.sort(predicted[true < failure_jaccard])
-    if failures.size == 0:
-        raise SegQCError(
-            f"none of the {len(true)} held-out images is a failure (true Jaccard < {failure_jaccard}), so no "
-            "threshold can be chosen for a target failure recall; use more (or harder) training data, or "
-            "train without --target-failure-recall to use the fixed threshold"
-        )
-    k = math.ceil(target_recall * failures.size - 1e-9)
-    cut = failures[k - 1]
-    threshold = (math.floor(cut * 10_000) + 1) / 10_000
-    threshold = min(round(threshold, 4), 1.0)
-    referred = predicted < threshold
-    achieved = float((failures < threshold).mean())
-    if achieved < target_recall:  # only when a failure was predicted as a perfect 1.0
-        warnings.warn(
-            f"target failure recall {target_recall} not reachable; got {achieved:.3f}", stacklevel=2
-        )
-    return {
-        "threshold": threshold,
-        "achieved_recall": achieved,
-        "referral_rate": float(referred.mean()),
-        "n_heldout": int(len(true)),
-        "n_heldout_failures": int(failures.size),
-        "n_referred": int(referred.sum()),
-    }
-
-
-def _as_splits(
-    data: str | Path | SegData | tuple[SegData, SegData] | None,
-    protocol: str | Path | None,
-    cfg: PipelineConfig,
-) -> tuple[SegData, SegData | None, dict[str, Any]]:
-    if isinstance(data, SegData):
-        return data, None, {"source": "in-memory"}
-    if isinstance(data, tuple):
-        return data[0], data[1], {"source": "in-memory"}
-    from segqc.data.dataset import load_split
-    from segqc.data.readers import read_protocol
-    from segqc.demo import DEMO_TEST, DEMO_TRAIN, load_data
-
-    if data is not None and protocol is not None and "test" not in read_protocol(protocol):
-        # A protocol with only a training list: train on it, no test metrics.
-        (train,) = load_split(data, protocol, size=cfg.image_size, splits=("train",))
-        return train, None, {"source": str(Path(data).resolve()), "protocol": str(protocol)}
-    return load_data(data, protocol, cfg, DEMO_TRAIN, DEMO_TEST)
-
-
-def train_bundle(
-    data: str | Path | SegData | tuple[SegData, SegData] | None,
-    protocol: str | Path | None,
-    cfg: PipelineConfig,
-    out_dir: str | Path,
-    *,
-    target_failure_recall: float | None = None,
-    predictor: str = "uncertainty",
-    progress: bool = True,
-) -> Bundle:
-    """Train f and g and save them as a bundle.
-
-    f is trained on the training images; g (default: the paper's ``"uncertainty"`` CNN) on f's
-    predictions over them. The threshold is ``cfg.threshold`` (0.7) unless ``target_failure_recall``
-    is given: then a seeded ``CALIBRATION_FRACTION`` (20 %) of the training images is held out of
-    the training of both f and g, and the threshold is the smallest one that refers at least that
-    fraction of the held-out failures (true Jaccard < ``cfg.threshold``); both models then train on
-    the other 80 %, so the held-out predictions are as unseen as a new patient's.
-    When a test split exists (a data folder, or the synthetic default), f and g are evaluated on it
-    and the metrics are stored in ``bundle.json`` under ``test_metrics``.
-
-    Args:
-        data: a data folder (ISIC 2017 or ``images/`` + ``masks/``), ``None`` for the synthetic
-            default (320 training, 160 test images), or in-memory ``SegData`` (training only) or a
-            ``(train, test)`` pair.
-        protocol: JSON file with a ``train`` id list and optionally a ``test`` one; without a
-            protocol a data folder is split 80/20 (seeded) and f and g train on the 80 %.
-        cfg: settings (image size, widths, epochs, method, seed, device).
-        out_dir: the bundle folder to write.
-        target_failure_recall: wanted fraction of failures referred, in (0, 1]. Defaults to none
-            (fixed threshold).
-        predictor: quality predictor name. Defaults to ``"uncertainty"``.
-        progress: show progress bars. Defaults to True.
-
-    Raises:
-        SegQCError: bad settings or data, or (with a target recall) a held-out set with no failure.
-    """
-    if target_failure_recall is not None and not 0.0 < target_failure_recall <= 1.0:
-        raise SegQCError(f"target failure recall must be in (0, 1], got {target_failure_recall}")
-    start = time.perf_counter()
-    train, test, info = _as_splits(data, protocol, cfg)
-    if test is not None and len(test) == 0:
-        test = None
-    calibration = None
-    if target_failure_recall is not None:
-        n_cal = max(1, round(CALIBRATION_FRACTION * len(train)))
-        if len(train) - n_cal < 2:
-            raise SegQCError(
-                f"{len(train)} training images are too few to hold out {n_cal} for the threshold"
-            )
-        order = np.random.default_rng(cfg.seed).permutation(len(train))
-        calibration = train.subset(np.sort(order[:n_cal]))
-        train = train.subset(np.sort(order[n_cal:]))
-
-    segmenter = make_segmenter(cfg, progress=progress).fit(train)
-    train_samples = quality_samples(train, segmenter.predict(train.images))
-    g = make_predictor(predictor, cfg, progress=progress).fit(train_samples)
-
-    extra: dict[str, Any] = {
-        "pipeline": cfg.to_dict(),
-        "failure_jaccard": cfg.threshold,
-        # Heat maps share one colour scale: the largest uncertainty f showed on its training images.
-        "uncertainty_vmax": float(train_samples.uncertainty.max()),
-        "data": {**info, "n_train": len(train), "train_ids": list(train.ids)},
-    }
-    threshold = cfg.threshold
-    if calibration is not None:
-        cal_samples = quality_samples(calibration, segmenter.predict(calibration.images))
-        chosen = choose_threshold(
-            g.predict(cal_samples), cal_samples.jaccard, target_failure_recall, cfg.threshold
-        )
-        threshold = chosen["threshold"]
-        extra["threshold_rule"] = {
-            "kind": "target_failure_recall",
-            "target_recall": target_failure_recall,
-            "calibration_fraction": CALIBRATION_FRACTION,
-            **chosen,
-            "description": (
-                f"smallest threshold referring >= {target_failure_recall:g} of the failures of "
-                f"{chosen['n_heldout']} held-out training images (achieved {chosen['achieved_recall']:.3f}, "
-                f"referring {chosen['referral_rate']:.1%} of them)"
-            ),
-        }
-        extra["data"].update(n_calibration=len(calibration), calibration_ids=list(calibration.ids))
-    if test is not None:
-        extra["test_metrics"] = evaluate(segmenter, g, test, threshold, cfg.threshold)
-        extra["data"].update(n_test=len(test), test_ids=list(test.ids))
-    extra["timing"] = {"train_s": time.perf_counter() - start}
-    out = save_bundle(out_dir, segmenter, g, image_size=cfg.image_size, threshold=threshold, extra=extra)
-    barrier()  # under torchrun, rank 0 writes the bundle that every rank then loads
-    return load_bundle(out, device=cfg.device)
-
-
-def evaluate(
-    segmenter: Segmenter, predictor: QualityPredictor, test: SegData, threshold: float, failure_jaccard: float
-) -> dict[str, Any]:
-    """Segmentation, quality-prediction and referral metrics of a bundle's models on labelled images."""
-    pred = segmenter.predict(test.images)
-    samples = quality_samples(test, pred)
-    predicted, true = predictor.predict(samples), samples.jaccard
-    referred, failed = predicted < threshold, true < failure_jaccard
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # one-class test sets: NaN metrics, said in JSON as null
-        quality = quality_metrics(predicted, true, failure_jaccard)
-    return {
-        "segmentation": segmentation_summary(pred, test, failure_jaccard),
-        "quality": quality,
-        "referral": {
-            "threshold": threshold,
-            "referral_rate": float(referred.mean()),
-            "failure_recall": float(referred[failed].mean()) if failed.any() else None,
-            "referred_precision": float(failed[referred].mean()) if referred.any() else None,
-            "n_failures": int(failed.sum()),
-            "n_referred": int(referred.sum()),
-        },
-    }

@@ -56,7 +56,8 @@ def demo(
         segqc demo --data ../shared/data/isic2017 --protocol split.json --out isic
     """
     from segqc.config import PipelineConfig
-    from segqc.demo import DEMO_TEST, DEMO_TRAIN, run_demo
+    from segqc.data.splits import DEMO_TEST, DEMO_TRAIN
+    from segqc.demo import run_demo
 
     cfg = PipelineConfig().replace(method=method, **settings)
     result = run_demo(

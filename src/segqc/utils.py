@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # torch is imported where used, so the ONNX path (segqc.onnx_backend) runs without it
+if TYPE_CHECKING:  # torch is imported where used, so the ONNX path (segqc.runtime) runs without it
     import torch
 
 

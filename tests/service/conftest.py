@@ -25,9 +25,10 @@ pytest.importorskip("python_multipart")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from segqc.bundle import Bundle, load_bundle, train_bundle  # noqa: E402
+from segqc.bundle import Bundle, load_bundle  # noqa: E402
 from segqc.config import PipelineConfig  # noqa: E402
 from segqc.service import create_app  # noqa: E402
+from segqc.training import train_bundle  # noqa: E402
 
 #: Limits of the shared test app: small, so that the limit tests need no big files.
 MAX_UPLOAD = 200_000

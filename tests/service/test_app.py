@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from segqc.assess import assess_images
+from segqc.assess.folder import assess_images
 from segqc.errors import SegQCError
 from segqc.service import app as service_app
 from segqc.service import create_app

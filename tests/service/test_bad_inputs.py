@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from segqc.assess import assess_images
+from segqc.assess.folder import assess_images
 from segqc.data.readers import to_rgb
 from segqc.errors import BundleError
 from segqc.service import create_app

@@ -66,8 +66,8 @@ def train(
         segqc train --data ../shared/data/isic2017 --protocol split.json --out isic-model \\
             --image-size 128 --target-failure-recall 0.9
     """
-    from segqc.bundle import train_bundle
     from segqc.config import PipelineConfig
+    from segqc.training import train_bundle
 
     cfg = PipelineConfig().replace(method=method, **settings)
     bundle = train_bundle(data, protocol, cfg, out, target_failure_recall=target_failure_recall,
@@ -155,11 +155,11 @@ def predict(
         segqc predict --model model scans/ extra.png --out results
         segqc predict --backend onnx --model model-onnx scans/ --out results
     """
-    from segqc.assess import assess_files, collect_inputs
+    from segqc.assess.folder import assess_files, collect_inputs
     from segqc.errors import DataError
 
     if backend == "onnx":
-        from segqc.onnx_backend import load_onnx_bundle
+        from segqc.runtime.onnx_backend import load_onnx_bundle
 
         bundle = load_onnx_bundle(model, device=device)
     else:

@@ -1,4 +1,4 @@
-"""``segqc download``: a thin command over :mod:`segqc.download`."""
+"""``segqc download``: a thin command over :mod:`segqc.data.download`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from segqc.download import OFFICIAL_BASE_URL, download_isic2017
+from segqc.data.download import OFFICIAL_BASE_URL, download_isic2017
 from segqc.errors import SegQCError
 
 

@@ -97,7 +97,7 @@ def experiment(
         segqc experiment --data ../shared/data/isic2017 --protocol ../shared/data/isic2017/split.json \\
             --seeds 3 --quality-train both --out isic-table1
     """
-    from segqc.experiment import ExperimentConfig, run_experiment
+    from segqc.experiment.run import ExperimentConfig, run_experiment
     from segqc.report import format_value
 
     options = (("--seeds", n_seeds), ("--seed-list", seed_list), ("--seed", seed))

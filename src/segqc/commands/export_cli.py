@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from segqc.commands.common import handle_errors
-from segqc.onnx_backend import OPSET
+from segqc.runtime.onnx_backend import OPSET
 
 
 @click.command("export")
@@ -60,7 +60,7 @@ def export(model: Path, fmt: str, out: Path, opset: int, exporter: str) -> None:
         segqc export --model model --format onnx --out model-onnx
         segqc predict --backend onnx --model model-onnx scans/ --out results
     """
-    from segqc.export import export_onnx
+    from segqc.runtime.export import export_onnx
 
     path = export_onnx(model, out, opset=opset, exporter=exporter)
     manifest = json.loads((path / "export.json").read_text(encoding="utf-8"))

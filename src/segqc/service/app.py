@@ -35,7 +35,7 @@ from PIL import Image, UnidentifiedImageError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from segqc import __version__
-from segqc.assess import Assessment, assess_images
+from segqc.assess.folder import Assessment, assess_images
 from segqc.bundle import Bundle, load_bundle
 from segqc.data.readers import ImageTooLargeError, open_image, to_rgb
 from segqc.errors import BundleError, DataError, SegQCError

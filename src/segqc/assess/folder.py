@@ -1,7 +1,7 @@
 """Assess new images with a bundle: mask, uncertainty map, predicted Jaccard and pass/refer decision.
 
 Works with a PyTorch :class:`~segqc.bundle.Bundle` and with an ONNX export
-(:class:`~segqc.onnx_backend.OnnxBundle`); this module imports no torch itself, so the ONNX path runs
+(:class:`~segqc.runtime.onnx_backend.OnnxBundle`); this module imports no torch itself, so the ONNX path runs
 without it.
 """
 
@@ -29,9 +29,9 @@ from segqc.utils import atomic_write, write_json
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from segqc.assess.review_page import ReviewCase
     from segqc.bundle import Bundle
-    from segqc.onnx_backend import OnnxBundle
-    from segqc.review_page import ReviewCase
+    from segqc.runtime.onnx_backend import OnnxBundle
 
 
 @dataclass
@@ -84,7 +84,7 @@ def _check_image(image: Any, id_: str) -> np.ndarray:
 def _upsampler(bundle: Bundle | OnnxBundle) -> Callable[[np.ndarray, int, int], np.ndarray]:
     """The bilinear resize of f's maps: torch's for a torch bundle, its NumPy twin for an ONNX export."""
     if getattr(bundle, "backend", "torch") == "onnx":
-        from segqc.onnx_backend import upsample_probs
+        from segqc.runtime.onnx_backend import upsample_probs
     else:
         from segqc.segmenter import upsample_probs
     return upsample_probs
@@ -104,7 +104,7 @@ def assess_images(
     resized probability thresholded at 0.5.
 
     Args:
-        bundle: a loaded bundle, or a loaded ONNX export (``segqc.onnx_backend.load_onnx_bundle``).
+        bundle: a loaded bundle, or a loaded ONNX export (``segqc.runtime.onnx_backend.load_onnx_bundle``).
         images: ``(H, W, 3)`` uint8 RGB images, each of any size.
         ids: one id per image. Defaults to ``"0"``, ``"1"``, ...
         batch_size: images per forward pass. Defaults to 16.
@@ -377,7 +377,7 @@ def assess_files(
     Raises:
         SegQCError: ``out_dir`` holds results of another model, or its ``quality.csv`` is not ours.
     """
-    from segqc.review_page import ReviewCase, thumbnail, write_review_page
+    from segqc.assess.review_page import ReviewCase, thumbnail, write_review_page
     from segqc.visualize import heatmap, mask_overlay
 
     out = Path(out_dir)
@@ -475,7 +475,7 @@ def _case_fields(row: dict[str, Any]) -> dict[str, Any]:
 
 def _case_from_disk(out: Path, row: dict[str, Any]) -> ReviewCase:
     """A review case for an image assessed by an earlier run: thumbnails from its files."""
-    from segqc.review_page import ReviewCase, thumbnail
+    from segqc.assess.review_page import ReviewCase, thumbnail
 
     def thumb(path: Path) -> bytes | None:
         try:

@@ -66,13 +66,13 @@ from torch import Tensor
 from segqc import __version__
 from segqc.config import PipelineConfig
 from segqc.data.dataset import SegData
-from segqc.demo import DEMO_TEST, DEMO_TRAIN, load_data
+from segqc.data.splits import DEMO_TEST, DEMO_TRAIN, load_train_test
 from segqc.engine import is_main_process
 from segqc.errors import SegQCError
 from segqc.metrics import QUALITY_KEYS, jaccard, quality_metrics
-from segqc.pipeline import make_predictor, make_segmenter, row_name, segmentation_summary
 from segqc.quality import PREDICTORS
 from segqc.segmenter import Segmenter
+from segqc.training import make_predictor, make_segmenter, row_name, segmentation_summary
 from segqc.types import QualitySamples, SegPrediction
 from segqc.uncertainty import METHODS
 from segqc.uncertainty.base import UncertaintyMethod
@@ -582,7 +582,7 @@ def run_experiment(
     Returns:
         The content of ``results.json``.
     """
-    from segqc.experiment_report import write_experiment_report
+    from segqc.experiment.report import write_experiment_report
 
     start = time.perf_counter()
     out = Path(out_dir)
@@ -590,9 +590,12 @@ def run_experiment(
         train, test = data
         info: dict[str, Any] = {"source": "arrays", "protocol": None}
     else:
-        loading = PipelineConfig(image_size=cfg.image_size, seed=cfg.data_seed)
-        train, test, info = load_data(data, protocol, loading, cfg.n_train, cfg.n_test)
+        train, test, info = load_train_test(
+            data, protocol, size=cfg.image_size, seed=cfg.data_seed, n_train=cfg.n_train, n_test=cfg.n_test
+        )
         info.setdefault("protocol", str(protocol) if protocol else None)
+    if test is None:
+        raise SegQCError(f"{protocol}: the protocol has no 'test' list, which the experiment evaluates on")
     if len(train) < 2 or len(test) < 1:
         raise SegQCError(f"need at least 2 training and 1 test image, got {len(train)} and {len(test)}")
     if train.size != cfg.image_size or test.size != cfg.image_size:

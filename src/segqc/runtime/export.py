@@ -5,8 +5,9 @@ code the torch path runs: ``to_input`` and ``CNNQualityPredictor._inputs``) into
 only resizes its images. Deterministic methods (msp, hcnn, lce) export f as one graph with outputs
 ``probs`` and ``uncertainty``. MC dropout exports ``encode`` and ``decode`` separately with the dropout
 masks as explicit inputs (the masks are applied where ``nn.Dropout`` would act, through the same
-``dropout_hooks`` ``MCDropout`` uses), so sampling stays with the caller: :mod:`segqc.onnx_backend`
-draws the masks in NumPy and averages the T samples. See :mod:`segqc.onnx_backend` for the folder layout.
+``dropout_hooks`` ``MCDropout`` uses), so sampling stays with the caller: :mod:`segqc.runtime.onnx_backend`
+draws the masks in NumPy and averages the T samples. See :mod:`segqc.runtime.onnx_backend` for the
+folder layout.
 
 After writing the graphs, the export runs a few images (two synthetic lesions and two noise images)
 through PyTorch and through onnxruntime and records the largest differences in ``export.json``; it fails
@@ -39,7 +40,8 @@ from segqc.bundle import Bundle, load_bundle
 from segqc.data.dataset import to_input
 from segqc.data.synthetic import make_synthetic
 from segqc.errors import BundleError, SegQCError
-from segqc.onnx_backend import (
+from segqc.quality.cnn import CNNQualityPredictor
+from segqc.runtime.onnx_backend import (
     EXPORT_FORMAT,
     GRAPH_FILES,
     MANIFEST,
@@ -48,7 +50,6 @@ from segqc.onnx_backend import (
     entropy,
     load_onnx_bundle,
 )
-from segqc.quality.cnn import CNNQualityPredictor
 from segqc.segmenter import Segmenter
 from segqc.types import QualitySamples
 from segqc.uncertainty.base import NUM_CLASSES
@@ -199,14 +200,14 @@ def export_onnx(
     """Export a bundle's f and g to ONNX graphs in ``out_dir`` and check them against PyTorch.
 
     Writes the graphs, then ``export.json`` (last, so an interrupted or failed export leaves no manifest
-    and :func:`segqc.onnx_backend.load_onnx_bundle` refuses the folder). Graph files of an earlier
+    and :func:`segqc.runtime.onnx_backend.load_onnx_bundle` refuses the folder). Graph files of an earlier
     export into the same folder that this one does not write are removed.
 
     Args:
         model: a bundle folder written by ``segqc train`` / :func:`segqc.bundle.train_bundle`, or a
             loaded :class:`~segqc.bundle.Bundle`.
         out_dir: the export folder, created if needed.
-        opset: ONNX operator set. Defaults to :data:`segqc.onnx_backend.OPSET` (18).
+        opset: ONNX operator set. Defaults to :data:`segqc.runtime.onnx_backend.OPSET` (18).
         exporter: ``"dynamo"`` or ``"torchscript"`` (see :data:`EXPORTERS`). Defaults to ``"dynamo"``.
         seed: seed of the parity images and masks. Defaults to 0.
 

@@ -182,7 +182,7 @@ class OnnxQualityPredictor:
 
 @dataclass
 class OnnxBundle:
-    """A loaded export folder; duck-types :class:`segqc.bundle.Bundle` for ``segqc.assess``.
+    """A loaded export folder; duck-types :class:`segqc.bundle.Bundle` for ``segqc.assess.folder``.
 
     Attributes:
         segmenter: f, with ``predict`` like ``Segmenter.predict``.
@@ -306,7 +306,7 @@ def read_manifest(export_dir: str | Path) -> dict[str, Any]:
 def load_onnx_bundle(
     export_dir: str | Path, *, device: str = "auto", threads: int | None = None, seed: int | None = None
 ) -> OnnxBundle:
-    """Load and check an export folder written by ``segqc export`` (:func:`segqc.export.export_onnx`).
+    """Load and check an export folder written by ``segqc export`` (:func:`segqc.runtime.export.export_onnx`).
 
     Args:
         export_dir: the export folder.

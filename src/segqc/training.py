@@ -1,0 +1,277 @@
+"""The two-stage pipeline: train f, predict masks and maps, train g on f's outputs, evaluate."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segqc.bundle import Bundle, load_bundle, save_bundle
+from segqc.calibration import CALIBRATION_FRACTION, choose_threshold
+from segqc.config import PipelineConfig
+from segqc.data.dataset import SegData
+from segqc.data.splits import DataSource, load_train_test
+from segqc.engine import barrier
+from segqc.errors import SegQCError
+from segqc.metrics import dice, jaccard, quality_metrics
+from segqc.quality import QualityPredictor, create_predictor
+from segqc.segmenter import Segmenter
+from segqc.types import QualitySamples, SegPrediction
+from segqc.utils import versions
+
+
+def make_segmenter(cfg: PipelineConfig, *, progress: bool = True) -> Segmenter:
+    return Segmenter(
+        cfg.method,
+        method_params=cfg.method_params,
+        base_width=cfg.base_width,
+        dropout=cfg.dropout,
+        epochs=cfg.seg_epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        seed=cfg.seed,
+        device=cfg.device,
+        progress=progress,
+    )
+
+
+def make_predictor(name: str, cfg: PipelineConfig, *, progress: bool = True) -> QualityPredictor:
+    params: dict[str, Any] = {
+        "base_width": cfg.quality_width,
+        "epochs": cfg.quality_epochs,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "seed": cfg.seed,
+        "device": cfg.device,
+        "progress": progress,
+    }
+    cls_params = set(create_predictor(name).get_params())
+    params = {k: v for k, v in params.items() if k in cls_params}
+    params.update(cfg.predictor_params.get(name, {}))
+    return create_predictor(name, **params)
+
+
+def quality_samples(data: SegData, pred: SegPrediction) -> QualitySamples:
+    """Pair f's outputs with the images, and label each with its true Jaccard index."""
+    return QualitySamples(
+        images=data.images,
+        masks=pred.mask,
+        uncertainty=pred.uncertainty,
+        jaccard=jaccard(pred.mask, data.masks),
+        true_masks=data.masks,
+        ids=list(data.ids),
+    )
+
+
+def segmentation_summary(pred: SegPrediction, data: SegData, threshold: float) -> dict[str, float]:
+    j = jaccard(pred.mask, data.masks)
+    return {
+        "jaccard_mean": float(j.mean()),
+        "jaccard_median": float(np.median(j)),
+        "dice_mean": float(dice(pred.mask, data.masks).mean()),
+        "failure_rate": float((j < threshold).mean()),
+        "n_images": int(len(j)),
+    }
+
+
+def row_name(method: str, predictor: QualityPredictor) -> str:
+    """Rows are named by the uncertainty method when g reads its map, else by the baseline."""
+    return method if predictor.uses_uncertainty else predictor.name
+
+
+@dataclass
+class PipelineResult:
+    """Everything one run produced: the JSON-able results and the fitted pieces."""
+
+    results: dict[str, Any]
+    segmenter: Segmenter
+    predictors: dict[str, QualityPredictor]
+    test_prediction: SegPrediction
+    predicted_quality: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def run_pipeline(
+    train: SegData,
+    test: SegData,
+    cfg: PipelineConfig,
+    *,
+    data_info: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> PipelineResult:
+    """Train f on ``train``, train each quality predictor on f's outputs over ``train`` (as in the
+    paper), and evaluate every predictor on ``test``.
+
+    Returns the results (schema of ``results.json``) and the fitted models.
+    """
+    timing: dict[str, float] = {}
+    t0 = time.perf_counter()
+    seg = make_segmenter(cfg, progress=progress).fit(train)
+    timing["train_segmentation_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    train_pred, test_pred = seg.predict(train.images), seg.predict(test.images)
+    timing["predict_segmentation_s"] = time.perf_counter() - t0
+    train_samples, test_samples = quality_samples(train, train_pred), quality_samples(test, test_pred)
+    true_j = test_samples.jaccard
+
+    rows, predictors, predicted = [], {}, {}
+    for name in cfg.predictors:
+        t0 = time.perf_counter()
+        predictor = make_predictor(name, cfg, progress=progress).fit(train_samples)
+        q = predictor.predict(test_samples)
+        timing[f"quality_{name}_s"] = time.perf_counter() - t0
+        label = row_name(cfg.method, predictor)
+        predictors[label], predicted[label] = predictor, q
+        rows.append(
+            {"method": label, "predictor": name, "metrics": quality_metrics(q, true_j, cfg.threshold)}
+        )
+
+    first = rows[0]["method"] if rows else None
+    per_image = [
+        {
+            "id": id_,
+            "true_jaccard": float(t),
+            **({"predicted_jaccard": float(predicted[first][i])} if first else {}),
+            **(
+                {"predicted_by_method": {k: float(v[i]) for k, v in predicted.items()}}
+                if len(predicted) > 1
+                else {}
+            ),
+        }
+        for i, (id_, t) in enumerate(zip(test.ids, true_j))
+    ]
+    results = {
+        "config": cfg.to_dict(),
+        "versions": versions(),
+        "data": {**(data_info or {}), "train_ids": list(train.ids), "test_ids": list(test.ids)},
+        "segmentation": {
+            **segmentation_summary(test_pred, test, cfg.threshold),
+            "train_jaccard_mean": float(train_samples.jaccard.mean()),
+        },
+        "rows": rows,
+        "per_image": per_image,
+        "timing": timing,
+    }
+    return PipelineResult(results, seg, predictors, test_pred, predicted)
+
+
+def train_bundle(
+    data: DataSource,
+    protocol: str | Path | None,
+    cfg: PipelineConfig,
+    out_dir: str | Path,
+    *,
+    target_failure_recall: float | None = None,
+    predictor: str = "uncertainty",
+    progress: bool = True,
+) -> Bundle:
+    """Train f and g and save them as a bundle.
+
+    f is trained on the training images; g (default: the paper's ``"uncertainty"`` CNN) on f's
+    predictions over them. The threshold is ``cfg.threshold`` (0.7) unless ``target_failure_recall``
+    is given: then a seeded ``CALIBRATION_FRACTION`` (20 %) of the training images is held out of
+    the training of both f and g, and the threshold is the smallest one that refers at least that
+    fraction of the held-out failures (true Jaccard < ``cfg.threshold``); both models then train on
+    the other 80 %, so the held-out predictions are as unseen as a new patient's.
+    When a test split exists (a data folder, or the synthetic default), f and g are evaluated on it
+    and the metrics are stored in ``bundle.json`` under ``test_metrics``.
+
+    Args:
+        data: a data folder (ISIC 2017 or ``images/`` + ``masks/``), ``None`` for the synthetic
+            default (320 training, 160 test images), or in-memory ``SegData`` (training only) or a
+            ``(train, test)`` pair.
+        protocol: JSON file with a ``train`` id list and optionally a ``test`` one; without a
+            protocol a data folder is split 80/20 (seeded) and f and g train on the 80 %.
+        cfg: settings (image size, widths, epochs, method, seed, device).
+        out_dir: the bundle folder to write.
+        target_failure_recall: wanted fraction of failures referred, in (0, 1]. Defaults to none
+            (fixed threshold).
+        predictor: quality predictor name. Defaults to ``"uncertainty"``.
+        progress: show progress bars. Defaults to True.
+
+    Raises:
+        SegQCError: bad settings or data, or (with a target recall) a held-out set with no failure.
+    """
+    if target_failure_recall is not None and not 0.0 < target_failure_recall <= 1.0:
+        raise SegQCError(f"target failure recall must be in (0, 1], got {target_failure_recall}")
+    start = time.perf_counter()
+    train, test, info = load_train_test(data, protocol, size=cfg.image_size, seed=cfg.seed)
+    if test is not None and len(test) == 0:
+        test = None
+    calibration = None
+    if target_failure_recall is not None:
+        n_cal = max(1, round(CALIBRATION_FRACTION * len(train)))
+        if len(train) - n_cal < 2:
+            raise SegQCError(
+                f"{len(train)} training images are too few to hold out {n_cal} for the threshold"
+            )
+        order = np.random.default_rng(cfg.seed).permutation(len(train))
+        calibration = train.subset(np.sort(order[:n_cal]))
+        train = train.subset(np.sort(order[n_cal:]))
+
+    segmenter = make_segmenter(cfg, progress=progress).fit(train)
+    train_samples = quality_samples(train, segmenter.predict(train.images))
+    g = make_predictor(predictor, cfg, progress=progress).fit(train_samples)
+
+    extra: dict[str, Any] = {
+        "pipeline": cfg.to_dict(),
+        "failure_jaccard": cfg.threshold,
+        # Heat maps share one colour scale: the largest uncertainty f showed on its training images.
+        "uncertainty_vmax": float(train_samples.uncertainty.max()),
+        "data": {**info, "n_train": len(train), "train_ids": list(train.ids)},
+    }
+    threshold = cfg.threshold
+    if calibration is not None:
+        cal_samples = quality_samples(calibration, segmenter.predict(calibration.images))
+        chosen = choose_threshold(
+            g.predict(cal_samples), cal_samples.jaccard, target_failure_recall, cfg.threshold
+        )
+        threshold = chosen["threshold"]
+        extra["threshold_rule"] = {
+            "kind": "target_failure_recall",
+            "target_recall": target_failure_recall,
+            "calibration_fraction": CALIBRATION_FRACTION,
+            **chosen,
+            "description": (
+                f"smallest threshold referring >= {target_failure_recall:g} of the failures of "
+                f"{chosen['n_heldout']} held-out training images (achieved {chosen['achieved_recall']:.3f}, "
+                f"referring {chosen['referral_rate']:.1%} of them)"
+            ),
+        }
+        extra["data"].update(n_calibration=len(calibration), calibration_ids=list(calibration.ids))
+    if test is not None:
+        extra["test_metrics"] = evaluate(segmenter, g, test, threshold, cfg.threshold)
+        extra["data"].update(n_test=len(test), test_ids=list(test.ids))
+    extra["timing"] = {"train_s": time.perf_counter() - start}
+    out = save_bundle(out_dir, segmenter, g, image_size=cfg.image_size, threshold=threshold, extra=extra)
+    barrier()  # under torchrun, rank 0 writes the bundle that every rank then loads
+    return load_bundle(out, device=cfg.device)
+
+
+def evaluate(
+    segmenter: Segmenter, predictor: QualityPredictor, test: SegData, threshold: float, failure_jaccard: float
+) -> dict[str, Any]:
+    """Segmentation, quality-prediction and referral metrics of a bundle's models on labelled images."""
+    pred = segmenter.predict(test.images)
+    samples = quality_samples(test, pred)
+    predicted, true = predictor.predict(samples), samples.jaccard
+    referred, failed = predicted < threshold, true < failure_jaccard
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # one-class test sets: NaN metrics, said in JSON as null
+        quality = quality_metrics(predicted, true, failure_jaccard)
+    return {
+        "segmentation": segmentation_summary(pred, test, failure_jaccard),
+        "quality": quality,
+        "referral": {
+            "threshold": threshold,
+            "referral_rate": float(referred.mean()),
+            "failure_recall": float(referred[failed].mean()) if failed.any() else None,
+            "referred_precision": float(failed[referred].mean()) if referred.any() else None,
+            "n_failures": int(failed.sum()),
+            "n_referred": int(referred.sum()),
+        },
+    }
