@@ -25,8 +25,9 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import numpy as np
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
@@ -36,6 +37,7 @@ from segqc.engine import is_main_process
 from segqc.errors import BundleError, SegQCError, UnknownNameError
 from segqc.quality import PREDICTORS, QualityPredictor
 from segqc.segmenter import Segmenter
+from segqc.types import QualitySamples, SegPrediction
 from segqc.uncertainty import METHODS
 from segqc.utils import atomic_write, versions, write_json
 
@@ -67,6 +69,15 @@ class Bundle:
     predictor: QualityPredictor
     config: dict[str, Any]
     path: Path
+    backend: ClassVar[str] = "torch"
+
+    def segment(self, images: np.ndarray) -> SegPrediction:
+        """f on ``(N, S, S, 3)`` uint8 images (:meth:`segqc.runtime.Model.segment`)."""
+        return self.segmenter.predict(images)
+
+    def predict_quality(self, samples: QualitySamples) -> np.ndarray:
+        """g's predicted Jaccard ``(N,)`` (:meth:`segqc.runtime.Model.predict_quality`)."""
+        return self.predictor.predict(samples)
 
     @property
     def threshold(self) -> float:
@@ -186,7 +197,7 @@ def _missing_key(config: dict[str, Any]) -> str | None:
     return None
 
 
-def load_bundle(model_dir: str | Path, *, device: str | None = None) -> Bundle:
+def load_bundle(model_dir: str | Path, *, device: str | None = None, seed: int | None = None) -> Bundle:
     """Load and check a bundle folder written by :func:`save_bundle`.
 
     Args:

@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segqc.data.dataset import SegData, channel_stats, to_input
@@ -153,9 +152,3 @@ class Segmenter:
         seg.model_.eval()
         seg.mean_, seg.std_ = list(config["mean"]), list(config["std"])
         return seg
-
-
-def upsample_probs(probs: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of ``(N, h, w)`` maps to ``(N, height, width)``."""
-    t = torch.from_numpy(np.ascontiguousarray(probs))[:, None]
-    return F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[:, 0].numpy()

@@ -1,6 +1,6 @@
 """Assess new images with a bundle: mask, uncertainty map, predicted Jaccard and pass/refer decision.
 
-Works with a PyTorch :class:`~segqc.bundle.Bundle` and with an ONNX export
+Works with a PyTorch :class:`~segqc.model.Bundle` and with an ONNX export
 (:class:`~segqc.runtime.onnx_backend.OnnxBundle`); this module imports no torch itself, so the ONNX path runs
 without it.
 """
@@ -23,15 +23,13 @@ from tqdm.auto import tqdm
 
 from segqc.data.readers import IMAGE_EXTENSIONS, open_image, resize_image, to_rgb
 from segqc.errors import DataError, SegQCError
+from segqc.postprocess import probs_to_mask, upsample_probs
 from segqc.types import QualitySamples
 from segqc.utils import atomic_write, write_json
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from segqc.assess.review_page import ReviewCase
-    from segqc.bundle import Bundle
-    from segqc.runtime.onnx_backend import OnnxBundle
+    from segqc.runtime import Model
 
 
 @dataclass
@@ -81,17 +79,8 @@ def _check_image(image: Any, id_: str) -> np.ndarray:
     return image
 
 
-def _upsampler(bundle: Bundle | OnnxBundle) -> Callable[[np.ndarray, int, int], np.ndarray]:
-    """The bilinear resize of f's maps: torch's for a torch bundle, its NumPy twin for an ONNX export."""
-    if getattr(bundle, "backend", "torch") == "onnx":
-        from segqc.runtime.onnx_backend import upsample_probs
-    else:
-        from segqc.segmenter import upsample_probs
-    return upsample_probs
-
-
 def assess_images(
-    bundle: Bundle | OnnxBundle,
+    model: Model,
     images: Sequence[np.ndarray],
     ids: Sequence[str] | None = None,
     *,
@@ -104,7 +93,7 @@ def assess_images(
     resized probability thresholded at 0.5.
 
     Args:
-        bundle: a loaded bundle, or a loaded ONNX export (``segqc.runtime.onnx_backend.load_onnx_bundle``).
+        model: a loaded model (:func:`segqc.runtime.load_model`: a bundle or an ONNX export).
         images: ``(H, W, 3)`` uint8 RGB images, each of any size.
         ids: one id per image. Defaults to ``"0"``, ``"1"``, ...
         batch_size: images per forward pass. Defaults to 16.
@@ -121,14 +110,13 @@ def assess_images(
     if batch_size < 1:
         raise DataError(f"batch size must be at least 1, got {batch_size}")
     checked = [_check_image(image, id_) for image, id_ in zip(images, ids)]
-    size, threshold = bundle.image_size, bundle.threshold
-    upsample_probs = _upsampler(bundle)
+    size, threshold = model.image_size, model.threshold
     out: list[Assessment] = []
     for start in range(0, len(checked), batch_size):
         batch = checked[start : start + batch_size]
         small = np.stack([resize_image(np.ascontiguousarray(image), size) for image in batch])
-        pred = bundle.segmenter.predict(small, batch_size=batch_size)
-        quality = bundle.predictor.predict(QualitySamples(small, pred.mask, pred.uncertainty))
+        pred = model.segment(small)
+        quality = model.predict_quality(QualitySamples(small, pred.mask, pred.uncertainty))
         for j, image in enumerate(batch):
             h, w = image.shape[:2]
             # Resize probabilities, not the mask, so borders stay smooth at high resolution.
@@ -142,7 +130,7 @@ def assess_images(
                     decision="refer" if q < threshold else "pass",
                     threshold=threshold,
                     mean_uncertainty=float(pred.uncertainty[j].mean()),
-                    mask=(probs > 0.5).astype(np.uint8),
+                    mask=probs_to_mask(probs),
                     uncertainty=uncertainty,
                 )
             )
@@ -311,16 +299,16 @@ def _done(out: Path, id_: str) -> bool:
     return all((out / d / f"{id_}.png").is_file() for d in OUTPUT_DIRS)
 
 
-def _check_run_file(out: Path, bundle: Bundle | OnnxBundle) -> None:
+def _check_run_file(out: Path, model: Model) -> None:
     """Refuse to mix the outputs of two models in one folder; record the model on first use."""
     run_file = out / RUN_FILE
-    weights = bundle.config.get("sha256")
+    weights = model.config.get("sha256")
     if run_file.is_file():
         try:
             previous = json.loads(run_file.read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
             raise SegQCError(f"{run_file}: cannot read ({err})") from None
-        if previous.get("weights_sha256") != weights or previous.get("threshold") != bundle.threshold:
+        if previous.get("weights_sha256") != weights or previous.get("threshold") != model.threshold:
             raise SegQCError(
                 f"{out} holds the results of another model ({previous.get('model')}); "
                 "choose another --out folder, or delete this one"
@@ -330,9 +318,9 @@ def _check_run_file(out: Path, bundle: Bundle | OnnxBundle) -> None:
         raise SegQCError(f"{out}: has a quality.csv but no {RUN_FILE}; not a segqc predict folder")
     write_json(
         run_file,
-        {"model": str(bundle.path.resolve()), "weights_sha256": weights, "threshold": bundle.threshold,
-         "method": bundle.method, "image_size": bundle.image_size,
-         "backend": getattr(bundle, "backend", "torch")},
+        {"model": str(model.path.resolve()), "weights_sha256": weights, "threshold": model.threshold,
+         "method": model.method, "image_size": model.image_size,
+         "backend": model.backend},
     )  # fmt: skip
 
 
@@ -345,7 +333,7 @@ def _clean_temporaries(out: Path) -> None:
 
 
 def assess_files(
-    bundle: Bundle | OnnxBundle,
+    model: Model,
     paths: Sequence[Path],
     out_dir: str | Path,
     *,
@@ -366,7 +354,7 @@ def assess_files(
     skips the images already in ``quality.csv`` (same id and source) whose three images exist.
 
     Args:
-        bundle: a loaded bundle or ONNX export.
+        model: a loaded model (:func:`segqc.runtime.load_model`).
         paths: image files (see :func:`collect_inputs`).
         out_dir: output folder, created if needed.
         ids: one id per path. Defaults to :func:`unique_ids`.
@@ -385,7 +373,7 @@ def assess_files(
     ids = unique_ids(paths) if ids is None else list(ids)
     if len(ids) != len(paths):
         raise DataError(f"got {len(paths)} paths but {len(ids)} ids")
-    _check_run_file(out, bundle)
+    _check_run_file(out, model)
     _clean_temporaries(out)
     quality_csv = out / "quality.csv"
     rows: dict[str, dict[str, Any]] = {}
@@ -401,7 +389,7 @@ def assess_files(
             rows.pop(id_, None)  # stale or partial: redone below
             todo.append(k)
 
-    vmax = bundle.uncertainty_vmax
+    vmax = model.uncertainty_vmax
     cases: dict[str, ReviewCase] = {}
     errors: list[dict[str, str]] = []
     assessed: list[str] = []
@@ -415,7 +403,7 @@ def assess_files(
                     good.append(k)
                 except DataError as err:
                     errors.append({"id": ids[k], "source": sources[k], "reason": str(err)})
-            results = assess_images(bundle, images, [ids[k] for k in good], batch_size=batch_size)
+            results = assess_images(model, images, [ids[k] for k in good], batch_size=batch_size)
             for k, rgb, a in zip(good, images, results):
                 uncertainty_rgb = heatmap(a.uncertainty, vmax)
                 overlay = mask_overlay(rgb, a.mask)
@@ -440,14 +428,14 @@ def assess_files(
         for id_, row in rows.items():
             if id_ not in cases:
                 cases[id_] = _case_from_disk(out, row)
-        rule = (bundle.config.get("threshold_rule") or {}).get("description", "")
+        rule = (model.config.get("threshold_rule") or {}).get("description", "")
         summary.report = write_review_page(
             out / "report.html",
             list(cases.values()),
             errors=[(e["source"], e["reason"]) for e in errors],
             title="segqc review",
-            subtitle=f"model {bundle.path.name}: method {bundle.method}, refer when predicted Jaccard < "
-            f"{bundle.threshold:g}" + (f" ({rule})" if rule else ""),
+            subtitle=f"model {model.path.name}: method {model.method}, refer when predicted Jaccard < "
+            f"{model.threshold:g}" + (f" ({rule})" if rule else ""),
         )
     return summary
 

@@ -74,8 +74,7 @@ from segqc.quality import PREDICTORS
 from segqc.segmenter import Segmenter
 from segqc.training import make_predictor, make_segmenter, row_name, segmentation_summary
 from segqc.types import QualitySamples, SegPrediction
-from segqc.uncertainty import METHODS
-from segqc.uncertainty.base import UncertaintyMethod
+from segqc.uncertainty import METHODS, create_method
 from segqc.utils import atomic_write, resolve_device, seed_everything, versions, write_json
 
 QUALITY_TRAIN = ("paper", "crossfit", "both")
@@ -199,14 +198,9 @@ class ExperimentConfig:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
-def training_key(method: str) -> str:
+def training_key(method: str, params: dict[str, Any] | None = None) -> str:
     """Methods with the same key train the same f (same network, loss and seed give the same weights)."""
-    cls = METHODS.get(method)
-    key = getattr(cls, "training_key", None)
-    if key:
-        return str(key)
-    plain = cls.build is UncertaintyMethod.build and cls.loss is UncertaintyMethod.loss
-    return "ce" if plain and cls.extra_channels == 0 else method
+    return create_method(method, **(params or {})).training_key()
 
 
 # -- units ----------------------------------------------------------------------------------------
@@ -481,7 +475,7 @@ class _Experiment:
 
         def add(predictor: str, method: str) -> None:
             name = row_name(method, PREDICTORS.get(predictor)())
-            if not getattr(PREDICTORS.get(predictor), "learns_from_predictions", True):
+            if not PREDICTORS.get(predictor).learns_from_predictions:
                 rows.append(_Row(name, predictor, method, "reference"))
                 return
             for variant in cfg.variants:

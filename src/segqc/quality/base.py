@@ -17,12 +17,15 @@ class QualityPredictor(ABC):
     """Predicts the Jaccard index of each segmentation (scikit-learn style).
 
     ``__init__`` stores keyword settings only; ``fit`` returns ``self`` and sets attributes ending
-    in ``_``; ``predict`` returns ``(N,)`` float values in [0, 1]. ``uses_uncertainty`` says
-    whether the predictor reads the uncertainty map (baselines do not).
+    in ``_``; ``predict`` returns ``(N,)`` float values in [0, 1].
     """
 
     name: ClassVar[str]
+    #: Whether the predictor reads the uncertainty map z (the baselines do not).
     uses_uncertainty: ClassVar[bool] = False
+    #: Whether ``fit`` learns from f's predictions (masks, maps and their true Jaccard). RCA learns only
+    #: from reference images with their ground truth, so cross-fitting f changes nothing for it.
+    learns_from_predictions: ClassVar[bool] = True
 
     def get_params(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if not k.endswith("_") and not k.startswith("_")}

@@ -34,7 +34,7 @@ a chunk of test images is scored on all reference pixels with one matrix product
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -134,7 +134,7 @@ class ReverseClassificationAccuracy(QualityPredictor):
     """
 
     uses_uncertainty = False
-    learns_from_predictions: ClassVar[bool] = False
+    learns_from_predictions = False
 
     def __init__(
         self, *, n_references: int = 20, prior_strength: float = 64.0, chunk_size: int = 64, seed: int = 0

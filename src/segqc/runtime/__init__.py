@@ -1,0 +1,46 @@
+"""Loaded models behind one interface (:class:`Model`), and :func:`load_model` to open any model folder.
+
+``load_model`` reads a bundle (``bundle.json``, from ``segqc train``: PyTorch) or an export
+(``export.json``, from ``segqc export``: ONNX Runtime, no PyTorch needed). Backends are imported
+only when used, so the ONNX path never imports torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from segqc.errors import BundleError
+from segqc.runtime.base import Model
+
+__all__ = ["Model", "load_model"]
+
+
+def load_model(
+    path: str | Path, *, device: str = "auto", threads: int | None = None, seed: int | None = None
+) -> Model:
+    """Open a model folder: a bundle (PyTorch) or an ONNX export, told apart by their manifest.
+
+    Args:
+        path: the model folder.
+        device: ``auto``, ``cpu`` or ``cuda``. Defaults to ``auto``.
+        threads: ONNX Runtime intra-op threads (ignored by PyTorch bundles). Defaults to its choice.
+        seed: seed of stochastic read-outs (e.g. ``mcdropout``). Defaults to the model's training seed.
+
+    Raises:
+        BundleError: the folder is neither, or fails its checks.
+    """
+    folder = Path(path)
+    if (folder / "export.json").is_file():
+        from segqc.runtime.onnx_backend import load_onnx_bundle
+
+        return load_onnx_bundle(folder, device=device, threads=threads, seed=seed)
+    if (folder / "bundle.json").is_file():
+        from segqc.bundle import load_bundle
+
+        return load_bundle(folder, device=device, seed=seed)
+    if not folder.is_dir():
+        raise BundleError(f"{folder}: model folder not found")
+    raise BundleError(
+        f"{folder}: not a segqc model (neither bundle.json from `segqc train` nor export.json from "
+        "`segqc export` is there)"
+    )

@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from segqc.errors import BundleError, SegQCError
+from segqc.postprocess import entropy
 from segqc.types import QualitySamples, SegPrediction
 
 #: Version of the export layout; :func:`load_onnx_bundle` refuses other versions.
@@ -53,35 +54,6 @@ ONNX_HINT = "ONNX support needs the onnx extra: pip install 'segqc[onnx]'"
 
 def _batches(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
-
-
-def upsample_probs(probs: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of ``(N, h, w)`` maps to ``(N, height, width)``, float32.
-
-    The NumPy twin of :func:`segqc.segmenter.upsample_probs` (``F.interpolate(mode="bilinear",
-    align_corners=False)``: half-pixel centres, source coordinates clamped at 0, no antialiasing), so
-    both backends resize the same way.
-    """
-    maps = np.asarray(probs, dtype=np.float32)
-
-    def axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5, 0.0)
-        lo = np.minimum(src.astype(np.int64), n_in - 1)
-        hi = np.minimum(lo + 1, n_in - 1)
-        return lo, hi, (src - lo).astype(np.float32)
-
-    y0, y1, wy = axis(maps.shape[1], height)
-    x0, x1, wx = axis(maps.shape[2], width)
-    rows = maps[:, y0] * (1.0 - wy)[None, :, None] + maps[:, y1] * wy[None, :, None]  # (N, height, w)
-    return rows[:, :, x0] * (1.0 - wx) + rows[:, :, x1] * wx
-
-
-def entropy(probs: np.ndarray, axis: int = 1) -> np.ndarray:
-    """Shannon entropy in nats along ``axis`` with ``0 log 0 = 0`` (as ``uncertainty.functional.entropy``)."""
-    p = np.asarray(probs, dtype=np.float32)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0).astype(np.float32)
-    return np.maximum(-terms.sum(axis), 0.0)
 
 
 class OnnxSegmenter:
@@ -196,6 +168,14 @@ class OnnxBundle:
     config: dict[str, Any]
     path: Path
     backend: ClassVar[str] = "onnx"
+
+    def segment(self, images: np.ndarray) -> SegPrediction:
+        """f on ``(N, S, S, 3)`` uint8 images (:meth:`segqc.runtime.Model.segment`)."""
+        return self.segmenter.predict(images)
+
+    def predict_quality(self, samples: QualitySamples) -> np.ndarray:
+        """g's predicted Jaccard ``(N,)`` (:meth:`segqc.runtime.Model.predict_quality`)."""
+        return self.predictor.predict(samples)
 
     @property
     def threshold(self) -> float:

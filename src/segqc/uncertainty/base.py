@@ -26,6 +26,11 @@ class UncertaintyMethod(ABC):
     name: ClassVar[str]
     extra_channels: ClassVar[int] = 0
 
+    def training_key(self) -> str:
+        """Methods with the same key train the same f (same network, loss and settings), so an
+        experiment trains it once per seed and reads it out each way. Defaults to the method's name."""
+        return self.name
+
     def get_params(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 

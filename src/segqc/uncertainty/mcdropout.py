@@ -43,6 +43,9 @@ class MCDropout(UncertaintyMethod):
         self.samples = samples
         self.max_batch = max_batch
 
+    def training_key(self) -> str:
+        return "ce"  # trains exactly as msp; only the read-out differs
+
     def predict(self, model: UNet, x: Tensor) -> tuple[Tensor, Tensor]:
         mean = sum(probs.sum(0) for probs in self.iter_samples(model, x)) / self.samples
         return mean, entropy(mean)

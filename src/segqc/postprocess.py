@@ -1,0 +1,59 @@
+"""NumPy post-processing of f's outputs, shared by every backend (PyTorch and ONNX Runtime).
+
+What happens between the networks and a decision, outside any graph: batching, the mean and entropy
+of sampled probabilities (stochastic uncertainty methods), foreground probability to mask, and the
+bilinear resize of maps back to an image's own resolution. This module imports no torch, so the ONNX
+Runtime backend runs without it; the PyTorch backend uses the same functions, so both agree by
+construction.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: A pixel is foreground when its foreground probability is above this.
+MASK_THRESHOLD = 0.5
+
+
+def batches(n: int, size: int) -> list[slice]:
+    """``[0, n)`` cut into consecutive slices of at most ``size`` items."""
+    return [slice(i, min(i + size, n)) for i in range(0, n, max(1, size))]
+
+
+def pixel_batch(height: int, width: int, pixels: int = 2**16) -> int:
+    """Images per prediction batch on a CPU: about ``pixels`` pixels per batch keeps the
+    activations in the caches (16 images at 64 px, 4 at 128, 1 at 224)."""
+    return max(1, pixels // (height * width))
+
+
+def probs_to_mask(probs: np.ndarray) -> np.ndarray:
+    """Foreground probabilities -> uint8 mask in {0, 1}."""
+    return (np.asarray(probs) > MASK_THRESHOLD).astype(np.uint8)
+
+
+def entropy(probs: np.ndarray, axis: int = 1) -> np.ndarray:
+    """Shannon entropy in nats along ``axis``, ``-sum_c p_c ln p_c`` with ``0 ln 0 = 0``, float32."""
+    p = np.asarray(probs, dtype=np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0).astype(np.float32)
+    return np.maximum(-terms.sum(axis), 0.0)
+
+
+def upsample_probs(probs: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of ``(N, h, w)`` maps to ``(N, height, width)``, float32.
+
+    Half-pixel centres, source coordinates clamped at 0, no antialiasing: the same arithmetic as
+    ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``.
+    """
+    maps = np.asarray(probs, dtype=np.float32)
+
+    def axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+        lo = np.minimum(src.astype(np.int64), n_in - 1)
+        hi = np.minimum(lo + 1, n_in - 1)
+        return lo, hi, (src - lo).astype(np.float32)
+
+    y0, y1, wy = axis(maps.shape[1], height)
+    x0, x1, wx = axis(maps.shape[2], width)
+    rows = maps[:, y0] * (1.0 - wy)[None, :, None] + maps[:, y1] * wy[None, :, None]  # (N, height, w)
+    return rows[:, :, x0] * (1.0 - wx) + rows[:, :, x1] * wx

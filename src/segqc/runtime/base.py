@@ -1,0 +1,50 @@
+"""The one interface every loaded model offers, whatever runs it (PyTorch or ONNX Runtime)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from segqc.types import QualitySamples, SegPrediction
+
+
+@runtime_checkable
+class Model(Protocol):
+    """A loaded f and g with their decision rule: what ``predict``, ``serve`` and the library use.
+
+    Attributes:
+        backend: ``"torch"`` (a bundle from ``segqc train``) or ``"onnx"`` (from ``segqc export``).
+        path: the model folder.
+        config: its parsed manifest (``bundle.json`` or ``export.json``).
+    """
+
+    backend: str
+    path: Path
+    config: dict[str, Any]
+
+    @property
+    def threshold(self) -> float:
+        """Predicted Jaccard below which a segmentation is referred to a human."""
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square images f and g work on; callers resize inputs to it."""
+
+    @property
+    def method(self) -> str:
+        """The uncertainty method of f."""
+
+    @property
+    def uncertainty_vmax(self) -> float | None:
+        """Top of the colour scale of uncertainty heat maps (largest value seen in training)."""
+
+    def segment(self, images: np.ndarray) -> SegPrediction:
+        """f on ``(N, S, S, 3)`` uint8 images, ``S = image_size``: probabilities, masks, uncertainty maps."""
+
+    def predict_quality(self, samples: QualitySamples) -> np.ndarray:
+        """g: ``(N,)`` predicted Jaccard of each (image, mask, map)."""
+
+    def metadata(self) -> dict[str, Any]:
+        """A JSON-able summary for people and services (no weights)."""
