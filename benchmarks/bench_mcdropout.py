@@ -28,7 +28,7 @@ import torch
 from _common import add_common_args, finish, header, load1, machine_info, markdown_table, time_call
 
 from segqc.uncertainty import create_method
-from segqc.uncertainty.functional import enable_dropout
+from segqc.networks.functional import enable_dropout
 
 
 def interleaved(

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from click.testing import CliRunner
 from PIL import Image
 
 import segqc.runtime.export
-import segqc.uncertainty.mcdropout as mcdropout_module
 from segqc.assess.folder import assess_images
 from segqc.bundle import Bundle
 from segqc.commands.assess_cli import predict
@@ -29,8 +29,9 @@ from segqc.data.dataset import SegData
 from segqc.data.synthetic import make_synthetic
 from segqc.errors import BundleError, SegQCError
 from segqc.runtime.export import TOLERANCE, export_onnx
-from segqc.runtime.onnx_backend import MANIFEST, OnnxBundle, load_onnx_bundle, upsample_probs
-from segqc.segmenter import upsample_probs as torch_upsample_probs
+from segqc.postprocess import upsample_probs
+from segqc.runtime.onnx_backend import MANIFEST, OnnxModel, load_onnx_model
+from segqc.quality import create_predictor
 from segqc.training import train_bundle
 from segqc.types import QualitySamples
 from segqc.uncertainty import METHODS
@@ -67,7 +68,8 @@ def test_export_writes_checked_graphs_and_manifest(exported):
     manifest = json.loads((out / MANIFEST).read_text())
     mc = bundle.method == "mcdropout"
     assert set(manifest["graphs"]) == ({"f_encode", "f_decode", "g"} if mc else {"f", "g"})
-    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST, *manifest["graphs"].values()])
+    files = [spec["file"] for spec in manifest["graphs"].values()]
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST, *files])
     for name, digest in manifest["sha256"].items():
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
     assert manifest["method"] == bundle.method and manifest["threshold"] == bundle.threshold
@@ -79,27 +81,20 @@ def test_export_writes_checked_graphs_and_manifest(exported):
     assert set(parity["max_abs_diff"]) == {"probs", "uncertainty", "predicted_jaccard"}
     assert all(0 <= d <= ATOL for d in parity["max_abs_diff"].values()), parity
     if mc:
-        assert manifest["mcdropout"]["samples"] == 20 and len(manifest["mcdropout"]["dropout"]) == 2
+        assert manifest["method_params"]["samples"] == 20 and len(manifest["layout"]["dropout"]) == 2
 
 
-def test_onnx_matches_torch_on_new_images(exported, monkeypatch):
+def test_onnx_matches_torch_on_new_images(exported):
     """f's probabilities and uncertainty and g's Jaccard agree on images the export never saw.
 
-    For mcdropout PyTorch is made to use the dropout masks the ONNX backend draws (same seed), so the
-    whole MC readout (sample order, chunks, mean, entropy) must agree, not just one decoder pass.
+    Both backends run the method's own read-out with the same seed, so for mcdropout the whole MC
+    readout (dropout masks, sample order, chunks, mean, entropy) must agree, not just one decoder pass.
     """
     bundle, out = exported
-    onnx = load_onnx_bundle(out, device="cpu", threads=1, seed=11)
+    onnx = load_onnx_model(out, device="cpu", threads=1)
     images = make_synthetic(3, 32, seed=99)[0]
-    if bundle.method == "mcdropout":
-        twin = load_onnx_bundle(out, device="cpu", threads=1, seed=11).segmenter
-
-        def same_masks(model, layout, k, like):
-            return [torch.from_numpy(m) for m in twin.draw_masks(k, like.shape[0])]
-
-        monkeypatch.setattr(mcdropout_module, "_draw_masks", same_masks)
-    want = bundle.segmenter.predict(images)
-    got = onnx.segmenter.predict(images)
+    want = bundle.segmenter.predict(images, rng=11)
+    got = onnx.segmenter.predict(images, rng=11)
     np.testing.assert_allclose(got.probs, want.probs, atol=ATOL)
     np.testing.assert_allclose(got.uncertainty, want.uncertainty, atol=ATOL, rtol=1e-4)
     assert (got.mask != want.mask).mean() < 0.01  # only pixels with p within ~1e-7 of 0.5 could differ
@@ -109,14 +104,14 @@ def test_onnx_matches_torch_on_new_images(exported, monkeypatch):
 
 def test_dynamic_batch_and_two_channel_probs(exported):
     bundle, out = exported
-    onnx = load_onnx_bundle(out, device="cpu", threads=1)
+    onnx = load_onnx_model(out, device="cpu", threads=1)
     images = make_synthetic(5, 32, seed=7)[0]
     if bundle.method != "mcdropout":  # MC samples differ between calls by design
         one = onnx.segmenter.predict(images, batch_size=1)
         five = onnx.segmenter.predict(images, batch_size=5)
         np.testing.assert_allclose(one.probs, five.probs, atol=1e-6)
         np.testing.assert_allclose(one.uncertainty, five.uncertainty, atol=1e-6)
-        probs, z = onnx.segmenter.sessions["f"].run(None, {"images": images[:2]})
+        probs, z = onnx.segmenter.runner.sessions["f"].run(None, {"images": images[:2]})
         assert probs.shape == (2, 2, 32, 32) and z.shape == (2, 32, 32)
         np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
     pred = onnx.segmenter.predict(images)
@@ -127,13 +122,16 @@ def test_dynamic_batch_and_two_channel_probs(exported):
 def test_numpy_upsampling_matches_torch():
     maps = np.random.default_rng(0).random((2, 32, 32), dtype=np.float32)
     for h, w in [(32, 32), (45, 70), (300, 17), (7, 9), (64, 64), (1, 1)]:
-        np.testing.assert_allclose(upsample_probs(maps, h, w), torch_upsample_probs(maps, h, w), atol=1e-5)
+        want = F.interpolate(
+            torch.from_numpy(maps)[:, None], size=(h, w), mode="bilinear", align_corners=False
+        )
+        np.testing.assert_allclose(upsample_probs(maps, h, w), want[:, 0].numpy(), atol=1e-5)
 
 
 def test_assess_images_with_an_onnx_export_matches_torch(msp_export):
     bundle, out = msp_export
-    onnx = load_onnx_bundle(out, device="cpu", threads=1)
-    assert isinstance(onnx, OnnxBundle) and onnx.threshold == bundle.threshold
+    onnx = load_onnx_model(out, device="cpu", threads=1)
+    assert isinstance(onnx, OnnxModel) and onnx.threshold == bundle.threshold
     rng = np.random.default_rng(3)
     images = [rng.integers(0, 256, s, dtype=np.uint8) for s in [(32, 32, 3), (45, 70, 3), (20, 300, 3)]]
     for a, b in zip(assess_images(onnx, images, batch_size=2), assess_images(bundle, images, batch_size=2)):
@@ -148,8 +146,10 @@ def test_export_refuses_bad_bundles_and_failed_parity(msp_export, tmp_path, monk
     bundle, _ = msp_export
     with pytest.raises(BundleError, match="bundle.json"):
         export_onnx(tmp_path, tmp_path / "out")  # an empty folder is no bundle
-    no_cnn = dataclasses.replace(bundle, predictor=object(), config={**bundle.config, "predictor": "rca"})
-    with pytest.raises(BundleError, match="'rca' cannot be exported"):
+    no_cnn = dataclasses.replace(
+        bundle, predictor=create_predictor("rca"), config={**bundle.config, "predictor": "rca"}
+    )
+    with pytest.raises(BundleError, match="'rca' predictor has no graph to export"):
         export_onnx(no_cnn, tmp_path / "out")
     with pytest.raises(SegQCError, match="exporter must be"):
         export_onnx(bundle, tmp_path / "out", exporter="tf")
@@ -165,20 +165,20 @@ def test_loading_refuses_damaged_exports(msp_export, tmp_path):
     copy.mkdir()
     for file in out.iterdir():
         (copy / file.name).write_bytes(file.read_bytes())
-    load_onnx_bundle(copy, device="cpu")
+    load_onnx_model(copy, device="cpu")
     g = copy / "g.onnx"
     g.write_bytes(g.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(BundleError, match="checksum mismatch"):
-        load_onnx_bundle(copy, device="cpu")
+        load_onnx_model(copy, device="cpu")
     manifest = json.loads((copy / MANIFEST).read_text())
     (copy / MANIFEST).write_text(json.dumps({**manifest, "format": 99}))
     with pytest.raises(BundleError, match="format 99"):
-        load_onnx_bundle(copy, device="cpu")
+        load_onnx_model(copy, device="cpu")
     (copy / MANIFEST).write_text(json.dumps({k: v for k, v in manifest.items() if k != "graphs"}))
     with pytest.raises(BundleError, match="lacks the key 'graphs'"):
-        load_onnx_bundle(copy, device="cpu")
+        load_onnx_model(copy, device="cpu")
     with pytest.raises(BundleError, match="use --backend torch"):
-        load_onnx_bundle(bundle.path, device="cpu")
+        load_onnx_model(bundle.path, device="cpu")
 
 
 def _write_inputs(folder: Path) -> Path:

@@ -36,6 +36,7 @@ from torch import Tensor
 from segqc.engine import is_main_process
 from segqc.errors import BundleError, SegQCError, UnknownNameError
 from segqc.quality import PREDICTORS, QualityPredictor
+from segqc.runtime.base import ManifestModel
 from segqc.segmenter import Segmenter
 from segqc.types import QualitySamples, SegPrediction
 from segqc.uncertainty import METHODS
@@ -55,7 +56,7 @@ REQUIRED_KEYS: tuple[tuple[str, ...], ...] = (
 
 
 @dataclass
-class Bundle:
+class Bundle(ManifestModel):
     """A loaded (or freshly trained) bundle.
 
     Attributes:
@@ -78,27 +79,6 @@ class Bundle:
     def predict_quality(self, samples: QualitySamples) -> np.ndarray:
         """g's predicted Jaccard ``(N,)`` (:meth:`segqc.runtime.Model.predict_quality`)."""
         return self.predictor.predict(samples)
-
-    @property
-    def threshold(self) -> float:
-        """Predicted Jaccard below which a segmentation is referred to a human."""
-        return float(self.config["threshold"])
-
-    @property
-    def image_size(self) -> int:
-        """Side of the square images f and g work on; inputs are resized to it."""
-        return int(self.config["image_size"])
-
-    @property
-    def method(self) -> str:
-        """Uncertainty method of f (e.g. ``"msp"``)."""
-        return str(self.config["method"])
-
-    @property
-    def uncertainty_vmax(self) -> float | None:
-        """Top of the colour scale of uncertainty heat maps (the largest value seen in training)."""
-        value = self.config.get("uncertainty_vmax")
-        return float(value) if value else None
 
     def metadata(self) -> dict[str, Any]:
         """A JSON-able summary for people and services: no weights, no per-image id lists."""
@@ -204,6 +184,7 @@ def load_bundle(model_dir: str | Path, *, device: str | None = None, seed: int |
         model_dir: the bundle folder.
         device: where f and g run (``auto``, ``cpu``, ``cuda``). Defaults to ``auto``, whatever
             device the bundle was trained on, so bundles move between machines.
+        seed: seed of stochastic read-outs (e.g. ``mcdropout``). Defaults to the training seed.
 
     Raises:
         BundleError: the folder or a file is missing, ``bundle.json`` is not valid JSON or lacks a
@@ -258,6 +239,8 @@ def load_bundle(model_dir: str | Path, *, device: str | None = None, seed: int |
         "predictor_config",
     )
     segmenter.device = predictor.device = device or "auto"  # type: ignore[attr-defined]
+    if seed is not None:
+        segmenter.rng_ = np.random.default_rng(seed)
     return Bundle(segmenter, predictor, config, path)
 
 

@@ -114,7 +114,3 @@ def train_loop(
             bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]:.4f}")
     model.eval()
     return history
-
-
-def batched(n: int, batch_size: int) -> list[slice]:
-    return [slice(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]

@@ -9,7 +9,11 @@ construction.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+
+from segqc.types import SegPrediction
 
 #: A pixel is foreground when its foreground probability is above this.
 MASK_THRESHOLD = 0.5
@@ -57,3 +61,20 @@ def upsample_probs(probs: np.ndarray, height: int, width: int) -> np.ndarray:
     x0, x1, wx = axis(maps.shape[2], width)
     rows = maps[:, y0] * (1.0 - wy)[None, :, None] + maps[:, y1] * wy[None, :, None]  # (N, height, w)
     return rows[:, :, x0] * (1.0 - wx) + rows[:, :, x1] * wx
+
+
+def segment_batches(
+    read_out: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], images: np.ndarray, batch_size: int
+) -> SegPrediction:
+    """Run ``read_out`` (images -> foreground probability, uncertainty) batch by batch; add the masks."""
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+    probs, uncertainty = [], []
+    for part in batches(len(images), batch_size):
+        p, z = read_out(images[part])
+        probs.append(np.asarray(p, np.float32))
+        uncertainty.append(np.asarray(z, np.float32))
+    if not probs:
+        empty = np.zeros((0, *images.shape[1:3]), np.float32)
+        return SegPrediction(empty, empty.astype(np.uint8), empty)
+    fg = np.concatenate(probs)
+    return SegPrediction(probs=fg, mask=probs_to_mask(fg), uncertainty=np.concatenate(uncertainty))

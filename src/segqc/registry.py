@@ -30,6 +30,10 @@ class Registry(Generic[T]):
 
         return deco
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (e.g. a plug-in a test registered for itself)."""
+        self._items.pop(name, None)
+
     def get(self, name: str) -> type[T]:
         try:
             return self._items[name]

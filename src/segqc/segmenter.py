@@ -10,9 +10,11 @@ from torch import Tensor, nn
 
 from segqc.data.dataset import SegData, channel_stats, to_input
 from segqc.data.transforms import random_dihedral
-from segqc.engine import batched, train_loop
+from segqc.engine import train_loop
 from segqc.errors import NotFittedError
-from segqc.networks.inference import cached_inference_copy, pixel_batch
+from segqc.networks.graphs import Normalize, TorchRunner
+from segqc.networks.inference import cached_inference_copy
+from segqc.postprocess import pixel_batch, segment_batches
 from segqc.types import SegPrediction
 from segqc.uncertainty import create_method
 from segqc.utils import resolve_device, seed_everything
@@ -109,32 +111,46 @@ class Segmenter:
             micro_batches=self.micro_batches,
         )
         self.model_ = model.cpu().eval()
+        self.rng_ = np.random.default_rng(self.seed)
         return self
 
-    def predict(self, images: np.ndarray, *, batch_size: int | None = None) -> SegPrediction:
+    def predict(
+        self,
+        images: np.ndarray,
+        *,
+        batch_size: int | None = None,
+        rng: np.random.Generator | int | None = None,
+    ) -> SegPrediction:
         """Segment ``(N, H, W, 3)`` uint8 images (any H = W divisible by 16).
 
-        Runs a BatchNorm-folded, channels_last copy of f (same outputs up to float rounding), kept
-        on its device between calls. ``batch_size`` defaults to about 2**16 pixels per batch on a
-        CPU (cache-friendly) and 32 images on a GPU.
+        Runs the method's graphs (:meth:`UncertaintyMethod.graphs`) on a BatchNorm-folded,
+        channels_last copy of f (same outputs up to float rounding), kept on its device between
+        calls, and reads them out with the method's NumPy ``read_out``, as the ONNX backend does.
+        ``batch_size`` defaults to about 2**16 pixels per batch on a CPU (cache-friendly) and 32
+        images on a GPU. ``rng`` (a generator or a seed) drives stochastic read-outs; by default they
+        continue this segmenter's own generator, seeded with ``seed`` when it was fitted or loaded.
         """
         if not hasattr(self, "model_"):
             raise NotFittedError("this Segmenter is not fitted yet; call fit() first")
         device = resolve_device(self.device)
-        model = cached_inference_copy(self, self.model_, device)
+        run, layout = self._runner(device, images.shape[1])
         if batch_size is None:
             batch_size = 32 if device.type == "cuda" else pixel_batch(*images.shape[1:3])
-        probs, uncert = [], []
-        with torch.inference_mode():
-            for part in batched(len(images), batch_size):
-                x = to_input(images[part], self.mean_, self.std_).to(device)
-                p, z = self.method_.predict(model, x)
-                probs.append(p[:, 1].float().cpu())
-                uncert.append(z.float().cpu())
-        fg = torch.cat(probs).numpy()
-        return SegPrediction(
-            probs=fg, mask=(fg > 0.5).astype(np.uint8), uncertainty=torch.cat(uncert).numpy()
+        generator = self.rng_ if rng is None else np.random.default_rng(rng)
+        return segment_batches(
+            lambda part: self.method_.read_out(run, part, generator, layout), images, batch_size
         )
+
+    def _runner(self, device: torch.device, size: int) -> tuple[TorchRunner, dict[str, Any]]:
+        """The method's graphs on the inference copy of f, cached per device and image size."""
+        model = cached_inference_copy(self, self.model_, device)
+        key = (model, device, size)
+        if getattr(self, "_graphs", (None,))[0] != key:
+            normalize = Normalize(self.mean_, self.std_).to(device)
+            example = torch.zeros((1, size, size, 3), dtype=torch.uint8, device=device)
+            graphs, layout = self.method_.graphs(model, normalize, example)
+            self._graphs = (key, TorchRunner(graphs, device), layout)
+        return self._graphs[1], self._graphs[2]
 
     # -- persistence: tensors for safetensors, a JSON-able config ---------------------------------
     def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -151,4 +167,5 @@ class Segmenter:
         seg.model_.load_state_dict(tensors)
         seg.model_.eval()
         seg.mean_, seg.std_ = list(config["mean"]), list(config["std"])
+        seg.rng_ = np.random.default_rng(seg.seed)
         return seg

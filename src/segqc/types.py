@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass
@@ -62,3 +67,25 @@ class QualitySamples:
             take(self.true_masks),
             ids,
         )
+
+
+#: Runs one of a method's graphs by role on NumPy inputs (by name); returns its outputs in order.
+Runner = Callable[[str, Mapping[str, np.ndarray]], list[np.ndarray]]
+
+
+@dataclass
+class Graph:
+    """One inference graph of f, as PyTorch runs it and as it is exported to ONNX.
+
+    Attributes:
+        module: ``forward(*inputs)`` in the order of ``inputs``; returns a tensor or a tuple in the
+            order of ``outputs``.
+        inputs: input names; ``images`` is ``(N, S, S, 3)`` uint8. Every input has a batch axis first.
+        outputs: output names.
+        example: example inputs (tensors, batch first) to trace the graph for export.
+    """
+
+    module: nn.Module
+    inputs: list[str]
+    outputs: list[str]
+    example: tuple[Any, ...] = field(repr=False)

@@ -8,6 +8,7 @@ import torch
 
 from segqc.segmenter import Segmenter
 from segqc.uncertainty import METHODS, create_method
+from tests.uncertainty.conftest import random_images, read_out
 
 
 @pytest.mark.parametrize("name", METHODS.names())
@@ -28,8 +29,7 @@ def test_predict_leaves_batchnorm_statistics_alone(name):
     method = create_method(name)
     model = method.build(base_width=4).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with torch.inference_mode():
-        method.predict(model, torch.rand(2, 3, 32, 32))
+    read_out(method, model, random_images(2))
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
@@ -40,10 +40,8 @@ def test_state_round_trip(name, tiny_data):
     seg = Segmenter(name, base_width=4, epochs=1, device="cpu", progress=False).fit(train.subset(range(8)))
     tensors, config = seg.state()
     again = Segmenter.from_state(tensors, config)
-    torch.manual_seed(0)
-    a = seg.predict(test.images[:4])
-    torch.manual_seed(0)
-    b = again.predict(test.images[:4])
+    a = seg.predict(test.images[:4], rng=0)
+    b = again.predict(test.images[:4], rng=0)
     np.testing.assert_allclose(a.probs, b.probs, atol=1e-6)
     np.testing.assert_allclose(a.uncertainty, b.uncertainty, atol=1e-6)
 
@@ -57,6 +55,30 @@ def test_msp_value():
             out[0, 1, 0, 0] = np.log(3.0)  # softmax (0.25, 0.75) -> z = 0.25
             return out  # second pixel: (0.5, 0.5) -> z = 0.5
 
-    probs, z = method.predict(Fixed(), torch.zeros(1, 3, 1, 2))
+    probs, z = method.head(Fixed()(None))
     torch.testing.assert_close(z, torch.tensor([[[0.25, 0.5]]]))
     torch.testing.assert_close(probs[0, 1, 0], torch.tensor([0.75, 0.5]))
+
+
+STOCHASTIC = [name for name in METHODS.names() if create_method(name).stochastic]
+
+
+@pytest.mark.parametrize("name", STOCHASTIC)
+def test_stochastic_read_out_is_seeded(name, tiny_data):
+    """Two unseeded read-outs differ; two with the same seed agree exactly, on a fresh segmenter too."""
+    train, test = tiny_data
+    seg = Segmenter(name, base_width=4, epochs=1, device="cpu", progress=False).fit(train.subset(range(8)))
+    with torch.no_grad():
+        seg.model_.head.weight.mul_(50)  # after one epoch the outputs are nearly flat: spread them
+    images = test.images[:3]
+    first, second = seg.predict(images), seg.predict(images)
+    assert np.abs(first.uncertainty - second.uncertainty).max() > 1e-6
+    unseeded = [Segmenter.from_state(*seg.state()).predict(images, rng=np.random.default_rng()) for _ in "ab"]
+    assert np.abs(unseeded[0].uncertainty - unseeded[1].uncertainty).max() > 1e-6
+    a, b = seg.predict(images, rng=7), Segmenter.from_state(*seg.state()).predict(images, rng=7)
+    np.testing.assert_array_equal(a.uncertainty, b.uncertainty)
+    np.testing.assert_array_equal(a.probs, b.probs)
+
+
+def test_stochastic_flag_matches_the_read_out():
+    assert "mcdropout" in STOCHASTIC and not {"msp", "hcnn", "lce"} & set(STOCHASTIC)

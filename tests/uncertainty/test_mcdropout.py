@@ -1,15 +1,20 @@
-"""MC dropout: the cached, batched sampler against the plain loop, and side effects on the model."""
+"""MC dropout: the cached, batched read-out against the plain loop, and side effects on the model."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
+from segqc.networks.functional import dropout_hooks, dropout_modules, enable_dropout
+from segqc.networks.graphs import Normalize, dropout_layout
 from segqc.networks.unet import UNet
+from segqc.postprocess import entropy
 from segqc.uncertainty import create_method
-from segqc.uncertainty.functional import dropout_hooks, dropout_modules, enable_dropout
+from segqc.uncertainty.mcdropout import dropout_mask
+from tests.uncertainty.conftest import random_images, read_out
 
 
 @pytest.fixture()
@@ -25,44 +30,54 @@ def model() -> UNet:
     return net.eval()
 
 
-def plain_loop(model: UNet, x: torch.Tensor, samples: int) -> torch.Tensor:
-    """The reference: T full forward passes with dropout on, ``(T, N, 2, H, W)``."""
-    with enable_dropout(model):
-        return torch.stack([torch.softmax(model(x)[:, :2], dim=1) for _ in range(samples)])
+def plain_loop(model: UNet, images: np.ndarray, samples: int, max_batch: int, seed: int) -> torch.Tensor:
+    """The reference: T full forward passes, each with the dropout masks ``read_out`` draws for it.
+
+    The masks are drawn chunk by chunk as ``MCDropout.read_out`` draws them (one array per dropout call,
+    ``k`` samples of ``n`` images, sample-major); sample ``t`` of image ``i`` is row ``t n + i``.
+    """
+    rng, n = np.random.default_rng(seed), len(images)
+    x = Normalize([0.5] * 3, [0.25] * 3)(torch.from_numpy(images))
+    layout = dropout_layout(model, model.encode(x))
+    per_chunk, out = max(1, max_batch // n), []
+    for start in range(0, samples, per_chunk):
+        k = min(per_chunk, samples - start)
+        masks = [dropout_mask(rng, p, (k * n, *shape)) for p, shape in layout]
+        for t in range(k):
+            rows = iter([torch.from_numpy(m[t * n : (t + 1) * n]) for m in masks])
+            with torch.inference_mode(), dropout_hooks(model, lambda _m, o, rows=rows: o * next(rows)):
+                out.append(torch.softmax(model(x)[:, :2], dim=1))
+    return torch.stack(out)
 
 
 @pytest.mark.parametrize("max_batch", [1, 7, 64])  # 1 sample per decode, 2 (+ a rest of 1), all 5
-def test_cached_batched_samples_equal_plain_loop(model, max_batch):
+def test_cached_batched_read_out_equals_plain_loop(model, max_batch):
     method = create_method("mcdropout", samples=5, max_batch=max_batch)
-    x = torch.randn(3, 3, 32, 32)
-    with torch.inference_mode():
-        torch.manual_seed(11)
-        expected = plain_loop(model, x, 5)
-        torch.manual_seed(11)
-        got = torch.cat(list(method.iter_samples(model, x)))
-        after = torch.rand(1)  # the random stream continues where the plain loop's would
-        torch.manual_seed(11)
-        plain_loop(model, x, 5)
-        assert torch.equal(after, torch.rand(1))
-    assert got.shape == expected.shape == (5, 3, 2, 32, 32)
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    images = random_images(3)
+    expected = plain_loop(model, images, 5, max_batch, seed=11)
+    assert expected.shape == (5, 3, 2, 32, 32)
     assert (expected[0] - expected[1]).abs().max() > 1e-3  # the samples really differ
-
-    torch.manual_seed(11)
-    probs, z = method.predict(model, x)
-    torch.testing.assert_close(probs, expected.mean(0), atol=1e-5, rtol=0)
+    probs, z = read_out(method, model, images, seed=11)
+    mean = expected.mean(0).numpy()
+    np.testing.assert_allclose(probs, mean[:, 1], atol=1e-5)
+    np.testing.assert_allclose(z, entropy(mean), atol=1e-5)
     assert (z >= 0).all() and (z <= math.log(2) + 1e-6).all()
 
 
-def test_predict_varies_and_leaves_model_state_alone(model):
+def test_dropout_mask_is_scaled_bernoulli():
+    mask = dropout_mask(np.random.default_rng(0), 0.5, (200, 50))
+    assert set(np.unique(mask)) == {0.0, 2.0} and 0.45 < (mask > 0).mean() < 0.55
+    assert (dropout_mask(np.random.default_rng(0), 1.0, (3,)) == 0).all()
+
+
+def test_read_out_varies_and_leaves_model_state_alone(model):
     model.center_dropout.train()  # a mixed train/eval state must come back exactly as it was
     flags = {name: m.training for name, m in model.named_modules()}
     buffers = {k: v.clone() for k, v in model.state_dict().items()}
     method = create_method("mcdropout", samples=3)
-    x = torch.randn(2, 3, 32, 32)
-    with torch.inference_mode():
-        first, second = method.predict(model, x), method.predict(model, x)
-    assert not torch.allclose(first[0], second[0])
+    images = random_images(2)
+    first, second = read_out(method, model, images, seed=1), read_out(method, model, images, seed=2)
+    assert not np.allclose(first[0], second[0])
     assert {name: m.training for name, m in model.named_modules()} == flags
     assert all(torch.equal(buffers[k], v) for k, v in model.state_dict().items())
     assert all(not m._forward_hooks for m in model.modules())

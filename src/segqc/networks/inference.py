@@ -52,9 +52,3 @@ def cached_inference_copy(owner: object, model: nn.Module, device: torch.device)
         cached = (model, device, inference_copy(model, device))
         owner._inference = cached  # type: ignore[attr-defined]
     return cached[2]
-
-
-def pixel_batch(height: int, width: int, pixels: int = 2**16) -> int:
-    """Images per prediction batch on a CPU: about ``pixels`` pixels per batch keeps the
-    activations in the caches (16 images at 64 px, 4 at 128, 1 at 224)."""
-    return max(1, pixels // (height * width))

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from segqc.errors import NotFittedError
 from segqc.registry import Registry
-from segqc.types import QualitySamples
+from segqc.types import Graph, QualitySamples
 
 
 class QualityPredictor(ABC):
@@ -39,6 +39,14 @@ class QualityPredictor(ABC):
     def _check_fitted(self, attribute: str) -> None:
         if not hasattr(self, attribute):
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit() first")
+
+    def graph(self, example: tuple[Tensor, Tensor, Tensor]) -> Graph:
+        """g as an inference graph (uint8 images, uint8 masks, float32 maps -> ``quality``) for export,
+        traced on ``example`` inputs of the model's image size.
+
+        Predictors without a network to export (e.g. ``rca``) keep this default.
+        """
+        raise NotImplementedError(f"the {self.name!r} predictor has no graph to export")
 
     # Persistence (tensors for safetensors + a JSON-able config); predictors that can be saved override.
     def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:

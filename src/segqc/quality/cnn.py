@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -10,11 +11,12 @@ from torch import Tensor, nn
 
 from segqc.data.dataset import channel_stats, to_input
 from segqc.data.transforms import random_dihedral
-from segqc.engine import batched, train_loop
-from segqc.networks.inference import cached_inference_copy, pixel_batch
+from segqc.engine import train_loop
+from segqc.networks.inference import cached_inference_copy
 from segqc.networks.quality_cnn import QualityCNN
+from segqc.postprocess import batches, pixel_batch
 from segqc.quality.base import QualityPredictor, check_training_samples, register_predictor
-from segqc.types import QualitySamples
+from segqc.types import Graph, QualitySamples
 from segqc.utils import resolve_device, seed_everything
 
 
@@ -64,6 +66,11 @@ class CNNQualityPredictor(QualityPredictor):
         z = (uncertainty[:, None].float() - self.z_mean_) / self.z_std_
         return self.compose(x, y, z)
 
+    def graph(self, example: tuple[Tensor, Tensor, Tensor]) -> Graph:
+        self._check_fitted("model_")
+        module = QualityGraph(self._inputs, self.model_.cpu().eval())
+        return Graph(module, ["images", "masks", "uncertainty"], ["quality"], example)
+
     def fit(self, samples: QualitySamples) -> CNNQualityPredictor:
         target = check_training_samples(samples)
         generator = seed_everything(self.seed)
@@ -110,7 +117,7 @@ class CNNQualityPredictor(QualityPredictor):
             batch_size = 64 if device.type == "cuda" else pixel_batch(*samples.images.shape[1:3])
         out = []
         with torch.inference_mode():
-            for part in batched(len(samples), batch_size):
+            for part in batches(len(samples), batch_size):
                 x = self._inputs(
                     torch.from_numpy(samples.images[part]),
                     torch.from_numpy(samples.masks[part]),
@@ -159,3 +166,14 @@ class NoUncertaintyCNN(CNNQualityPredictor):
 
     def compose(self, x: Tensor, y: Tensor, z: Tensor) -> Tensor:
         return torch.cat([x, y], dim=1)
+
+
+class QualityGraph(nn.Module):
+    """g with its input composition: uint8 images, uint8 masks, float32 maps -> predicted Jaccard ``(N,)``."""
+
+    def __init__(self, inputs: Callable[[Tensor, Tensor, Tensor], Tensor], model: nn.Module) -> None:
+        super().__init__()
+        self.inputs, self.model = inputs, model
+
+    def forward(self, images: Tensor, masks: Tensor, uncertainty: Tensor) -> Tensor:
+        return self.model(self.inputs(images, masks, uncertainty))

@@ -31,9 +31,9 @@ def load_model(
     """
     folder = Path(path)
     if (folder / "export.json").is_file():
-        from segqc.runtime.onnx_backend import load_onnx_bundle
+        from segqc.runtime.onnx_backend import load_onnx_model
 
-        return load_onnx_bundle(folder, device=device, threads=threads, seed=seed)
+        return load_onnx_model(folder, device=device, threads=threads, seed=seed)
     if (folder / "bundle.json").is_file():
         from segqc.bundle import load_bundle
 

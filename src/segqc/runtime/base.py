@@ -48,3 +48,30 @@ class Model(Protocol):
 
     def metadata(self) -> dict[str, Any]:
         """A JSON-able summary for people and services (no weights)."""
+
+
+class ManifestModel:
+    """The :class:`Model` properties read from a model's manifest, shared by both backends."""
+
+    config: dict[str, Any]
+
+    @property
+    def threshold(self) -> float:
+        """Predicted Jaccard below which a segmentation is referred to a human."""
+        return float(self.config["threshold"])
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square images f and g work on; inputs are resized to it."""
+        return int(self.config["image_size"])
+
+    @property
+    def method(self) -> str:
+        """Uncertainty method of f (e.g. ``"msp"``)."""
+        return str(self.config["method"])
+
+    @property
+    def uncertainty_vmax(self) -> float | None:
+        """Top of the colour scale of uncertainty heat maps (the largest value seen in training)."""
+        value = self.config.get("uncertainty_vmax")
+        return float(value) if value else None

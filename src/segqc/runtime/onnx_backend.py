@@ -1,132 +1,97 @@
-"""Run an exported model (``segqc export``) with onnxruntime and NumPy only: no PyTorch on this path.
+"""Run an exported model (``segqc export``) with ONNX Runtime and NumPy only: no PyTorch on this path.
 
 An export folder holds::
 
-    f.onnx        f for msp, hcnn, lce: uint8 images (N, H, W, 3) -> probs (N, 2, H, W), uncertainty (N, H, W)
-    f_encode.onnx f for mcdropout, the deterministic prefix: images -> feat0 ... featK
-    f_decode.onnx f for mcdropout, the rest: feat0 ... featK, mask0 ... maskM -> probs (B, 2, H, W)
+    <role>.onnx   f's graphs, as its uncertainty method declares them (``UncertaintyMethod.graphs``):
+                  ``f.onnx`` (uint8 images (N, H, W, 3) -> probs (N, 2, H, W), uncertainty (N, H, W))
+                  for a deterministic method; e.g. ``f_encode.onnx`` + ``f_decode.onnx`` for mcdropout
     g.onnx        g: images (N, H, W, 3) uint8, masks (N, H, W) uint8, uncertainty (N, H, W) float32
                   -> quality (N,), the predicted Jaccard
-    export.json   method, threshold, image size, the normalisation (baked into the graphs, listed for
-                  reference), sha256 of each graph, the parity measured against PyTorch at export, versions
+    export.json   method and its settings, the graphs with their input and output names, the method's
+                  ``layout``, threshold, image size, the normalisation (baked into the graphs, listed for
+                  reference), sha256 of each graph, the parity measured against PyTorch, versions
 
-The graphs that take images take raw uint8 ones: f's normalisation and g's input composition are baked
-in, so a client only resizes its images to ``image_size``. Every graph has a dynamic batch axis. For
-``mcdropout`` the dropout masks are graph inputs: NumPy draws them (``Bernoulli(1 - p) / (1 - p)``,
-element-wise, as ``nn.Dropout`` does), f_decode is run for the ``T`` samples (several stacked along the
-batch axis, as ``MCDropout.predict`` does), and the mean softmax and its entropy are computed here.
-
-This module imports neither torch nor any segqc module that does, so a deployment can assess images
-with onnxruntime alone; :class:`OnnxBundle` has the attributes :func:`segqc.assess.assess_images` and
-:func:`segqc.assess.assess_files` use, so ``segqc predict --backend onnx`` shares their code.
+Graphs that take images take raw uint8 ones: normalisation and g's input composition are baked in, so a
+client only resizes its images to ``image_size``. Every graph has a dynamic batch axis. f is read out by
+the method's own ``read_out`` (NumPy, :mod:`segqc.uncertainty`), the same code the PyTorch backend runs,
+so stochastic methods draw the same random numbers on both backends for the same seed.
 
 Examples::
 
-    bundle = load_onnx_bundle("model-onnx")
-    pred = bundle.segmenter.predict(images)          # (N, S, S, 3) uint8 -> SegPrediction
-    quality = bundle.predictor.predict(QualitySamples(images, pred.mask, pred.uncertainty))
+    model = load_onnx_model("model-onnx")
+    pred = model.segment(images)                     # (N, S, S, 3) uint8 -> SegPrediction
+    quality = model.predict_quality(QualitySamples(images, pred.mask, pred.uncertainty))
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
-from segqc.errors import BundleError, SegQCError
-from segqc.postprocess import entropy
+from segqc.errors import BundleError, SegQCError, UnknownNameError
+from segqc.postprocess import batches, segment_batches
+from segqc.runtime.base import ManifestModel
 from segqc.types import QualitySamples, SegPrediction
+from segqc.uncertainty import UncertaintyMethod, create_method
 
-#: Version of the export layout; :func:`load_onnx_bundle` refuses other versions.
-EXPORT_FORMAT = 1
+#: Version of the export layout; :func:`load_onnx_model` refuses other versions.
+EXPORT_FORMAT = 2
 MANIFEST = "export.json"
 #: ONNX operator set of the exported graphs.
 OPSET = 18
-#: Graph files by role: one f graph for deterministic methods, two for mcdropout (``encode``, ``decode``).
-GRAPH_FILES = {"f": "f.onnx", "f_encode": "f_encode.onnx", "f_decode": "f_decode.onnx", "g": "g.onnx"}
+#: g's graph; f's graphs are named by their method.
+QUALITY_ROLE = "g"
+QUALITY_IO = (["images", "masks", "uncertainty"], ["quality"])
 REQUIRED_KEYS = ("format", "method", "image_size", "threshold", "graphs", "sha256")
 ONNX_HINT = "ONNX support needs the onnx extra: pip install 'segqc[onnx]'"
+_ROLE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 
 
-def _batches(n: int, size: int) -> list[slice]:
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+def graph_file(role: str) -> str:
+    return f"{role}.onnx"
+
+
+class OnnxRunner:
+    """Runs graphs by role on NumPy inputs with ONNX Runtime (the ``Runner`` of ``read_out``)."""
+
+    def __init__(self, sessions: dict[str, Any], graphs: Mapping[str, Mapping[str, Any]]) -> None:
+        self.sessions, self.graphs = sessions, graphs
+
+    def __call__(self, role: str, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        spec = self.graphs[role]
+        return self.sessions[role].run(list(spec["outputs"]), {name: feeds[name] for name in spec["inputs"]})
 
 
 class OnnxSegmenter:
     """f as ONNX graphs; ``predict`` has the signature and output of ``Segmenter.predict``.
 
     Args:
-        sessions: onnxruntime sessions by role (``"f"``, or ``"f_encode"`` and ``"f_decode"``).
-        config: the export manifest.
-        seed: seed of the dropout masks (``mcdropout`` only). The masks differ from PyTorch's random
-            stream, so MC estimates agree with the torch backend in distribution, not bit for bit.
-
-    Attributes:
-        rng: the NumPy generator the dropout masks are drawn from; consecutive calls continue it.
+        runner: runs f's graphs.
+        method: the uncertainty method, whose ``read_out`` combines the graphs' outputs.
+        layout: the method's settings saved with the graphs.
+        seed: seed of the generator stochastic read-outs draw from; consecutive calls continue it.
     """
 
-    def __init__(self, sessions: dict[str, Any], config: dict[str, Any], *, seed: int = 0) -> None:
-        self.sessions = sessions
-        self.method = str(config["method"])
-        self.mc: dict[str, Any] | None = config.get("mcdropout")
-        self.rng = np.random.default_rng(seed)
+    def __init__(
+        self, runner: OnnxRunner, method: UncertaintyMethod, layout: Mapping[str, Any], *, seed: int = 0
+    ) -> None:
+        self.runner, self.method_, self.layout = runner, method, layout
+        self.rng_ = np.random.default_rng(seed)
 
-    def predict(self, images: np.ndarray, *, batch_size: int = 32) -> SegPrediction:
+    def predict(
+        self, images: np.ndarray, *, batch_size: int = 32, rng: np.random.Generator | int | None = None
+    ) -> SegPrediction:
         """Segment ``(N, S, S, 3)`` uint8 images, ``S`` the export's ``image_size``."""
-        images = np.ascontiguousarray(images, dtype=np.uint8)
-        probs, uncert = [], []
-        for part in _batches(len(images), batch_size):
-            if self.mc is None:
-                p, z = self.sessions["f"].run(["probs", "uncertainty"], {"images": images[part]})
-            else:
-                p = self._mc_mean(images[part])
-                z = entropy(p)
-            probs.append(p[:, 1].astype(np.float32))
-            uncert.append(z.astype(np.float32))
-        if not probs:
-            empty = np.zeros((0, *images.shape[1:3]), np.float32)
-            return SegPrediction(empty, empty.astype(np.uint8), empty)
-        fg = np.concatenate(probs)
-        return SegPrediction(probs=fg, mask=(fg > 0.5).astype(np.uint8), uncertainty=np.concatenate(uncert))
-
-    def draw_masks(self, k: int, n: int) -> list[np.ndarray]:
-        """Scaled dropout masks for ``k`` samples of ``n`` images: one ``(k n, C, h, w)`` array per
-        dropout call of the decoder, sample-major (sample ``t`` of image ``i`` at row ``t n + i``)."""
-        assert self.mc is not None
-        masks = []
-        for layer in self.mc["dropout"]:
-            keep = 1.0 - float(layer["p"])
-            shape = (k * n, *layer["shape"])
-            if keep <= 0.0:
-                masks.append(np.zeros(shape, np.float32))
-            else:
-                masks.append((self.rng.random(shape, dtype=np.float32) < keep).astype(np.float32) / keep)
-        return masks
-
-    def _mc_mean(self, images: np.ndarray) -> np.ndarray:
-        """Mean softmax ``(n, 2, S, S)`` of the T dropout samples, chunked as in ``MCDropout.iter_samples``.
-
-        The encoder runs once; the decoder runs on ``k`` samples at a time stacked along the batch axis,
-        ``k = max(1, max_batch // n)``, features tiled sample-major like ``Tensor.repeat``.
-        """
-        assert self.mc is not None
-        encode, decode = self.sessions["f_encode"], self.sessions["f_decode"]
-        n, samples = len(images), int(self.mc["samples"])
-        feats = encode.run(None, {"images": images})  # run once: everything before dropout is deterministic
-        per_chunk = max(1, int(self.mc["max_batch"]) // n)
-        total = None
-        for start in range(0, samples, per_chunk):
-            k = min(per_chunk, samples - start)
-            feed = {f"feat{i}": np.tile(f, (k,) + (1,) * (f.ndim - 1)) for i, f in enumerate(feats)}
-            feed.update({f"mask{i}": m for i, m in enumerate(self.draw_masks(k, n))})
-            (probs,) = decode.run(["probs"], feed)
-            chunk = probs.reshape(k, n, *probs.shape[1:]).sum(0)
-            total = chunk if total is None else total + chunk
-        return total / np.float32(samples)
+        generator = self.rng_ if rng is None else np.random.default_rng(rng)
+        return segment_batches(
+            lambda part: self.method_.read_out(self.runner, part, generator, self.layout), images, batch_size
+        )
 
 
 class OnnxQualityPredictor:
@@ -146,15 +111,14 @@ class OnnxQualityPredictor:
             "uncertainty": np.ascontiguousarray(samples.uncertainty, dtype=np.float32),
         }
         out = [np.zeros(0, np.float32)]
-        for part in _batches(len(samples), batch_size):
+        for part in batches(len(samples), batch_size):
             feed = {k: v[part] for k, v in arrays.items() if k in self._inputs}
             out.append(self.session.run(["quality"], feed)[0].reshape(-1))
         return np.concatenate(out).astype(np.float64)
 
 
-@dataclass
-class OnnxBundle:
-    """A loaded export folder; duck-types :class:`segqc.bundle.Bundle` for ``segqc.assess.folder``.
+class OnnxModel(ManifestModel):
+    """A loaded export folder: the :class:`segqc.runtime.Model` of the ONNX Runtime backend.
 
     Attributes:
         segmenter: f, with ``predict`` like ``Segmenter.predict``.
@@ -163,38 +127,18 @@ class OnnxBundle:
         path: the export folder.
     """
 
-    segmenter: OnnxSegmenter
-    predictor: OnnxQualityPredictor
-    config: dict[str, Any]
-    path: Path
-    backend: ClassVar[str] = "onnx"
+    backend = "onnx"
+
+    def __init__(
+        self, segmenter: OnnxSegmenter, predictor: OnnxQualityPredictor, config: dict[str, Any], path: Path
+    ) -> None:
+        self.segmenter, self.predictor, self.config, self.path = segmenter, predictor, config, path
 
     def segment(self, images: np.ndarray) -> SegPrediction:
-        """f on ``(N, S, S, 3)`` uint8 images (:meth:`segqc.runtime.Model.segment`)."""
         return self.segmenter.predict(images)
 
     def predict_quality(self, samples: QualitySamples) -> np.ndarray:
-        """g's predicted Jaccard ``(N,)`` (:meth:`segqc.runtime.Model.predict_quality`)."""
         return self.predictor.predict(samples)
-
-    @property
-    def threshold(self) -> float:
-        """Predicted Jaccard below which a segmentation is referred to a human."""
-        return float(self.config["threshold"])
-
-    @property
-    def image_size(self) -> int:
-        """Side of the square images the graphs were exported for; inputs are resized to it."""
-        return int(self.config["image_size"])
-
-    @property
-    def method(self) -> str:
-        return str(self.config["method"])
-
-    @property
-    def uncertainty_vmax(self) -> float | None:
-        value = self.config.get("uncertainty_vmax")
-        return float(value) if value else None
 
     def metadata(self) -> dict[str, Any]:
         """A JSON-able summary, like ``Bundle.metadata`` plus the backend and the measured parity."""
@@ -226,26 +170,26 @@ def _onnxruntime() -> Any:
     return onnxruntime
 
 
+def _names(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, str) and v for v in value)
+
+
 def read_manifest(export_dir: str | Path) -> dict[str, Any]:
     """Read and check ``export.json`` of an export folder.
 
     Raises:
         BundleError: the folder or ``export.json`` is missing or unreadable, lacks a key, has another
-            format version, or names unknown graphs.
+            format version, or describes its graphs wrongly.
     """
     path = Path(export_dir)
     if not path.is_dir():
         raise BundleError(f"{path}: ONNX export folder not found")
     file = path / MANIFEST
     if not file.is_file():
-        hint = " (a PyTorch model bundle: use --backend torch, or run `segqc export` first)"
-        raise BundleError(
-            f"{path}: not an ONNX export ({MANIFEST} not found)"
-            + (hint if (path / "bundle.json").is_file() else "")
-        )
+        raise BundleError(f"{path}: not an ONNX export ({MANIFEST} not found)")
     try:
         config = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as err:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
         raise BundleError(f"{file}: cannot read export manifest ({err})") from None
     if not isinstance(config, dict):
         raise BundleError(f"{file}: export manifest must be a JSON object")
@@ -258,49 +202,52 @@ def read_manifest(export_dir: str | Path) -> dict[str, Any]:
         if key not in config:
             raise BundleError(f"{file}: export manifest lacks the key {key!r}")
     graphs, size, threshold = config["graphs"], config["image_size"], config["threshold"]
-    roles = {"g", "f_encode", "f_decode"} if config.get("mcdropout") else {"g", "f"}
-    if (
-        not isinstance(graphs, dict)
-        or set(graphs) != roles
-        or not all(graphs[r] == GRAPH_FILES[r] for r in roles)
-    ):
+    ok = isinstance(graphs, dict) and QUALITY_ROLE in graphs and len(graphs) >= 2
+    ok = ok and all(
+        isinstance(role, str) and _ROLE.match(role) and isinstance(spec, dict)
+        and spec.get("file") == graph_file(role)
+        and _names(spec.get("inputs")) and _names(spec.get("outputs"))
+        for role, spec in graphs.items()
+    )  # fmt: skip
+    if not ok:
         raise BundleError(
-            f"{file}: 'graphs' must be { ({r: GRAPH_FILES[r] for r in sorted(roles)}) }, got {graphs!r}"
+            f"{file}: 'graphs' must map roles (including {QUALITY_ROLE!r}) to "
+            "{'file': '<role>.onnx', 'inputs': [...], 'outputs': [...]}"
         )
-    if not isinstance(size, int) or size < 16 or size % 16:
+    if not isinstance(size, int) or isinstance(size, bool) or size < 16 or size % 16:
         raise BundleError(f"{file}: image_size must be a positive multiple of 16, got {size!r}")
     if not isinstance(threshold, (int, float)) or not 0.0 < threshold <= 1.0:
         raise BundleError(f"{file}: threshold must be a number in (0, 1], got {threshold!r}")
-    if config.get("mcdropout"):
-        mc = config["mcdropout"]
-        try:
-            ok = int(mc["samples"]) >= 1 and int(mc["max_batch"]) >= 1 and len(mc["dropout"]) >= 1
-            ok = ok and all(0.0 <= float(d["p"]) < 1.0 and len(d["shape"]) >= 1 for d in mc["dropout"])
-        except (KeyError, TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise BundleError(f"{file}: invalid 'mcdropout' settings {mc!r}")
+    if not isinstance(config.get("layout", {}), dict) or not isinstance(
+        config.get("method_params", {}), dict
+    ):
+        raise BundleError(f"{file}: 'layout' and 'method_params' must be JSON objects")
     return config
 
 
-def load_onnx_bundle(
+def load_onnx_model(
     export_dir: str | Path, *, device: str = "auto", threads: int | None = None, seed: int | None = None
-) -> OnnxBundle:
+) -> OnnxModel:
     """Load and check an export folder written by ``segqc export`` (:func:`segqc.runtime.export.export_onnx`).
 
     Args:
         export_dir: the export folder.
         device: ``auto`` (CUDA when onnxruntime has it), ``cpu`` or ``cuda``. Defaults to ``auto``.
         threads: onnxruntime intra-op threads. Defaults to onnxruntime's choice (all physical cores).
-        seed: seed of the ``mcdropout`` masks. Defaults to the seed the model was trained with.
+        seed: seed of stochastic read-outs. Defaults to the seed the model was trained with.
 
     Raises:
-        BundleError: a file is missing or damaged (checksum), the manifest is invalid, or onnxruntime
-            cannot load a graph or the graph lacks the inputs and outputs this backend feeds.
+        BundleError: a file is missing or damaged (checksum), the manifest is invalid, the method is
+            unknown, or onnxruntime cannot load a graph or the graph lacks the inputs and outputs the
+            manifest names.
         SegQCError: onnxruntime is not installed, or ``device`` is not available.
     """
     path = Path(export_dir)
     config = read_manifest(path)
+    try:
+        method = create_method(str(config["method"]), **(config.get("method_params") or {}))
+    except (UnknownNameError, TypeError) as err:
+        raise BundleError(f"{path / MANIFEST}: {err}") from None
     ort = _onnxruntime()
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: shape-inference chatter is not for users
@@ -309,12 +256,12 @@ def load_onnx_bundle(
         options.inter_op_num_threads = 1
     providers = providers_for(device)
     sessions = {}
-    for role, name in config["graphs"].items():
-        file = path / name
+    for role, spec in config["graphs"].items():
+        file = path / spec["file"]
         if not file.is_file():
             raise BundleError(f"{file}: graph file not found")
         blob = file.read_bytes()
-        if hashlib.sha256(blob).hexdigest() != (config["sha256"] or {}).get(name):
+        if hashlib.sha256(blob).hexdigest() != (config["sha256"] or {}).get(spec["file"]):
             raise BundleError(f"{file}: checksum mismatch (the file differs from the one this export wrote)")
         try:
             sessions[role] = ort.InferenceSession(blob, options, providers=providers)
@@ -322,30 +269,27 @@ def load_onnx_bundle(
             raise BundleError(
                 f"{file}: onnxruntime cannot load this graph ({type(err).__name__}: {err})"
             ) from None
-    _check_signatures(path, config, sessions)
+        _check_signature(file, spec, sessions[role], role)
     if seed is None:
         seed = int((config.get("pipeline") or {}).get("seed", 0) or 0)
-    segmenter = OnnxSegmenter({k: v for k, v in sessions.items() if k != "g"}, config, seed=seed)
-    predictor = OnnxQualityPredictor(sessions["g"], str(config.get("predictor", "")))
-    return OnnxBundle(segmenter, predictor, config, path)
+    f_graphs = {role: spec for role, spec in config["graphs"].items() if role != QUALITY_ROLE}
+    runner = OnnxRunner({role: sessions[role] for role in f_graphs}, f_graphs)
+    segmenter = OnnxSegmenter(runner, method, config.get("layout") or {}, seed=seed)
+    predictor = OnnxQualityPredictor(sessions[QUALITY_ROLE], str(config.get("predictor", "")))
+    return OnnxModel(segmenter, predictor, config, path)
 
 
-def _check_signatures(path: Path, config: dict[str, Any], sessions: dict[str, Any]) -> None:
-    """The graphs must take and give the tensors this module feeds and reads, by name."""
-    n_masks = len((config.get("mcdropout") or {}).get("dropout", ()))
-    n_feats = len(sessions["f_encode"].get_outputs()) if "f_encode" in sessions else 0
-    expected = {
-        "f": ({"images"}, {"probs", "uncertainty"}),
-        "f_encode": ({"images"}, {f"feat{i}" for i in range(n_feats)}),
-        "f_decode": ({f"feat{i}" for i in range(n_feats)} | {f"mask{i}" for i in range(n_masks)}, {"probs"}),
-        "g": ({"images", "masks"}, {"quality"}),
-    }
-    for role, session in sessions.items():
-        inputs = {i.name for i in session.get_inputs()}
-        outputs = {o.name for o in session.get_outputs()}
-        need_in, need_out = expected[role]
-        if not need_in <= inputs or not need_out <= outputs or (role == "f_decode" and inputs != need_in):
-            raise BundleError(
-                f"{path / config['graphs'][role]}: graph has inputs {sorted(inputs)} and outputs "
-                f"{sorted(outputs)}; expected {sorted(need_in)} -> {sorted(need_out)}"
-            )
+def _check_signature(file: Path, spec: Mapping[str, Any], session: Any, role: str) -> None:
+    """A graph must take exactly the inputs and give at least the outputs its manifest names."""
+    inputs = {i.name for i in session.get_inputs()}
+    outputs = {o.name for o in session.get_outputs()}
+    need_in, need_out = set(spec["inputs"]), set(spec["outputs"])
+    if role == QUALITY_ROLE:  # g may ignore the map
+        ok = {"images", "masks"} <= inputs <= set(QUALITY_IO[0]) and set(QUALITY_IO[1]) <= outputs
+    else:
+        ok = inputs == need_in and need_out <= outputs
+    if not ok:
+        raise BundleError(
+            f"{file}: graph has inputs {sorted(inputs)} and outputs {sorted(outputs)}; expected "
+            f"{sorted(need_in)} -> {sorted(need_out)}"
+        )

@@ -1,16 +1,34 @@
-"""The uncertainty-method interface: how f is built, trained and read out."""
+"""The uncertainty-method interface: how f is built and trained, which graphs it runs, how they are read out.
+
+A method has two sides:
+
+- **torch side** (training and export): ``build`` the network, its training ``loss``, the ``head``
+  that turns one raw output into probabilities and a map, and the ``graphs`` that inference runs:
+  by default one graph ``f`` (uint8 images -> ``probs``, ``uncertainty``). A stochastic method
+  declares the graphs its sampling needs, with the random draws as graph inputs.
+- **read-out side** (NumPy, every backend): ``read_out`` calls the graphs through a runner, draws
+  any random numbers from a NumPy generator and combines the results. The PyTorch backend and the
+  ONNX Runtime backend run the *same* ``read_out``; only the runner differs.
+
+Method modules import torch inside their torch-side hooks only, so the read-out side (and so the ONNX
+Runtime backend) runs where torch is not installed.
+"""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from abc import ABC
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+import numpy as np
 
-from segqc.networks.unet import UNet
 from segqc.registry import Registry
+from segqc.types import Graph, Runner
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from segqc.networks.unet import UNet
 
 NUM_CLASSES = 2  # background, lesion
 
@@ -18,23 +36,33 @@ NUM_CLASSES = 2  # background, lesion
 class UncertaintyMethod(ABC):
     """A way to get a per-pixel uncertainty map from the U-Net f.
 
-    A method decides the extra output channels of f (``extra_channels``), the training loss, and
-    how probabilities and the uncertainty map are read out at test time. ``__init__`` takes only
-    keyword settings and stores them (scikit-learn style), so ``get_params`` can record them.
+    ``__init__`` takes only keyword settings and stores them (scikit-learn style), so ``get_params``
+    records them. Subclasses override ``head`` (deterministic methods) or ``graphs`` and ``read_out``
+    (stochastic methods); everything else has a working default.
     """
 
     name: ClassVar[str]
+    #: Output channels of f beyond the two class logits (a variance, a confidence, ...).
     extra_channels: ClassVar[int] = 0
+    #: Whether ``read_out`` draws random numbers (then two unseeded read-outs differ).
+    stochastic: ClassVar[bool] = False
+
+    def get_params(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
     def training_key(self) -> str:
         """Methods with the same key train the same f (same network, loss and settings), so an
         experiment trains it once per seed and reads it out each way. Defaults to the method's name."""
         return self.name
 
-    def get_params(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+    def passes(self) -> float:
+        """Cost of one read-out in forward passes of f (1 for a deterministic method)."""
+        return 1.0
 
+    # -- torch side --------------------------------------------------------------------------------
     def build(self, *, in_channels: int = 3, base_width: int = 16, dropout: float = 0.5) -> UNet:
+        from segqc.networks.unet import UNet
+
         return UNet(in_channels, NUM_CLASSES + self.extra_channels, base_width, dropout)
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
@@ -44,19 +72,40 @@ class UncertaintyMethod(ABC):
             output: ``(N, 2 + extra_channels, H, W)`` raw network output.
             target: ``(N, H, W)`` int64 ground truth in {0, 1}.
         """
+        import torch.nn.functional as F
+
         return F.cross_entropy(output[:, :NUM_CLASSES], target)
 
-    @abstractmethod
-    def predict(self, model: UNet, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Read out f on a batch, with the model in eval mode and gradients off.
+    def head(self, output: Tensor) -> tuple[Tensor, Tensor]:
+        """One raw output ``(N, 2 + extra, H, W)`` -> ``(probs (N, 2, H, W), uncertainty (N, H, W))``."""
+        raise NotImplementedError(f"{self.name} has no deterministic head; it overrides graphs()")
+
+    def graphs(
+        self, net: UNet, normalize: nn.Module, images: Tensor
+    ) -> tuple[dict[str, Graph], dict[str, Any]]:
+        """The graphs ``read_out`` runs, by role, and the JSON-able settings it needs with them.
 
         Args:
-            model: the trained network, in eval mode.
-            x: ``(N, C, H, W)`` normalised images.
+            net: the trained network (eval mode; possibly an inference copy).
+            normalize: uint8 ``(N, S, S, 3)`` images -> the network's normalised float input.
+            images: example uint8 images, for tracing.
         Returns:
-            ``(probs, uncertainty)``: ``(N, 2, H, W)`` class probabilities and ``(N, H, W)``
-            uncertainty (higher = less sure).
+            ``(graphs, layout)``; ``layout`` is stored in an export's manifest and handed back to
+            ``read_out`` on every backend.
         """
+        from segqc.networks.graphs import HeadGraph
+
+        graph = Graph(HeadGraph(normalize, net, self.head), ["images"], ["probs", "uncertainty"], (images,))
+        return {"f": graph}, {}
+
+    # -- read-out side (NumPy, every backend) --------------------------------------------------------
+    def read_out(
+        self, run: Runner, images: np.ndarray, rng: np.random.Generator, layout: Mapping[str, Any]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities and map of a batch: ``(N, S, S, 3)`` uint8 -> ``(N, S, S)`` foreground
+        probability and ``(N, S, S)`` uncertainty (higher = less sure), float32."""
+        probs, uncertainty = run("f", {"images": images})
+        return probs[:, 1], uncertainty
 
 
 METHODS: Registry[UncertaintyMethod] = Registry("uncertainty method")
@@ -68,4 +117,6 @@ def create_method(name: str, **params: Any) -> UncertaintyMethod:
 
 
 def softmax_probs(output: Tensor) -> Tensor:
+    import torch
+
     return torch.softmax(output[:, :NUM_CLASSES], dim=1)

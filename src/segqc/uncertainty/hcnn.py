@@ -15,20 +15,21 @@ sampled: ``p = softmax(u)`` and ``z = sigma^2`` (>= 0, unbounded).
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from segqc.errors import SegQCError
-from segqc.networks.unet import UNet
 from segqc.uncertainty.base import NUM_CLASSES, UncertaintyMethod, register_method, softmax_probs
-from segqc.uncertainty.functional import heteroscedastic_nll
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 MIN_VARIANCE = 1e-6
 
 
 def predicted_variance(output: Tensor) -> Tensor:
     """``(N, 3, H, W)`` network output -> ``(N, H, W)`` logit noise variance ``softplus(r) + 1e-6``."""
+    import torch.nn.functional as F
+
     return F.softplus(output[:, NUM_CLASSES]) + MIN_VARIANCE
 
 
@@ -48,10 +49,13 @@ class Heteroscedastic(UncertaintyMethod):
         self.samples = samples
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        import torch
+
+        from segqc.networks.functional import heteroscedastic_nll
+
         logits = output[:, :NUM_CLASSES]
         noise = torch.randn((self.samples, *logits.shape), dtype=logits.dtype, device=logits.device)
         return heteroscedastic_nll(logits, predicted_variance(output), target, noise)
 
-    def predict(self, model: UNet, x: Tensor) -> tuple[Tensor, Tensor]:
-        output = model(x)
+    def head(self, output: Tensor) -> tuple[Tensor, Tensor]:
         return softmax_probs(output), predicted_variance(output)

@@ -16,13 +16,13 @@ update). At test time ``p = softmax(u)`` and ``z = 1 - c`` in ``[0, 1]``.
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from segqc.errors import SegQCError
-from segqc.networks.unet import UNet
-from segqc.uncertainty.base import NUM_CLASSES, UncertaintyMethod, register_method
-from segqc.uncertainty.functional import hinted_nll
+from segqc.uncertainty.base import NUM_CLASSES, UncertaintyMethod, register_method, softmax_probs
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 EPS = 1e-12
 
@@ -58,6 +58,10 @@ class LearnedConfidence(UncertaintyMethod):
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         """One training step's loss; also updates ``lambda_`` (call it once per step)."""
+        import torch
+
+        from segqc.networks.functional import hinted_nll
+
         probs = torch.softmax(output[:, :NUM_CLASSES], dim=1)
         confidence = torch.sigmoid(output[:, NUM_CLASSES])
         hints = self.draw_hints(target)
@@ -68,10 +72,11 @@ class LearnedConfidence(UncertaintyMethod):
 
     def draw_hints(self, target: Tensor) -> Tensor:
         """Which samples get hints: bool ``(N, 1, 1)`` (per image) or ``(N, H, W)`` (per pixel)."""
+        import torch
+
         n, h, w = target.shape
         shape = (n, 1, 1) if self.hints == "image" else (n, h, w)
         return torch.rand(shape, device=target.device) < 0.5
 
-    def predict(self, model: UNet, x: Tensor) -> tuple[Tensor, Tensor]:
-        output = model(x)
-        return torch.softmax(output[:, :NUM_CLASSES], dim=1), 1.0 - torch.sigmoid(output[:, NUM_CLASSES])
+    def head(self, output: Tensor) -> tuple[Tensor, Tensor]:
+        return softmax_probs(output), 1.0 - output[:, NUM_CLASSES].sigmoid()

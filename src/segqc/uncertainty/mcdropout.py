@@ -5,24 +5,28 @@ eval mode) and f is sampled ``T`` times::
 
     p = 1/T sum_t softmax(f_t(x)),    z = H(p) = -sum_c p_c ln p_c  in [0, ln 2].
 
-Sampling is cheap: everything before the first dropout layer is deterministic, so ``model.encode``
-runs once per batch and only ``model.decode`` is repeated, with several samples stacked along the
-batch axis. The dropout masks are drawn beforehand, sample by sample and layer by layer, by the
-dropout layers themselves, i.e. in exactly the order a plain loop ``for t in range(T): model(x)``
-draws them; so for the same random state both give the same samples (up to float rounding).
+Sampling is cheap: everything before the first dropout layer is deterministic, so the graph
+``f_encode`` runs once per batch and only ``f_decode`` is repeated, with several samples stacked along
+the batch axis. ``f_decode`` takes the dropout masks as inputs (``Bernoulli(1 - p) / (1 - p)``,
+element-wise, as ``nn.Dropout`` draws them); ``read_out`` draws them from a NumPy generator, so the
+PyTorch and ONNX Runtime backends give the same samples for the same seed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor, nn
+import numpy as np
 
 from segqc.errors import SegQCError
-from segqc.networks.unet import UNet
-from segqc.uncertainty.base import NUM_CLASSES, UncertaintyMethod, register_method
-from segqc.uncertainty.functional import dropout_hooks, enable_dropout, entropy
+from segqc.postprocess import entropy
+from segqc.uncertainty.base import Graph, Runner, UncertaintyMethod, register_method, softmax_probs
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from segqc.networks.unet import UNet
 
 
 @register_method("mcdropout")
@@ -37,6 +41,8 @@ class MCDropout(UncertaintyMethod):
             equals ``Segmenter.predict``'s batch size; a GPU may gain from more. Defaults to 32.
     """
 
+    stochastic = True
+
     def __init__(self, *, samples: int = 20, max_batch: int = 32) -> None:
         if samples < 1 or max_batch < 1:
             raise SegQCError(f"samples and max_batch must be at least 1, got {samples} and {max_batch}")
@@ -46,52 +52,52 @@ class MCDropout(UncertaintyMethod):
     def training_key(self) -> str:
         return "ce"  # trains exactly as msp; only the read-out differs
 
-    def predict(self, model: UNet, x: Tensor) -> tuple[Tensor, Tensor]:
-        mean = sum(probs.sum(0) for probs in self.iter_samples(model, x)) / self.samples
-        return mean, entropy(mean)
+    def passes(self) -> float:
+        return float(self.samples)  # an upper bound: the encoder runs once
 
-    def iter_samples(self, model: UNet, x: Tensor) -> Iterator[Tensor]:
-        """Yield the softmax of the T dropout samples in chunks of ``(k, N, 2, H, W)``, in sample order."""
-        n = x.shape[0]
-        feats = model.encode(x)
-        layout = _dropout_layout(model, feats)
+    def graphs(
+        self, net: UNet, normalize: nn.Module, images: Tensor
+    ) -> tuple[dict[str, Graph], dict[str, Any]]:
+        import torch
+
+        from segqc.networks.graphs import DecodeGraph, EncodeGraph, dropout_layout
+
+        encode = EncodeGraph(normalize, net)
+        with torch.inference_mode():
+            feats = [f.clone() for f in encode(images)]
+        calls = dropout_layout(net, feats)
+        names = [f"feat{i}" for i in range(len(feats))]
+        masks = [torch.ones(len(images), *shape) for _, shape in calls]
+        decode = DecodeGraph(net, len(feats), softmax_probs)
+        graphs = {
+            "f_encode": Graph(encode, ["images"], names, (images,)),
+            "f_decode": Graph(decode, [*names, *(f"mask{i}" for i in range(len(calls)))], ["probs"],
+                              (*feats, *masks)),
+        }  # fmt: skip
+        return graphs, {"dropout": [{"p": p, "shape": shape} for p, shape in calls]}
+
+    def read_out(
+        self, run: Runner, images: np.ndarray, rng: np.random.Generator, layout: Mapping[str, Any]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        n = len(images)
+        feats = run("f_encode", {"images": images})  # once: everything before dropout is deterministic
         per_chunk = max(1, self.max_batch // n)
+        total = None
         for start in range(0, self.samples, per_chunk):
             k = min(per_chunk, self.samples - start)
-            masks = iter(_draw_masks(model, layout, k, feats[0]))
-            with dropout_hooks(model, lambda _layer, out, masks=masks: out * next(masks)):
-                out = model.decode([f.repeat(k, *([1] * (f.dim() - 1))) for f in feats])
-            yield torch.softmax(out[:, :NUM_CLASSES], dim=1).unflatten(0, (k, n))
+            feed = {f"feat{i}": np.tile(f, (k,) + (1,) * (f.ndim - 1)) for i, f in enumerate(feats)}
+            for i, call in enumerate(layout["dropout"]):
+                feed[f"mask{i}"] = dropout_mask(rng, float(call["p"]), (k * n, *call["shape"]))
+            (probs,) = run("f_decode", feed)  # (k n, 2, S, S), sample-major
+            chunk = probs.reshape(k, n, *probs.shape[1:]).sum(0)
+            total = chunk if total is None else total + chunk
+        mean = total / np.float32(self.samples)
+        return mean[:, 1], entropy(mean)
 
 
-def _dropout_layout(model: UNet, feats: list[Tensor]) -> list[tuple[nn.Module, torch.Size]]:
-    """The dropout calls of ``decode`` in order: the layer and the per-image shape it sees.
-
-    Found by decoding one image with dropout off (no random numbers drawn): about 1/(T N) of the work.
-    """
-    layout: list[tuple[nn.Module, torch.Size]] = []
-
-    def record(layer: nn.Module, out: Tensor) -> Tensor:
-        layout.append((layer, out.shape[1:]))
-        return out
-
-    with dropout_hooks(model, record):
-        model.decode([f[:1] for f in feats])
-    return layout
-
-
-def _draw_masks(
-    model: UNet, layout: list[tuple[nn.Module, torch.Size]], k: int, like: Tensor
-) -> list[Tensor]:
-    """Scaled dropout masks of k samples for a batch like ``like``, one ``(k N, ...)`` tensor per call.
-
-    Drawn sample by sample, call by call, by the layers themselves: the random numbers a plain loop
-    ``for t in range(k): model(x)`` would draw, in the same order.
-    """
-    n = like.shape[0]
-    drawn: list[list[Tensor]] = [[] for _ in layout]
-    with enable_dropout(model):
-        for _ in range(k):
-            for masks, (layer, shape) in zip(drawn, layout, strict=True):
-                masks.append(layer(like.new_ones((n, *shape))))  # bernoulli(1 - p) / (1 - p)
-    return [torch.cat(masks) for masks in drawn]
+def dropout_mask(rng: np.random.Generator, p: float, shape: tuple[int, ...]) -> np.ndarray:
+    """A scaled dropout mask, ``Bernoulli(1 - p) / (1 - p)`` element-wise, float32 (as ``nn.Dropout``)."""
+    keep = 1.0 - p
+    if keep <= 0.0:
+        return np.zeros(shape, np.float32)
+    return (rng.random(shape, dtype=np.float32) < keep).astype(np.float32) / np.float32(keep)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from torch import Tensor
+from typing import TYPE_CHECKING
 
-from segqc.networks.unet import UNet
 from segqc.uncertainty.base import UncertaintyMethod, register_method, softmax_probs
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 @register_method("msp")
@@ -15,6 +17,6 @@ class MaxSoftmax(UncertaintyMethod):
     def training_key(self) -> str:
         return "ce"  # plain cross-entropy on the plain U-Net, as mcdropout
 
-    def predict(self, model: UNet, x: Tensor) -> tuple[Tensor, Tensor]:
-        probs = softmax_probs(model(x))
+    def head(self, output: Tensor) -> tuple[Tensor, Tensor]:
+        probs = softmax_probs(output)
         return probs, 1.0 - probs.max(dim=1).values
