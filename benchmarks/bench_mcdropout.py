@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from _common import add_common_args, finish, header, load1, machine_info, markdown_table, time_call
 
-from segqc.uncertainty import create_method
 from segqc.networks.functional import enable_dropout
+from segqc.uncertainty import create_method
 
 
 def interleaved(

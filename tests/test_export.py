@@ -28,10 +28,10 @@ from segqc.config import PipelineConfig
 from segqc.data.dataset import SegData
 from segqc.data.synthetic import make_synthetic
 from segqc.errors import BundleError, SegQCError
-from segqc.runtime.export import TOLERANCE, export_onnx
 from segqc.postprocess import upsample_probs
-from segqc.runtime.onnx_backend import MANIFEST, OnnxModel, load_onnx_model
 from segqc.quality import create_predictor
+from segqc.runtime.export import TOLERANCE, export_onnx
+from segqc.runtime.onnx_backend import MANIFEST, OnnxModel, load_onnx_model
 from segqc.training import train_bundle
 from segqc.types import QualitySamples
 from segqc.uncertainty import METHODS

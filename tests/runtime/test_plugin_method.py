@@ -86,8 +86,10 @@ def read_quality(out: Path) -> dict[str, dict[str, str]]:
 def test_a_stochastic_method_from_outside_src_trains_predicts_and_exports(registered, tmp_path):
     images, masks, ids = make_synthetic(24, 32, seed=3)
     data = SegData(images, masks, ids)
-    cfg = PipelineConfig(method=registered, method_params={"samples": 3}, image_size=32, base_width=4,
-                         quality_width=4, seg_epochs=1, quality_epochs=1, batch_size=8, device="cpu")  # fmt: skip
+    cfg = PipelineConfig(
+        method=registered, method_params={"samples": 3}, image_size=32, base_width=4, quality_width=4,
+        seg_epochs=1, quality_epochs=1, batch_size=8, device="cpu",
+    )  # fmt: skip
     train_bundle(
         (data.subset(range(18)), data.subset(range(18, 24))), None, cfg, tmp_path / "model", progress=False
     )
