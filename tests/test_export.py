@@ -20,7 +20,7 @@ from PIL import Image
 
 import segqc.runtime.export
 import segqc.uncertainty.mcdropout as mcdropout_module
-from segqc.assess.folder import assess_images
+from segqc.assess import assess_images
 from segqc.bundle import Bundle
 from segqc.commands.assess_cli import predict
 from segqc.commands.export_cli import export
