@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +9,16 @@ import pytest
 from fastapi.testclient import TestClient
 
 from segqc.service import create_app
-from tests.service.conftest import MAX_PIXELS, MAX_UPLOAD, decode_png, encode, post_image, random_rgb
+from tests.conftest import run_without_torch
+from tests.service.conftest import (
+    MAX_PIXELS,
+    MAX_UPLOAD,
+    decode_png,
+    encode,
+    post_image,
+    random_rgb,
+    serve_cli,
+)
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -84,16 +88,7 @@ def test_bundle_and_its_export_answer_alike(bundle_dir, export_dir):
     assert onnx_info["parity"]["passed"]
 
 
-NO_TORCH_SERVE = textwrap.dedent(
-    """
-    import importlib.abc, json, sys
-
-    class NoTorch(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError(f"torch is blocked in this test (imported as {name!r})")
-
-    sys.meta_path.insert(0, NoTorch())
+NO_TORCH_SERVE = """
     import numpy as np
     from fastapi.testclient import TestClient
     from PIL import Image
@@ -108,20 +103,23 @@ NO_TORCH_SERVE = textwrap.dedent(
         backend = client.get("/v1/model").json()["backend"]
     torch_modules = [m for m in sys.modules if m == "torch" or m.startswith("torch.")]
     print("RESULT", json.dumps({"status": response.status_code, "backend": backend, "torch": torch_modules}))
-    """
-)
+"""
 
 
 def test_serving_an_export_needs_no_torch(export_dir):
     """create_app on an export, and a request, in a fresh interpreter where importing torch fails."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-c", NO_TORCH_SERVE, str(export_dir)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, proc.stdout + proc.stderr
-    assert json.loads(lines[-1][len("RESULT ") :]) == {"status": 200, "backend": "onnx", "torch": []}
+    result, output = run_without_torch(NO_TORCH_SERVE, str(export_dir))
+    assert result == {"status": 200, "backend": "onnx", "torch": []}, output
+
+
+def test_serve_command_takes_an_export(export_dir, monkeypatch):
+    """``segqc serve --model EXPORT_DIR`` loads the export and hands its app to uvicorn."""
+    import uvicorn
+    from click.testing import CliRunner
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(app))
+    result = CliRunner().invoke(serve_cli(), ["--model", str(export_dir), "--port", "8124"])
+    assert result.exit_code == 0, result.output
+    assert calls and calls[-1].state.model.backend == "onnx"
+    assert "msp" in result.output
