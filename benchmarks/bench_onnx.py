@@ -28,7 +28,7 @@ from bench_inference import make_quality, make_segmenter, run_pipeline
 
 from segqc.bundle import save_bundle
 from segqc.runtime.export import export_onnx
-from segqc.runtime.onnx_backend import load_onnx_bundle
+from segqc.runtime.onnx_backend import load_onnx_model
 from segqc.types import QualitySamples
 
 
@@ -60,7 +60,7 @@ def main() -> None:
         bundle_dir = save_bundle(Path(tmp) / "model", seg, g, image_size=args.size)
         for exporter in args.exporters:
             out = export_onnx(bundle_dir, Path(tmp) / exporter, exporter=exporter)
-            onnx = load_onnx_bundle(out, device="cpu", threads=threads)
+            onnx = load_onnx_model(out, device="cpu", threads=threads)
 
             def run(onnx=onnx) -> np.ndarray:
                 pred = onnx.segmenter.predict(images, batch_size=args.batch)

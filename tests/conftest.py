@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -60,3 +65,33 @@ def write_mask(path: Path, size: tuple[int, int] = (40, 30), values: tuple[int, 
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path)
     return path
+
+
+#: Python source that makes every ``import torch`` fail: the preamble of :func:`run_without_torch`.
+BLOCK_TORCH = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    class NoTorch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError(f"torch is blocked in this test (imported as {name!r})")
+
+    sys.meta_path.insert(0, NoTorch())
+    """
+)
+
+
+def run_without_torch(script: str, *args: str, timeout: float = 300) -> tuple[dict, str]:
+    """Run ``script`` with ``args`` in a fresh interpreter where importing torch fails.
+
+    Returns the JSON object of the last line the script prints that starts with ``RESULT ``, and the
+    process's whole output (for assertion messages).
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-c", BLOCK_TORCH + textwrap.dedent(script), *args]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+    output = proc.stdout + proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, output
+    return json.loads(lines[-1][len("RESULT ") :]), output

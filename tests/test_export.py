@@ -6,10 +6,6 @@ import csv
 import dataclasses
 import hashlib
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import segqc.runtime.export
-from segqc.assess.folder import assess_images
+from segqc.assess import assess_images
 from segqc.bundle import Bundle
 from segqc.commands.assess_cli import predict
 from segqc.commands.export_cli import export
@@ -35,8 +31,17 @@ from segqc.runtime.onnx_backend import MANIFEST, OnnxModel, load_onnx_model
 from segqc.training import train_bundle
 from segqc.types import QualitySamples
 from segqc.uncertainty import METHODS
+from tests.conftest import run_without_torch
 
 ATOL = 1e-4  # onnxruntime vs PyTorch, float32 graphs (measured: ~1e-7)
+
+
+def torch_upsample_probs(probs: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The PyTorch reference of :func:`segqc.postprocess.upsample_probs` (what ``segmenter`` used)."""
+    t = torch.from_numpy(np.ascontiguousarray(probs))[:, None]
+    return torch.nn.functional.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[
+        :, 0
+    ].numpy()
 
 
 def tiny_bundle(out: Path, method: str) -> Bundle:
@@ -196,16 +201,7 @@ def _rows(out: Path) -> dict[str, dict[str, str]]:
         return {r["id"]: r for r in csv.DictReader(fh)}
 
 
-NO_TORCH = textwrap.dedent(
-    """
-    import importlib.abc, json, sys
-
-    class NoTorch(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError(f"torch is blocked in this test (imported as {name!r})")
-
-    sys.meta_path.insert(0, NoTorch())
+NO_TORCH = """
     from segqc.cli import main
 
     sys.argv = ["segqc", *sys.argv[1:]]
@@ -215,8 +211,7 @@ NO_TORCH = textwrap.dedent(
         code = done.code
     torch_modules = [m for m in sys.modules if m == "torch" or m.startswith("torch.")]
     print("RESULT", json.dumps({"exit": code, "torch_modules": torch_modules}))
-    """
-)
+"""
 
 
 def test_onnx_predict_runs_without_torch(msp_export, tmp_path):
@@ -226,13 +221,8 @@ def test_onnx_predict_runs_without_torch(msp_export, tmp_path):
     out = tmp_path / "out"
     args = ["predict", "--backend", "onnx", "--model", str(export_dir), str(inputs), "--out", str(out),
             "--quiet", "--device", "cpu"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", NO_TORCH, *args], capture_output=True, text=True, env=env,
-                          timeout=300)  # fmt: skip
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, proc.stdout + proc.stderr
-    result = json.loads(lines[-1][len("RESULT ") :])
-    assert result == {"exit": 3, "torch_modules": []}, proc.stdout + proc.stderr  # 3: junk.png unreadable
+    result, output = run_without_torch(NO_TORCH, *args)
+    assert result == {"exit": 3, "torch_modules": []}, output  # 3: junk.png unreadable
     assert set(_rows(out)) == {"img0", "img1", "img2", "img3", "odd"}
     assert (out / "report.html").is_file() and json.loads((out / "run.json").read_text())["backend"] == "onnx"
 

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from segqc.assess.folder import assess_images
+from segqc.assess import assess_images
 from segqc.errors import SegQCError
 from segqc.service import app as service_app
+from segqc.service import assessor as service_assessor
 from segqc.service import create_app
 from tests.service.conftest import (
     MAX_PIXELS,
@@ -132,7 +133,7 @@ def test_concurrent_requests_match_sequential_answers(bundle, monkeypatch):
         ("huge.png", encode(np.zeros((400, 400, 3), np.uint8))),
     ]
     active, peak, lock = 0, 0, threading.Lock()
-    real = service_app.assess_images
+    real = service_assessor.assess_images
 
     def counting(*args, **kwargs):
         nonlocal active, peak
@@ -145,7 +146,7 @@ def test_concurrent_requests_match_sequential_answers(bundle, monkeypatch):
             with lock:
                 active -= 1
 
-    monkeypatch.setattr(service_app, "assess_images", counting)
+    monkeypatch.setattr(service_assessor, "assess_images", counting)
     app = create_app(bundle, max_upload_bytes=MAX_UPLOAD, max_pixels=MAX_PIXELS)
     with TestClient(app) as client:
 

@@ -14,11 +14,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from segqc.assess.folder import assess_images
+from segqc.assess import assess_images
 from segqc.data.readers import to_rgb
 from segqc.errors import BundleError
 from segqc.service import create_app
-from segqc.service.app import BodyLimitMiddleware
+from segqc.service.uploads import BodyLimitMiddleware
 from tests.service.conftest import (
     MAX_PIXELS,
     MAX_UPLOAD,

@@ -1,17 +1,14 @@
-"""Assess new images with a bundle: mask, uncertainty map, predicted Jaccard and pass/refer decision.
+"""Files in, files out: what ``segqc predict`` does. Assess image files and write a resumable output folder
+(masks, uncertainty heat maps, overlays, ``quality.csv``, ``errors.csv``, ``run.json``, ``report.html``).
 
-Works with a PyTorch :class:`~segqc.model.Bundle` and with an ONNX export
-(:class:`~segqc.runtime.onnx_backend.OnnxBundle`); this module imports no torch itself, so the ONNX path runs
-without it.
+Works with any loaded :class:`~segqc.runtime.Model`; imports no torch itself.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,123 +18,14 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from segqc.data.readers import IMAGE_EXTENSIONS, open_image, resize_image, to_rgb
+from segqc.assess.assess import Assessment, assess_images
+from segqc.assess.inputs import collect_inputs, read_input, unique_ids
 from segqc.errors import DataError, SegQCError
-from segqc.postprocess import probs_to_mask, upsample_probs
-from segqc.types import QualitySamples
 from segqc.utils import atomic_write, write_json
 
 if TYPE_CHECKING:
     from segqc.assess.review_page import ReviewCase
     from segqc.runtime import Model
-
-
-@dataclass
-class Assessment:
-    """The verdict on one image.
-
-    Attributes:
-        id: the image's id.
-        predicted_jaccard: g's estimate of the Jaccard index of ``mask``, in [0, 1].
-        decision: ``"refer"`` when ``predicted_jaccard < threshold`` (send to a human), else ``"pass"``.
-        threshold: the bundle's threshold.
-        mean_uncertainty: mean of f's uncertainty map at the model's resolution.
-        mask: ``(H, W)`` uint8 in {0, 1}, at the input image's own resolution.
-        uncertainty: ``(H, W)`` float32 uncertainty map, at the input image's own resolution.
-    """
-
-    id: str
-    predicted_jaccard: float
-    decision: str
-    threshold: float
-    mean_uncertainty: float
-    mask: np.ndarray
-    uncertainty: np.ndarray
-
-    @property
-    def referred(self) -> bool:
-        return self.decision == "refer"
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON-able fields (no arrays)."""
-        return {
-            "id": self.id,
-            "predicted_jaccard": self.predicted_jaccard,
-            "decision": self.decision,
-            "threshold": self.threshold,
-            "mean_uncertainty": self.mean_uncertainty,
-        }
-
-
-def _check_image(image: Any, id_: str) -> np.ndarray:
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        shape = getattr(image, "shape", None)
-        dtype = getattr(image, "dtype", type(image).__name__)
-        raise DataError(f"{id_}: expected an (H, W, 3) uint8 RGB image, got shape {shape} of {dtype}")
-    if image.shape[0] < 1 or image.shape[1] < 1:
-        raise DataError(f"{id_}: image has no pixels")
-    return image
-
-
-def assess_images(
-    model: Model,
-    images: Sequence[np.ndarray],
-    ids: Sequence[str] | None = None,
-    *,
-    batch_size: int = 16,
-) -> list[Assessment]:
-    """Segment images with f, predict the quality of each segmentation with g, decide pass or refer.
-
-    Each image is resized (bilinear) to the bundle's square ``image_size``; f's probability and
-    uncertainty maps are resized back (bilinear) to the image's own size, and the mask is the
-    resized probability thresholded at 0.5.
-
-    Args:
-        model: a loaded model (:func:`segqc.runtime.load_model`: a bundle or an ONNX export).
-        images: ``(H, W, 3)`` uint8 RGB images, each of any size.
-        ids: one id per image. Defaults to ``"0"``, ``"1"``, ...
-        batch_size: images per forward pass. Defaults to 16.
-
-    Returns:
-        One :class:`Assessment` per image, in order.
-
-    Raises:
-        DataError: an image is not an ``(H, W, 3)`` uint8 array, or ``ids`` has the wrong length.
-    """
-    ids = [str(i) for i in range(len(images))] if ids is None else [str(i) for i in ids]
-    if len(ids) != len(images):
-        raise DataError(f"got {len(images)} images but {len(ids)} ids")
-    if batch_size < 1:
-        raise DataError(f"batch size must be at least 1, got {batch_size}")
-    checked = [_check_image(image, id_) for image, id_ in zip(images, ids)]
-    size, threshold = model.image_size, model.threshold
-    out: list[Assessment] = []
-    for start in range(0, len(checked), batch_size):
-        batch = checked[start : start + batch_size]
-        small = np.stack([resize_image(np.ascontiguousarray(image), size) for image in batch])
-        pred = model.segment(small)
-        quality = model.predict_quality(QualitySamples(small, pred.mask, pred.uncertainty))
-        for j, image in enumerate(batch):
-            h, w = image.shape[:2]
-            # Resize probabilities, not the mask, so borders stay smooth at high resolution.
-            probs = upsample_probs(pred.probs[j : j + 1], h, w)[0]
-            uncertainty = upsample_probs(pred.uncertainty[j : j + 1], h, w)[0].astype(np.float32)
-            q = float(np.clip(quality[j], 0.0, 1.0))
-            out.append(
-                Assessment(
-                    id=ids[start + j],
-                    predicted_jaccard=q,
-                    decision="refer" if q < threshold else "pass",
-                    threshold=threshold,
-                    mean_uncertainty=float(pred.uncertainty[j].mean()),
-                    mask=probs_to_mask(probs),
-                    uncertainty=uncertainty,
-                )
-            )
-    return out
-
-
-# -- files in, files out: what ``segqc predict`` does ------------------------------------------------------
 
 #: Columns of ``quality.csv``, one row per assessed image.
 QUALITY_COLUMNS = ("id", "predicted_jaccard", "decision", "threshold", "mean_uncertainty", "source")
@@ -147,92 +35,17 @@ ERROR_COLUMNS = ("id", "source", "reason")
 OUTPUT_DIRS = ("masks", "uncertainty", "overlays")
 RUN_FILE = "run.json"
 PNG_COMPRESS_LEVEL = 3
-_GLOB_CHARS = frozenset("*?[")
 
-
-def collect_inputs(inputs: Sequence[str | Path], *, exclude: str | Path | None = None) -> list[Path]:
-    """Image files named by ``inputs``: files, folders (searched recursively) and glob patterns.
-
-    Folders contribute files with a known image extension (``.jpg .jpeg .png .bmp .tif .tiff``, any
-    case), skipping hidden files and folders; a file named explicitly is taken whatever its name.
-    Patterns (``*``, ``?``, ``[...]``, ``**``) are expanded here too, for quoted patterns. A file
-    reached twice is listed once; anything under ``exclude`` (the output folder) is skipped.
-
-    Raises:
-        DataError: an input is neither a file, a folder nor a pattern matching something.
-    """
-    import glob
-
-    skip = Path(exclude).resolve() if exclude is not None else None
-    found: dict[Path, Path] = {}
-
-    def add(path: Path) -> None:
-        resolved = path.resolve()
-        if skip is not None and resolved.is_relative_to(skip):
-            return
-        found.setdefault(resolved, path)
-
-    def add_folder(folder: Path) -> None:
-        for path in sorted(folder.rglob("*")):
-            parts = path.relative_to(folder).parts
-            if (
-                path.suffix.lower() in IMAGE_EXTENSIONS
-                and path.is_file()
-                and not any(p.startswith(".") for p in parts)
-            ):
-                add(path)
-
-    for raw in inputs:
-        path = Path(raw)
-        if path.is_dir():
-            add_folder(path)
-        elif path.is_file():
-            add(path)
-        elif _GLOB_CHARS & set(str(raw)):
-            matches = sorted(glob.glob(str(raw), recursive=True))
-            if not matches:
-                raise DataError(f"{raw}: no file matches this pattern")
-            for match in map(Path, matches):
-                if match.is_dir():
-                    add_folder(match)
-                else:
-                    add(match)
-        else:
-            raise DataError(f"{raw}: no such file or folder")
-    return list(found.values())
-
-
-def unique_ids(paths: Sequence[Path]) -> list[str]:
-    """One id per path: the file stem, or, when stems clash, the stem plus ``-`` and 8 hex digits of
-    the SHA-1 of the absolute path (more digits if still clashing).
-
-    Stems are compared ignoring case, because outputs ``masks/<id>.png`` must not collide on
-    case-insensitive file systems. The ids depend only on the set of paths, so a re-run gets the
-    same ids.
-    """
-
-    def digest(path: Path) -> str:
-        return hashlib.sha1(str(path.resolve()).encode("utf-8", "surrogateescape")).hexdigest()
-
-    ids = [p.stem for p in paths]
-    for length in (8, 16, 40):
-        counts = Counter(i.casefold() for i in ids)
-        clashing = [k for k, i in enumerate(ids) if counts[i.casefold()] > 1]
-        if not clashing:
-            break
-        for k in clashing:
-            ids[k] = f"{paths[k].stem}-{digest(paths[k])[:length]}"
-    return ids
-
-
-def read_input(path: Path) -> np.ndarray:
-    """Decode an input file as ``(H, W, 3)`` uint8 RGB (any mode, EXIF-rotated); DataError if it can't."""
-    try:
-        return to_rgb(open_image(path, str(path)))
-    except DataError:
-        raise
-    except Exception as err:  # Pillow raises many types on corrupt files; one bad file must not stop a run
-        raise DataError(f"{path}: cannot read image ({type(err).__name__}: {err})") from None
+# collect_inputs is re-exported for callers that import it from here (``segqc.commands.assess_cli``).
+__all__ = [
+    "ERROR_COLUMNS",
+    "OUTPUT_DIRS",
+    "QUALITY_COLUMNS",
+    "PredictSummary",
+    "assess_files",
+    "collect_inputs",
+    "write_png",
+]
 
 
 def _png_bytes(array: np.ndarray) -> bytes:

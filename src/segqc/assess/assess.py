@@ -1,0 +1,126 @@
+"""Assess images in memory: f's mask and uncertainty map, g's predicted Jaccard, the pass/refer decision.
+
+Works with any loaded :class:`~segqc.runtime.Model` (a PyTorch bundle or an ONNX export); this module
+imports no torch itself, so the ONNX path runs without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from segqc.data.readers import resize_image
+from segqc.errors import DataError
+from segqc.postprocess import probs_to_mask, upsample_probs
+from segqc.types import QualitySamples
+
+if TYPE_CHECKING:
+    from segqc.runtime import Model
+
+
+@dataclass
+class Assessment:
+    """The verdict on one image.
+
+    Attributes:
+        id: the image's id.
+        predicted_jaccard: g's estimate of the Jaccard index of ``mask``, in [0, 1].
+        decision: ``"refer"`` when ``predicted_jaccard < threshold`` (send to a human), else ``"pass"``.
+        threshold: the bundle's threshold.
+        mean_uncertainty: mean of f's uncertainty map at the model's resolution.
+        mask: ``(H, W)`` uint8 in {0, 1}, at the input image's own resolution.
+        uncertainty: ``(H, W)`` float32 uncertainty map, at the input image's own resolution.
+    """
+
+    id: str
+    predicted_jaccard: float
+    decision: str
+    threshold: float
+    mean_uncertainty: float
+    mask: np.ndarray
+    uncertainty: np.ndarray
+
+    @property
+    def referred(self) -> bool:
+        return self.decision == "refer"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-able fields (no arrays)."""
+        return {
+            "id": self.id,
+            "predicted_jaccard": self.predicted_jaccard,
+            "decision": self.decision,
+            "threshold": self.threshold,
+            "mean_uncertainty": self.mean_uncertainty,
+        }
+
+
+def _check_image(image: Any, id_: str) -> np.ndarray:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        shape = getattr(image, "shape", None)
+        dtype = getattr(image, "dtype", type(image).__name__)
+        raise DataError(f"{id_}: expected an (H, W, 3) uint8 RGB image, got shape {shape} of {dtype}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise DataError(f"{id_}: image has no pixels")
+    return image
+
+
+def assess_images(
+    model: Model,
+    images: Sequence[np.ndarray],
+    ids: Sequence[str] | None = None,
+    *,
+    batch_size: int = 16,
+) -> list[Assessment]:
+    """Segment images with f, predict the quality of each segmentation with g, decide pass or refer.
+
+    Each image is resized (bilinear) to the bundle's square ``image_size``; f's probability and
+    uncertainty maps are resized back (bilinear) to the image's own size, and the mask is the
+    resized probability thresholded at 0.5.
+
+    Args:
+        model: a loaded model (:func:`segqc.runtime.load_model`: a bundle or an ONNX export).
+        images: ``(H, W, 3)`` uint8 RGB images, each of any size.
+        ids: one id per image. Defaults to ``"0"``, ``"1"``, ...
+        batch_size: images per forward pass. Defaults to 16.
+
+    Returns:
+        One :class:`Assessment` per image, in order.
+
+    Raises:
+        DataError: an image is not an ``(H, W, 3)`` uint8 array, or ``ids`` has the wrong length.
+    """
+    ids = [str(i) for i in range(len(images))] if ids is None else [str(i) for i in ids]
+    if len(ids) != len(images):
+        raise DataError(f"got {len(images)} images but {len(ids)} ids")
+    if batch_size < 1:
+        raise DataError(f"batch size must be at least 1, got {batch_size}")
+    checked = [_check_image(image, id_) for image, id_ in zip(images, ids)]
+    size, threshold = model.image_size, model.threshold
+    out: list[Assessment] = []
+    for start in range(0, len(checked), batch_size):
+        batch = checked[start : start + batch_size]
+        small = np.stack([resize_image(np.ascontiguousarray(image), size) for image in batch])
+        pred = model.segment(small)
+        quality = model.predict_quality(QualitySamples(small, pred.mask, pred.uncertainty))
+        for j, image in enumerate(batch):
+            h, w = image.shape[:2]
+            # Resize probabilities, not the mask, so borders stay smooth at high resolution.
+            probs = upsample_probs(pred.probs[j : j + 1], h, w)[0]
+            uncertainty = upsample_probs(pred.uncertainty[j : j + 1], h, w)[0].astype(np.float32)
+            q = float(np.clip(quality[j], 0.0, 1.0))
+            out.append(
+                Assessment(
+                    id=ids[start + j],
+                    predicted_jaccard=q,
+                    decision="refer" if q < threshold else "pass",
+                    threshold=threshold,
+                    mean_uncertainty=float(pred.uncertainty[j].mean()),
+                    mask=probs_to_mask(probs),
+                    uncertainty=uncertainty,
+                )
+            )
+    return out
