@@ -1,4 +1,11 @@
-"""The two-stage pipeline: train f, predict masks and maps, train g on f's outputs, evaluate."""
+"""The two-stage pipeline: train f, predict masks and maps, train g on f's outputs, evaluate.
+
+Each step happens in one primitive, which the demo's :func:`run_pipeline`, ``segqc train``'s
+:func:`train_bundle` and the experiment's units (:mod:`segqc.experiment.plan`) all call:
+:func:`fit_segmenter` (f), :func:`quality_samples` (f's outputs as g's input),
+:func:`fit_predictor` (g), :func:`segmentation_summary` and :func:`score_quality` (the metrics;
+:func:`evaluate` adds the referral metrics of a bundle).
+"""
 
 from __future__ import annotations
 

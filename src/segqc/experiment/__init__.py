@@ -17,11 +17,10 @@ still produces the test predictions. ``"both"`` reports both, as rows ``"m"`` an
 RCA does not learn from f's predictions (only from reference images with their ground truth), so it
 has one row whatever ``quality_train`` is.
 
-**Shared f.** ``msp`` and ``mcdropout`` train the same network with the same loss (plain
-cross-entropy) and differ only at test time, so with one seed they share one trained f. Two
-methods share f when they have the same ``training_key`` class attribute, or, when a method has
-none, when it uses :class:`~segqc.uncertainty.UncertaintyMethod`'s own ``build`` and ``loss``
-and no extra output channel: :class:`~segqc.segmenter.Segmenter` uses nothing else in training.
+**Shared f.** Methods that train the same network with the same loss and differ only at test time
+(e.g. ``msp`` and ``mcdropout``: plain cross-entropy) share one trained f per seed and fold. Two
+methods share f when ``create_method(name, **method_params[name]).training_key()`` is the same (a
+hook each method declares; by default its name), see :func:`training_key`.
 
 **Units and resuming.** The work is cut into units (:mod:`segqc.experiment.plan` lists them),
 each cached under ``out_dir/units/`` in a folder named by the unit and a hash of everything that
