@@ -11,12 +11,12 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-import segqc.experiment.run as experiment
+import segqc.experiment.units as units
 from segqc.data.dataset import SegData
 from segqc.data.synthetic import make_synthetic, write_synthetic
 from segqc.errors import SegQCError, UnknownNameError
+from segqc.experiment import ExperimentConfig, Payload, Planner, Unit, UnitStore, run_experiment, training_key
 from segqc.experiment.report import PAPER_TABLE1, table1_markdown
-from segqc.experiment.run import ExperimentConfig, Payload, Unit, UnitStore, run_experiment, training_key
 from segqc.metrics import QUALITY_KEYS
 from segqc.segmenter import Segmenter
 from segqc.uncertainty import METHODS
@@ -28,11 +28,10 @@ TINY = dict(
     **TINY_SETTINGS,
     folds=2,
     rca_references=4,
-    mc_samples=2,
-    method_params={"hcnn": {"samples": 2}},
+    method_params={"hcnn": {"samples": 2}, "mcdropout": {"samples": 2}},
 )
 PNG = b"\x89PNG\r\n\x1a\n"
-RUN_UNIT = experiment.run_unit  # the real one, before any test wraps it
+RUN_UNIT = units.run_unit  # the real one, before any test wraps it
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -50,7 +49,7 @@ class Interrupted(Exception):
 
 
 def count_units(monkeypatch: pytest.MonkeyPatch, fail_after: int | None = None) -> list[str]:
-    """Wrap ``experiment.run_unit``: record each computed unit; raise after ``fail_after`` of them."""
+    """Wrap ``units.run_unit``: record each computed unit; raise after ``fail_after`` of them."""
     calls: list[str] = []
 
     def wrapped(unit: Unit) -> Payload:
@@ -59,7 +58,7 @@ def count_units(monkeypatch: pytest.MonkeyPatch, fail_after: int | None = None) 
         calls.append(unit.label)
         return RUN_UNIT(unit)
 
-    monkeypatch.setattr(experiment, "run_unit", wrapped)
+    monkeypatch.setattr(units, "run_unit", wrapped)
     return calls
 
 
@@ -261,9 +260,8 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatc
 def plan_digests(cfg: ExperimentConfig, tmp_path: Path) -> dict[str, str]:
     images, masks, ids = make_synthetic(20, 32, seed=0)
     data = SegData(images, masks, ids)
-    exp = experiment._Experiment(cfg, data.subset(range(14)), data.subset(range(14, 20)), tmp_path, False)
-    units, _, _ = exp.plan(cfg.seeds[0], exp.rows())
-    return {u.label: u.digest for u in units}
+    planner = Planner(cfg, data.subset(range(14)), data.subset(range(14, 20)))
+    return {u.label: u.digest for u in planner.plan(cfg.seeds[0], planner.rows()).units}
 
 
 def test_unit_keys_follow_what_determines_them(tmp_path):
@@ -333,10 +331,39 @@ def test_config_validation():
         ExperimentConfig(seeds=[0, 0])
     with pytest.raises(SegQCError, match="multiple of 16"):
         ExperimentConfig(image_size=30)
-    cfg = ExperimentConfig(seeds=[2, 5], mc_samples=7)
+    cfg = ExperimentConfig(seeds=[2, 5], method_params={"mcdropout": {"samples": 7}})
     assert ExperimentConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     assert cfg.pipeline_config("mcdropout", 5).method_params == {"samples": 7}
     assert cfg.pipeline_config("msp", 5).seed == 5
+
+
+def test_config_shares_the_training_settings_and_reads_old_configs():
+    from segqc.config import PipelineConfig, TrainingSettings
+
+    shared = TrainingSettings.names()
+    cfg = ExperimentConfig(**{**TINY, "seeds": [3]})
+    assert {k: getattr(cfg, k) for k in shared} == {k: TINY_SETTINGS.get(k, getattr(cfg, k)) for k in shared}
+    pcfg = cfg.pipeline_config("msp", 3)
+    assert pcfg.training_settings() == cfg.training_settings() and isinstance(pcfg, PipelineConfig)
+    assert TrainingSettings.names("f") == [
+        "image_size",
+        "base_width",
+        "dropout",
+        "seg_epochs",
+        "batch_size",
+        "lr",
+    ]
+    # results.json configs of earlier versions had mcdropout's samples as their own key
+    old = {**cfg.to_dict(), "mc_samples": 7, "method_params": {"hcnn": {"samples": 2}}}
+    assert ExperimentConfig.from_dict(old).method_params == {
+        "hcnn": {"samples": 2},
+        "mcdropout": {"samples": 7},
+    }
+    assert ExperimentConfig.from_dict({**cfg.to_dict(), "mc_samples": None}) == cfg
+    with pytest.raises(SegQCError, match="unknown experiment config keys: nope"):
+        ExperimentConfig.from_dict({"nope": 1})
+    with pytest.raises(SegQCError, match="samples"):
+        ExperimentConfig(methods=["mcdropout"], method_params={"mcdropout": {"samples": 0}})
 
 
 # -- CLI -----------------------------------------------------------------------------------------

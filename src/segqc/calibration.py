@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 
+from segqc.data.dataset import SegData
 from segqc.errors import SegQCError
 
 #: Share of the training images held out to choose the threshold for a target failure recall.
@@ -60,4 +61,35 @@ def choose_threshold(
         "n_heldout": int(len(true)),
         "n_heldout_failures": int(failures.size),
         "n_referred": int(referred.sum()),
+    }
+
+
+def hold_out(train: SegData, seed: int) -> tuple[SegData, SegData]:
+    """Split a seeded ``CALIBRATION_FRACTION`` of ``train`` off to choose the threshold on.
+
+    Returns:
+        ``(rest, held_out)``, each in the original order.
+
+    Raises:
+        SegQCError: fewer than 2 images would be left to train on.
+    """
+    n_cal = max(1, round(CALIBRATION_FRACTION * len(train)))
+    if len(train) - n_cal < 2:
+        raise SegQCError(f"{len(train)} training images are too few to hold out {n_cal} for the threshold")
+    order = np.random.default_rng(seed).permutation(len(train))
+    return train.subset(np.sort(order[n_cal:])), train.subset(np.sort(order[:n_cal]))
+
+
+def threshold_rule(chosen: dict, target_recall: float) -> dict:
+    """The record of a threshold chosen by :func:`choose_threshold` (``bundle.json``'s ``threshold_rule``)."""
+    return {
+        "kind": "target_failure_recall",
+        "target_recall": target_recall,
+        "calibration_fraction": CALIBRATION_FRACTION,
+        **chosen,
+        "description": (
+            f"smallest threshold referring >= {target_recall:g} of the failures of "
+            f"{chosen['n_heldout']} held-out training images (achieved {chosen['achieved_recall']:.3f}, "
+            f"referring {chosen['referral_rate']:.1%} of them)"
+        ),
     }

@@ -1,38 +1,45 @@
-"""Run settings as a plain dataclass, saved with every run and model."""
+"""Run settings as plain dataclasses, saved with every run and model.
+
+:class:`TrainingSettings` holds the settings of training f and g that one pipeline run
+(:class:`PipelineConfig`) and an experiment (:class:`~segqc.experiment.ExperimentConfig`) share:
+a new training setting is added there, once, and both get it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from segqc.errors import SegQCError
 
+_C = TypeVar("_C", bound="TrainingSettings")
+
+
+def _setting(default: Any, *stages: str) -> Any:
+    """A training setting with the stages whose result it changes (``"f"``, ``"g"``; none when it
+    only enters the metrics or the placement), so an experiment knows which cached units it affects."""
+    return field(default=default, metadata={"stages": stages})
+
 
 @dataclass
-class PipelineConfig:
-    """Settings of one pipeline run: f with one uncertainty method, then quality predictors g.
+class TrainingSettings:
+    """Settings of training f and g, shared by every kind of run.
 
     Defaults are sized for a 2-core CPU at 64x64; the paper used 224x224, 120 epochs for f and
     30 for g.
     """
 
-    method: str = "msp"
-    method_params: dict[str, Any] = field(default_factory=dict)
-    # g with the uncertainty map (the paper's method) and without it (the ablation), for comparison
-    predictors: list[str] = field(default_factory=lambda: ["uncertainty", "no-uncertainty"])
-    predictor_params: dict[str, dict[str, Any]] = field(default_factory=dict)
-    image_size: int = 64
-    base_width: int = 16
-    dropout: float = 0.5
-    seg_epochs: int = 10
-    quality_epochs: int = 15
-    quality_width: int = 16
-    batch_size: int = 16
-    lr: float = 1e-3
-    threshold: float = 0.7
-    seed: int = 0
-    device: str = "auto"
+    image_size: int = _setting(64, "f", "g")
+    base_width: int = _setting(16, "f")
+    dropout: float = _setting(0.5, "f")
+    seg_epochs: int = _setting(10, "f")
+    quality_epochs: int = _setting(15, "g")
+    quality_width: int = _setting(16, "g")
+    batch_size: int = _setting(16, "f", "g")
+    lr: float = _setting(1e-3, "f", "g")
+    threshold: float = _setting(0.7)
+    device: str = _setting("auto")
 
     def __post_init__(self) -> None:
         if self.image_size < 16 or self.image_size % 16:
@@ -45,16 +52,45 @@ class PipelineConfig:
             if getattr(self, name) < 1:
                 raise SegQCError(f"{name} must be at least 1, got {getattr(self, name)}")
 
+    @staticmethod
+    def names(stage: str | None = None) -> list[str]:
+        """The shared training settings, or those that change the result of ``stage`` (``"f"``, ``"g"``)."""
+        return [
+            f.name
+            for f in dataclasses.fields(TrainingSettings)
+            if stage is None or stage in f.metadata.get("stages", ())
+        ]
+
+    def training_settings(self, stage: str | None = None) -> dict[str, Any]:
+        """The values of :meth:`names`."""
+        return {name: getattr(self, name) for name in self.names(stage)}
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PipelineConfig:
+    def from_dict(cls: type[_C], data: dict[str, Any]) -> _C:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise SegQCError(f"unknown config keys: {', '.join(unknown)}")
+            raise SegQCError(f"unknown {cls._what} keys: {', '.join(unknown)}")
         return cls(**data)
 
-    def replace(self, **changes: Any) -> PipelineConfig:
+    def replace(self: _C, **changes: Any) -> _C:
+        """A copy with ``changes``; ``None`` values keep the current setting (unset CLI flags)."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    _what = "config"  # names the config in errors (a class attribute, not a field)
+
+
+@dataclass
+class PipelineConfig(TrainingSettings):
+    """Settings of one pipeline run: f with one uncertainty method, then quality predictors g, at one
+    seed; the training settings are :class:`TrainingSettings`'."""
+
+    method: str = "msp"
+    method_params: dict[str, Any] = field(default_factory=dict)
+    # g with the uncertainty map (the paper's method) and without it (the ablation), for comparison
+    predictors: list[str] = field(default_factory=lambda: ["uncertainty", "no-uncertainty"])
+    predictor_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seed: int = 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
+
 from segqc.config import PipelineConfig
 from segqc.data.splits import DEMO_TEST, DEMO_TRAIN, load_train_test
 from segqc.errors import SegQCError
@@ -43,12 +45,9 @@ def run_demo(
         out / "figures" / "overlays.png",
         threshold=cfg.threshold,
     )
-    true_j = [p["true_jaccard"] for p in result.results["per_image"]]
-    import numpy as np
-
-    plot_scatter(
-        np.asarray(true_j), result.predicted_quality, out / "figures" / "scatter.png", threshold=cfg.threshold
-    )
+    true_j = np.asarray([p["true_jaccard"] for p in result.results["per_image"]])
+    panels = {name: (true_j, q) for name, q in result.predicted_quality.items()}
+    plot_scatter(panels, out / "figures" / "scatter.png", threshold=cfg.threshold)
     result.results["timing"]["total_s"] = time.perf_counter() - start
     write_json(out / "config.json", cfg.to_dict())
     write_report(out, result.results, title="segqc demo" if data is None else "segqc run")

@@ -62,6 +62,35 @@ def pick_examples(true_j: np.ndarray, count: int, threshold: float = 0.7) -> lis
     return spread(failed, n_fail) + spread(good, n_good)
 
 
+def plot_grid(
+    cells: list[list[tuple[np.ndarray, str]]],
+    path: Path,
+    *,
+    suptitle: str,
+    cell_size: tuple[float, float] = (2.5, 2.5),
+    fontsize: float = 9,
+    rect: tuple[float, float, float, float] | None = None,
+) -> None:
+    """A grid of images, one figure row per list of ``(image, title)`` cells, saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nrows, ncols = len(cells), max((len(r) for r in cells), default=1)
+    figsize = (cell_size[0] * ncols, cell_size[1] * nrows)
+    fig, axes = plt.subplots(nrows, ncols, figsize=figsize, squeeze=False)
+    for row_axes, row in zip(axes, cells):
+        for ax, (panel, title) in zip(row_axes, row):
+            ax.imshow(panel)
+            ax.set_title(title, fontsize=fontsize)
+            ax.axis("off")
+    fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout(**({} if rect is None else {"rect": rect}))
+    save_figure(fig, path)
+    plt.close(fig)
+
+
 def plot_overlays(
     images: np.ndarray,
     true_masks: np.ndarray,
@@ -74,47 +103,53 @@ def plot_overlays(
     threshold: float = 0.7,
 ) -> None:
     """Figure-2-style grid: per example, the image, the error overlay and the uncertainty map."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     true_j = jaccard(pred_masks, true_masks)
-    picks = pick_examples(true_j, count, threshold)
-    fig, axes = plt.subplots(len(picks), 3, figsize=(7.5, 2.5 * len(picks)), squeeze=False)
-    for r, i in enumerate(picks):
-        panels = [images[i], error_overlay(images[i], pred_masks[i], true_masks[i]), heatmap(uncertainty[i])]
-        titles = ["image", f"J={true_j[i]:.2f}, predicted {predicted_j[i]:.2f}", "uncertainty"]
-        for ax, panel, title in zip(axes[r], panels, titles):
-            ax.imshow(panel)
-            ax.set_title(title, fontsize=9)
-            ax.axis("off")
-    fig.suptitle("TP green, FP red, FN blue", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.98))
-    save_figure(fig, path)
-    plt.close(fig)
+    cells = [
+        [
+            (images[i], "image"),
+            (
+                error_overlay(images[i], pred_masks[i], true_masks[i]),
+                f"J={true_j[i]:.2f}, predicted {predicted_j[i]:.2f}",
+            ),
+            (heatmap(uncertainty[i]), "uncertainty"),
+        ]
+        for i in pick_examples(true_j, count, threshold)
+    ]
+    plot_grid(cells, path, suptitle="TP green, FP red, FN blue", rect=(0, 0, 1, 0.98))
 
 
 def plot_scatter(
-    true_j: np.ndarray, predicted: dict[str, np.ndarray], path: Path, *, threshold: float = 0.7
+    panels: dict[str, tuple[np.ndarray, np.ndarray]],
+    path: Path,
+    *,
+    threshold: float = 0.7,
+    max_cols: int | None = None,
+    size: float = 3.6,
+    marker_size: float = 8,
 ) -> None:
-    """Figure-3-style scatter of true vs predicted Jaccard, one panel per method, 0.7 lines drawn."""
+    """Figure-3-style scatter of true vs predicted Jaccard, one panel per ``name: (true, predicted)``
+    (each panel may have its own true Jaccard, e.g. its own f), threshold lines drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = max(len(predicted), 1)
-    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.6), squeeze=False)
-    for ax, (name, q) in zip(axes[0], predicted.items()):
+    n = max(len(panels), 1)
+    ncols = n if max_cols is None else min(max_cols, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
+    for ax, (name, (true_j, q)) in zip(axes.flat, panels.items()):
+        true_j, q = np.asarray(true_j, float), np.asarray(q, float)
         fail = true_j < threshold
-        ax.scatter(true_j[~fail], q[~fail], s=8, alpha=0.6, label="pass", color="tab:green")
-        ax.scatter(true_j[fail], q[fail], s=8, alpha=0.6, label="fail", color="tab:red")
+        ax.scatter(true_j[~fail], q[~fail], s=marker_size, alpha=0.6, label="pass", color="tab:green")
+        ax.scatter(true_j[fail], q[fail], s=marker_size, alpha=0.6, label="fail", color="tab:red")
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
         ax.axvline(threshold, color="black", ls="--", lw=0.8)
         ax.axhline(threshold, color="black", ls="--", lw=0.8)
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="true Jaccard", ylabel="predicted Jaccard", title=name)
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="lower right", fontsize=8 if marker_size >= 8 else 7)
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
@@ -159,9 +194,18 @@ def write_report(out_dir: str | Path, results: dict[str, Any], *, title: str = "
         "## Run",
         "",
         f"- wall time: {_total_seconds(results.get('timing', {})):.0f} s",
-        f"- versions: {', '.join(f'{k} {v}' for k, v in results['versions'].items())}",
+        versions_line(results["versions"]),
         "",
     ]
-    with atomic_write(out / "report.md", "w") as fh:
+    return write_markdown(out / "report.md", lines)
+
+
+def versions_line(versions: dict[str, str]) -> str:
+    return f"- versions: {', '.join(f'{k} {v}' for k, v in versions.items())}"
+
+
+def write_markdown(path: Path, lines: list[str]) -> Path:
+    """Write ``lines`` to ``path`` atomically; return ``path``."""
+    with atomic_write(path, "w") as fh:
         fh.write("\n".join(lines))
-    return out / "report.md"
+    return path

@@ -1,4 +1,11 @@
-"""The two-stage pipeline: train f, predict masks and maps, train g on f's outputs, evaluate."""
+"""The two-stage pipeline: train f, predict masks and maps, train g on f's outputs, evaluate.
+
+Each step happens in one primitive, which the demo's :func:`run_pipeline`, ``segqc train``'s
+:func:`train_bundle` and the experiment's units (:mod:`segqc.experiment.plan`) all call:
+:func:`fit_segmenter` (f), :func:`quality_samples` (f's outputs as g's input),
+:func:`fit_predictor` (g), :func:`segmentation_summary` and :func:`score_quality` (the metrics;
+:func:`evaluate` adds the referral metrics of a bundle).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from segqc.bundle import Bundle, load_bundle, save_bundle
-from segqc.calibration import CALIBRATION_FRACTION, choose_threshold
+from segqc.calibration import choose_threshold, hold_out, threshold_rule
 from segqc.config import PipelineConfig
 from segqc.data.dataset import SegData
 from segqc.data.splits import DataSource, load_train_test
@@ -55,8 +62,16 @@ def make_predictor(name: str, cfg: PipelineConfig, *, progress: bool = True) -> 
     return create_predictor(name, **params)
 
 
-def quality_samples(data: SegData, pred: SegPrediction) -> QualitySamples:
-    """Pair f's outputs with the images, and label each with its true Jaccard index."""
+def fit_segmenter(cfg: PipelineConfig, data: SegData, *, progress: bool = True) -> Segmenter:
+    """Train f on ``data``: the one place f is trained (pipeline, bundle and experiment)."""
+    return make_segmenter(cfg, progress=progress).fit(data)
+
+
+def quality_samples(data: SegData, pred: SegPrediction, *, labelled: bool = True) -> QualitySamples:
+    """Pair f's masks and maps with the images; ``labelled`` adds the ground truth and each mask's true
+    Jaccard index (what g learns from); without it nothing of the ground truth reaches g."""
+    if not labelled:
+        return QualitySamples(data.images, pred.mask, pred.uncertainty)
     return QualitySamples(
         images=data.images,
         masks=pred.mask,
@@ -67,15 +82,30 @@ def quality_samples(data: SegData, pred: SegPrediction) -> QualitySamples:
     )
 
 
-def segmentation_summary(pred: SegPrediction, data: SegData, threshold: float) -> dict[str, float]:
-    j = jaccard(pred.mask, data.masks)
+def fit_predictor(
+    name: str, cfg: PipelineConfig, samples: QualitySamples, *, progress: bool = True
+) -> QualityPredictor:
+    """Train the quality predictor g ``name`` on labelled samples: the one place g is trained."""
+    return make_predictor(name, cfg, progress=progress).fit(samples)
+
+
+def segmentation_summary(mask: np.ndarray, data: SegData, threshold: float) -> dict[str, float]:
+    """Mean and median Jaccard, mean Dice and failure rate (Jaccard < ``threshold``) of f's masks."""
+    j = jaccard(mask, data.masks)
     return {
         "jaccard_mean": float(j.mean()),
         "jaccard_median": float(np.median(j)),
-        "dice_mean": float(dice(pred.mask, data.masks).mean()),
+        "dice_mean": float(dice(mask, data.masks).mean()),
         "failure_rate": float((j < threshold).mean()),
         "n_images": int(len(j)),
     }
+
+
+def score_quality(predicted: np.ndarray, true: np.ndarray, threshold: float) -> dict[str, float]:
+    """Quality-prediction metrics of g; a one-class test set gives NaN (said in JSON as null), silently."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return quality_metrics(predicted, true, threshold)
 
 
 def row_name(method: str, predictor: QualityPredictor) -> str:
@@ -109,7 +139,7 @@ def run_pipeline(
     """
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
-    seg = make_segmenter(cfg, progress=progress).fit(train)
+    seg = fit_segmenter(cfg, train, progress=progress)
     timing["train_segmentation_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -121,14 +151,12 @@ def run_pipeline(
     rows, predictors, predicted = [], {}, {}
     for name in cfg.predictors:
         t0 = time.perf_counter()
-        predictor = make_predictor(name, cfg, progress=progress).fit(train_samples)
+        predictor = fit_predictor(name, cfg, train_samples, progress=progress)
         q = predictor.predict(test_samples)
         timing[f"quality_{name}_s"] = time.perf_counter() - t0
         label = row_name(cfg.method, predictor)
         predictors[label], predicted[label] = predictor, q
-        rows.append(
-            {"method": label, "predictor": name, "metrics": quality_metrics(q, true_j, cfg.threshold)}
-        )
+        rows.append({"method": label, "predictor": name, "metrics": score_quality(q, true_j, cfg.threshold)})
 
     first = rows[0]["method"] if rows else None
     per_image = [
@@ -149,7 +177,7 @@ def run_pipeline(
         "versions": versions(),
         "data": {**(data_info or {}), "train_ids": list(train.ids), "test_ids": list(test.ids)},
         "segmentation": {
-            **segmentation_summary(test_pred, test, cfg.threshold),
+            **segmentation_summary(test_pred.mask, test, cfg.threshold),
             "train_jaccard_mean": float(train_samples.jaccard.mean()),
         },
         "rows": rows,
@@ -204,18 +232,11 @@ def train_bundle(
         test = None
     calibration = None
     if target_failure_recall is not None:
-        n_cal = max(1, round(CALIBRATION_FRACTION * len(train)))
-        if len(train) - n_cal < 2:
-            raise SegQCError(
-                f"{len(train)} training images are too few to hold out {n_cal} for the threshold"
-            )
-        order = np.random.default_rng(cfg.seed).permutation(len(train))
-        calibration = train.subset(np.sort(order[:n_cal]))
-        train = train.subset(np.sort(order[n_cal:]))
+        train, calibration = hold_out(train, cfg.seed)
 
-    segmenter = make_segmenter(cfg, progress=progress).fit(train)
+    segmenter = fit_segmenter(cfg, train, progress=progress)
     train_samples = quality_samples(train, segmenter.predict(train.images))
-    g = make_predictor(predictor, cfg, progress=progress).fit(train_samples)
+    g = fit_predictor(predictor, cfg, train_samples, progress=progress)
 
     extra: dict[str, Any] = {
         "pipeline": cfg.to_dict(),
@@ -231,17 +252,7 @@ def train_bundle(
             g.predict(cal_samples), cal_samples.jaccard, target_failure_recall, cfg.threshold
         )
         threshold = chosen["threshold"]
-        extra["threshold_rule"] = {
-            "kind": "target_failure_recall",
-            "target_recall": target_failure_recall,
-            "calibration_fraction": CALIBRATION_FRACTION,
-            **chosen,
-            "description": (
-                f"smallest threshold referring >= {target_failure_recall:g} of the failures of "
-                f"{chosen['n_heldout']} held-out training images (achieved {chosen['achieved_recall']:.3f}, "
-                f"referring {chosen['referral_rate']:.1%} of them)"
-            ),
-        }
+        extra["threshold_rule"] = threshold_rule(chosen, target_failure_recall)
         extra["data"].update(n_calibration=len(calibration), calibration_ids=list(calibration.ids))
     if test is not None:
         extra["test_metrics"] = evaluate(segmenter, g, test, threshold, cfg.threshold)
@@ -260,12 +271,9 @@ def evaluate(
     samples = quality_samples(test, pred)
     predicted, true = predictor.predict(samples), samples.jaccard
     referred, failed = predicted < threshold, true < failure_jaccard
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # one-class test sets: NaN metrics, said in JSON as null
-        quality = quality_metrics(predicted, true, failure_jaccard)
     return {
-        "segmentation": segmentation_summary(pred, test, failure_jaccard),
-        "quality": quality,
+        "segmentation": segmentation_summary(pred.mask, test, failure_jaccard),
+        "quality": score_quality(predicted, true, failure_jaccard),
         "referral": {
             "threshold": threshold,
             "referral_rate": float(referred.mean()),

@@ -3,16 +3,23 @@ and a short report.md linking them. Matplotlib is imported lazily."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from segqc.data.dataset import SegData
+from segqc.experiment.config import CROSSFIT_SUFFIX
 from segqc.metrics import jaccard
-from segqc.report import TABLE_COLUMNS, format_value, pick_examples, save_figure
-from segqc.utils import atomic_write
+from segqc.report import (
+    TABLE_COLUMNS,
+    format_value,
+    pick_examples,
+    plot_grid,
+    plot_scatter,
+    versions_line,
+    write_markdown,
+)
 from segqc.visualize import error_overlay, heatmap
 
 #: The paper's names for our rows (DeVries & Taylor 2018, "Leveraging Uncertainty Estimates for
@@ -36,8 +43,6 @@ PAPER_TABLE1: dict[str, dict[str, float]] = {}
 
 #: The columns the paper reports; AURC and Spearman are ours only.
 PAPER_KEYS = ("rmse", "detection_error", "auroc", "aupr_pass", "aupr_fail")
-
-CROSSFIT_SUFFIX = " (crossfit)"
 
 
 def _base_name(row_name: str) -> str:
@@ -109,7 +114,7 @@ def table1_markdown(results: dict[str, Any]) -> str:
             if any_paper
             else "- The paper's published values (DeVries & Taylor 2018, Table 1) were not available to us "
             "when this table was made, so no paper lines are shown; fill in `PAPER_TABLE1` in "
-            "`segqc/experiment_report.py` to show them beside ours."
+            "`segqc/experiment/report.py` to show them beside ours."
         ),
         "",
     ]
@@ -126,62 +131,24 @@ def plot_fig2(
 ) -> None:
     """Figure-2-style grid for good and failed segmentations of the first method's f: per image, the
     image, its error overlay (TP green, FP red, FN blue) and each method's uncertainty map."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     methods = list(maps)
     first_mask = maps[methods[0]][0]
     true_j = {m: jaccard(mask, test.masks) for m, (mask, _) in maps.items()}
-    picks = pick_examples(true_j[methods[0]], count, threshold)
-    ncols = 2 + len(methods)
-    fig, axes = plt.subplots(len(picks), ncols, figsize=(2.3 * ncols, 2.4 * len(picks)), squeeze=False)
-    for r, i in enumerate(picks):
-        panels = [test.images[i], error_overlay(test.images[i], first_mask[i], test.masks[i])]
-        titles = [test.ids[i], f"{methods[0]} mask, J={true_j[methods[0]][i]:.2f}"]
-        for m in methods:
-            panels.append(heatmap(maps[m][1][i].astype(np.float32)))
-            titles.append(f"{m} map (J={true_j[m][i]:.2f})")
-        for ax, panel, title in zip(axes[r], panels, titles):
-            ax.imshow(panel)
-            ax.set_title(title, fontsize=8)
-            ax.axis("off")
-    fig.suptitle("TP green, FP red, FN blue; uncertainty maps scaled to their own maximum", fontsize=10)
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
-
-
-def plot_fig3(
-    per_row: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, *, threshold: float = 0.7
-) -> None:
-    """Figure-3-style true vs predicted Jaccard, one panel per row; each row has its own f, hence its
-    own true Jaccard (``report.plot_scatter`` takes one true array for all panels)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = max(len(per_row), 1)
-    ncols = min(4, n)
-    nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 3.4 * nrows), squeeze=False)
-    for ax in axes.flat[len(per_row) :]:
-        ax.axis("off")
-    for ax, (name, (true_j, q)) in zip(axes.flat, per_row.items()):
-        true_j, q = np.asarray(true_j, float), np.asarray(q, float)
-        fail = true_j < threshold
-        ax.scatter(true_j[~fail], q[~fail], s=7, alpha=0.6, label="pass", color="tab:green")
-        ax.scatter(true_j[fail], q[fail], s=7, alpha=0.6, label="fail", color="tab:red")
-        ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
-        ax.axvline(threshold, color="black", ls="--", lw=0.8)
-        ax.axhline(threshold, color="black", ls="--", lw=0.8)
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="true Jaccard", ylabel="predicted Jaccard", title=name)
-        ax.legend(loc="lower right", fontsize=7)
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
+    cells = []
+    for i in pick_examples(true_j[methods[0]], count, threshold):
+        row = [
+            (test.images[i], test.ids[i]),
+            (
+                error_overlay(test.images[i], first_mask[i], test.masks[i]),
+                f"{methods[0]} mask, J={true_j[methods[0]][i]:.2f}",
+            ),
+        ]
+        row += [
+            (heatmap(maps[m][1][i].astype(np.float32)), f"{m} map (J={true_j[m][i]:.2f})") for m in methods
+        ]
+        cells.append(row)
+    suptitle = "TP green, FP red, FN blue; uncertainty maps scaled to their own maximum"
+    plot_grid(cells, path, suptitle=suptitle, cell_size=(2.3, 2.4), fontsize=8)
 
 
 def write_experiment_report(
@@ -202,11 +169,13 @@ def write_experiment_report(
     out = Path(out_dir)
     cfg = results["config"]
     table = table1_markdown(results)
-    with atomic_write(out / "table1.md", "w") as fh:
-        fh.write(table)
+    write_markdown(out / "table1.md", [table])
     plot_fig2(test, maps, out / "figures" / "fig2.png", threshold=cfg["threshold"])
     per_row = {k: (v["true_jaccard"], v["predicted_jaccard"]) for k, v in results["per_image_by_row"].items()}
-    plot_fig3(per_row, out / "figures" / "fig3.png", threshold=cfg["threshold"])
+    # each row has its own f, hence its own true Jaccard
+    plot_scatter(
+        per_row, out / "figures" / "fig3.png", threshold=cfg["threshold"], max_cols=4, size=3.4, marker_size=7
+    )
 
     units = results.get("units", {})
     command = " ".join(results.get("command") or [])
@@ -235,9 +204,7 @@ def write_experiment_report(
         f"{results.get('compute_time_s', 0.0):.0f} s; units computed {units.get('computed', '?')}, "
         f"reused from the cache {units.get('cached', '?')}",
         f"- machine: {', '.join(f'{k} {v}' for k, v in results.get('machine', {}).items())}",
-        f"- versions: {', '.join(f'{k} {v}' for k, v in results['versions'].items())}",
+        versions_line(results["versions"]),
         "",
     ]
-    with atomic_write(out / "report.md", "w") as fh:
-        fh.write("\n".join(lines))
-    return out / "report.md"
+    return write_markdown(out / "report.md", lines)

@@ -1,0 +1,178 @@
+"""A generic cache of units of work, for resumable runs.
+
+A :class:`Unit` is one cacheable piece of work: its ``key`` holds everything its result depends on
+(settings, data hashes, the hashes of the units it reads), and its folder is named by its label and
+a hash of the key. :class:`UnitStore` keeps finished units on disk: each unit's files are written
+atomically and its ``unit.json`` (the full key) last, so a killed run leaves either a finished unit
+or none; a unit is loaded only when its stored key equals the wanted one (never silently reused
+with other settings), and a damaged one is recomputed. :class:`UnitRunner` gets units: from memory,
+from the store, or by computing them (:func:`run_unit`), and counts and logs what it did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+
+from segqc import __version__
+from segqc.data.dataset import SegData
+from segqc.engine import is_main_process
+from segqc.utils import atomic_write, write_json
+
+
+@dataclass
+class Payload:
+    """What a unit produces: arrays (saved as .npz), tensors (safetensors) and JSON-able meta."""
+
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    tensors: dict[str, Tensor] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Unit:
+    """One cacheable piece of work. ``key`` holds everything its result depends on."""
+
+    kind: str
+    label: str
+    key: dict[str, Any]
+    compute: Callable[[], Payload] = field(repr=False, compare=False)
+
+    @property
+    def digest(self) -> str:
+        return hash_key({"kind": self.kind, "key": self.key})
+
+    @property
+    def folder(self) -> str:
+        return f"{self.label}-{self.digest}"
+
+
+def run_unit(unit: Unit) -> Payload:
+    """Compute one unit: the only place where a unit's work is done."""
+    return unit.compute()
+
+
+def canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def hash_key(obj: Any) -> str:
+    return hashlib.sha256(canonical(obj).encode()).hexdigest()[:16]
+
+
+def data_digest(data: SegData) -> str:
+    """Hash of a data set's ids, images and masks."""
+    h = hashlib.sha256(canonical(list(data.ids)).encode())
+    h.update(np.ascontiguousarray(data.images).tobytes())
+    h.update(np.ascontiguousarray(data.masks).tobytes())
+    return h.hexdigest()[:16]
+
+
+class UnitStore:
+    """Finished units under ``root``: one folder each, ``unit.json`` written last."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def load(self, unit: Unit) -> tuple[Payload, float] | None:
+        """The cached payload and its compute time, or None if absent, unfinished or of another key."""
+        folder = self.root / unit.folder
+        try:
+            info = json.loads((folder / "unit.json").read_text())
+            if info.get("key") != json.loads(canonical(unit.key)):
+                return None
+            payload = Payload(meta=info.get("meta", {}))
+            if info.get("has_arrays"):
+                with np.load(folder / "arrays.npz", allow_pickle=False) as z:
+                    payload.arrays = {k: z[k] for k in z.files}
+            if info.get("has_tensors"):
+                from safetensors.torch import load_file
+
+                payload.tensors = load_file(str(folder / "weights.safetensors"))
+            return payload, float(info.get("seconds", 0.0))
+        except Exception:  # absent, unfinished or damaged: recomputed, never trusted
+            return None
+
+    def save(self, unit: Unit, payload: Payload, seconds: float) -> None:
+        if not is_main_process():  # under torchrun, rank 0 writes; every rank computes the same units
+            return
+        folder = self.root / unit.folder
+        folder.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(folder / "unit.json")  # the old marker must not vouch for new, half-written files
+        if payload.arrays:
+            with atomic_write(folder / "arrays.npz") as fh:
+                np.savez_compressed(fh, **payload.arrays)
+        if payload.tensors:
+            from safetensors.torch import save
+
+            with atomic_write(folder / "weights.safetensors") as fh:
+                fh.write(save({k: v.contiguous() for k, v in payload.tensors.items()}))
+        write_json(
+            folder / "unit.json",
+            {
+                "kind": unit.kind,
+                "label": unit.label,
+                "digest": unit.digest,
+                "key": unit.key,
+                "meta": payload.meta,
+                "seconds": seconds,
+                "has_arrays": bool(payload.arrays),
+                "has_tensors": bool(payload.tensors),
+                "segqc": __version__,
+            },
+        )
+
+
+class UnitRunner:
+    """Gets units from memory, the store under ``root`` or by computing them; counts and logs them."""
+
+    def __init__(self, root: Path, *, progress: bool = True) -> None:
+        self.store = UnitStore(root)
+        self.progress = progress
+        self.memo: dict[str, Payload] = {}
+        self.start = time.perf_counter()
+        self.done = 0
+        self.total = 0  # units planned, for the log lines
+        self.computed = 0
+        self.compute_seconds = 0.0
+
+    def log(self, message: str) -> None:
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            tqdm.write(message, file=sys.stderr)
+
+    def get(self, unit: Unit) -> Payload:
+        if unit.digest in self.memo:
+            return self.memo[unit.digest]
+        cached = self.store.load(unit)
+        if cached is not None:
+            payload, seconds = cached
+            status = f"cached ({seconds:.1f} s when computed)"
+        else:
+            t0 = time.perf_counter()
+            payload = run_unit(unit)
+            seconds = time.perf_counter() - t0
+            self.store.save(unit, payload, seconds)
+            self.computed += 1
+            status = f"computed in {seconds:.1f} s"
+        self.compute_seconds += seconds
+        self.memo[unit.digest] = payload
+        self.done += 1
+        self.log(
+            f"[{self.done}/{self.total}] {unit.label}: {status}; "
+            f"{time.perf_counter() - self.start:.0f} s elapsed"
+        )
+        return payload
