@@ -353,13 +353,9 @@ def test_config_shares_the_training_settings_and_reads_old_configs():
         "batch_size",
         "lr",
     ]
-    # results.json configs of earlier versions had mcdropout's samples as their own key
-    old = {**cfg.to_dict(), "mc_samples": 7, "method_params": {"hcnn": {"samples": 2}}}
-    assert ExperimentConfig.from_dict(old).method_params == {
-        "hcnn": {"samples": 2},
-        "mcdropout": {"samples": 7},
-    }
-    assert ExperimentConfig.from_dict({**cfg.to_dict(), "mc_samples": None}) == cfg
+    # method settings live in method_params only; a method-specific key is an unknown key
+    with pytest.raises(SegQCError, match="unknown experiment config keys: mc_samples"):
+        ExperimentConfig.from_dict({**cfg.to_dict(), "mc_samples": 7})
     with pytest.raises(SegQCError, match="unknown experiment config keys: nope"):
         ExperimentConfig.from_dict({"nope": 1})
     with pytest.raises(SegQCError, match="samples"):

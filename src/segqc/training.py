@@ -102,9 +102,9 @@ def segmentation_summary(mask: np.ndarray, data: SegData, threshold: float) -> d
 
 
 def score_quality(predicted: np.ndarray, true: np.ndarray, threshold: float) -> dict[str, float]:
-    """Quality-prediction metrics of g; a one-class test set gives NaN (said in JSON as null), silently."""
+    """Quality-prediction metrics of g; a one-class test set gives NaN (said in JSON as null)."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore", UserWarning)  # the NaN is reported in the results instead
         return quality_metrics(predicted, true, threshold)
 
 

@@ -15,7 +15,6 @@ QUALITY_TRAIN = ("paper", "crossfit", "both")
 CROSSFIT_SUFFIX = " (crossfit)"
 
 #: Keys of configs saved by earlier versions, read as ``method_params[method][key]``.
-_LEGACY_METHOD_KEYS = {"mc_samples": ("mcdropout", "samples")}
 
 
 def training_key(method: str, params: dict[str, Any] | None = None) -> str:
@@ -104,15 +103,3 @@ class ExperimentConfig(TrainingSettings):
             predictor_params={"rca": {"n_references": self.rca_references}},
             seed=seed,
         )
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ExperimentConfig:
-        """Read a saved config (``results.json["config"]``), also one saved by an earlier version."""
-        data = dict(data)
-        for key, (method, param) in _LEGACY_METHOD_KEYS.items():
-            value = data.pop(key, None)
-            if value is not None:
-                params = {k: dict(v) for k, v in (data.get("method_params") or {}).items()}
-                params.setdefault(method, {}).setdefault(param, value)
-                data["method_params"] = params
-        return super().from_dict(data)
