@@ -1,4 +1,4 @@
-"""``segqc serve``: the HTTP service over a model bundle (needs the optional extra ``segqc[serve]``)."""
+"""``segqc serve``: the HTTP service over a model folder (needs the optional extra ``segqc[serve]``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from segqc.commands.common import handle_errors
+from segqc.cli.options import command, model_option
+from segqc.errors import SegQCError
 
 MiB = 1024 * 1024
 
@@ -25,7 +26,7 @@ def _import_server():  # -> (uvicorn module, create_app)
         if not any(_installed(m) for m in modules)
     ]
     if missing:
-        raise click.ClickException(
+        raise SegQCError(
             f"segqc serve needs the optional web packages ({', '.join(missing)} missing); "
             "install them with: pip install 'segqc[serve]'"
         )
@@ -43,14 +44,8 @@ def _installed(module: str) -> bool:
         return False
 
 
-@click.command("serve")
-@click.option(
-    "--model",
-    "model_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Model bundle folder (written by `segqc train`).",
-)
+@command("serve")
+@model_option("Model folder (a bundle written by `segqc train`).", dest="model_dir", exists=False)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0: a free port."
@@ -84,11 +79,10 @@ def _installed(module: str) -> bool:
     show_default=True,
     help="warning hides the per-request access log.",
 )
-@handle_errors
 def serve(
     model_dir: Path, host: str, port: int, max_upload_mb: float, max_pixels: int, workers: int, log_level: str
 ) -> None:
-    """Serve a model bundle over HTTP: POST /v1/assess, GET /v1/model, GET /healthz, docs at /docs.
+    """Serve a model over HTTP: POST /v1/assess, GET /v1/model, GET /healthz, docs at /docs.
 
     \b
     Example:
@@ -97,7 +91,7 @@ def serve(
     """
     uvicorn, create_app = _import_server()
     max_upload_bytes = int(max_upload_mb * MiB)
-    # Load (and warm up) the bundle here, so a bad bundle is a clear error and exit code 1, even with workers.
+    # Load (and warm up) the model here, so a bad one is a clear error and exit code 1, even with workers.
     app = create_app(model_dir, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels)
     bundle = app.state.bundle
     shown = f"[{host}]" if ":" in host else host
@@ -118,7 +112,3 @@ def serve(
     )
     del app
     uvicorn.run("segqc.service.app:create_app_from_env", factory=True, workers=workers, **common)
-
-
-if __name__ == "__main__":  # python -m segqc.commands.serve_cli, before it is attached to the segqc group
-    serve()

@@ -1,4 +1,4 @@
-"""``segqc export``: write a bundle's f and g as ONNX graphs for ``segqc predict --backend onnx``."""
+"""``segqc export``: write a bundle's f and g as ONNX graphs for ``segqc predict``."""
 
 from __future__ import annotations
 
@@ -7,17 +7,12 @@ from pathlib import Path
 
 import click
 
-from segqc.commands.common import handle_errors
+from segqc.cli.options import command, model_option, out_option
 from segqc.runtime.onnx_backend import OPSET
 
 
-@click.command("export")
-@click.option(
-    "--model",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    required=True,
-    help="Model bundle folder written by `segqc train`.",
-)
+@command("export")
+@model_option("Model bundle folder written by `segqc train`.")
 @click.option(
     "--format",
     "fmt",
@@ -26,7 +21,7 @@ from segqc.runtime.onnx_backend import OPSET
     show_default=True,
     help="Export format.",
 )
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Export folder.")
+@out_option("Export folder.")
 @click.option(
     "--opset", type=click.IntRange(min=14), default=OPSET, show_default=True, help="ONNX operator set."
 )
@@ -38,7 +33,6 @@ from segqc.runtime.onnx_backend import OPSET
     help="torch.onnx exporter: dynamo (torch.export-based, PyTorch's default) or torchscript (legacy "
     "tracer, deprecated by PyTorch but much faster to export).",
 )
-@handle_errors
 def export(model: Path, fmt: str, out: Path, opset: int, exporter: str) -> None:
     """Export f (with its uncertainty readout) and g to ONNX, checked against PyTorch.
 
@@ -58,7 +52,7 @@ def export(model: Path, fmt: str, out: Path, opset: int, exporter: str) -> None:
     \b
     Example:
         segqc export --model model --format onnx --out model-onnx
-        segqc predict --backend onnx --model model-onnx scans/ --out results
+        segqc predict --model model-onnx scans/ --out results
     """
     from segqc.runtime.export import export_onnx
 
