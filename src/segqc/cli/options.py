@@ -232,14 +232,13 @@ def _check_writable(ctx: click.Context, param: click.Parameter, value: Path | No
 
 def out_option(help: str, *, name: str = "--out", default: Path | None = None) -> Decorator:
     """The output folder: required unless ``default``; checked to be writable before any work."""
+    extra: dict[str, Any] = {"required": True} if default is None else {"default": default, "show_default": True}
     return click.option(
         name,
         type=click.Path(file_okay=False, path_type=Path),
-        required=default is None,
-        default=default,
-        show_default=default is not None,
         callback=_check_writable,
         help=help,
+        **extra,
     )
 
 

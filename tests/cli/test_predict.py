@@ -12,7 +12,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from segqc.commands.assess_cli import EXIT_PARTIAL, predict, train
+from segqc.cli.options import EXIT_PARTIAL
+from segqc.cli.predict import predict
+from segqc.cli.train import train
 from tests.test_bundle import train_tiny_bundle
 
 # id -> (height, width) the outputs must have (the displayed, EXIF-rotated size).
