@@ -79,8 +79,8 @@ def error_boundary() -> Iterator[None]:
         fail("interrupted", EXIT_INTERRUPTED)
 
 
-class Command(click.Command):
-    """A command under :func:`error_boundary`, while parsing its options and while running."""
+class _Boundary:
+    """Parsing (``make_context``) and running (``invoke``) under :func:`error_boundary`."""
 
     def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
         with error_boundary():
@@ -91,18 +91,14 @@ class Command(click.Command):
             return super().invoke(ctx)
 
 
-class Group(click.Group):
+class Command(_Boundary, click.Command):
+    """A command under :func:`error_boundary`, while parsing its options and while running."""
+
+
+class Group(_Boundary, click.Group):
     """A group of :class:`Command` (unknown sub-commands are one-line usage errors too)."""
 
     command_class = Command
-
-    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
-        with error_boundary():
-            return super().make_context(*args, **kwargs)
-
-    def invoke(self, ctx: click.Context) -> Any:
-        with error_boundary():
-            return super().invoke(ctx)
 
 
 Group.group_class = Group
@@ -232,7 +228,9 @@ def _check_writable(ctx: click.Context, param: click.Parameter, value: Path | No
 
 def out_option(help: str, *, name: str = "--out", default: Path | None = None) -> Decorator:
     """The output folder: required unless ``default``; checked to be writable before any work."""
-    extra: dict[str, Any] = {"required": True} if default is None else {"default": default, "show_default": True}
+    extra: dict[str, Any] = (
+        {"required": True} if default is None else {"default": default, "show_default": True}
+    )
     return click.option(
         name,
         type=click.Path(file_okay=False, path_type=Path),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -44,40 +45,34 @@ def _installed(module: str) -> bool:
         return False
 
 
+def shown(flag: str, type: Any, default: Any, help: str) -> Any:
+    """An option with its default shown in the help."""
+    return click.option(flag, type=type, default=default, show_default=True, help=help)
+
+
 @command("serve")
 @model_option("Model folder (a bundle written by `segqc train`).", dest="model_dir", exists=False)
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option(
-    "--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0: a free port."
-)
-@click.option(
-    "--max-upload-mb",
-    type=click.FloatRange(0.0, min_open=True),
-    default=20.0,
-    show_default=True,
-    help="Largest accepted upload (413 above).",
-)
-@click.option(
+@shown("--host", str, "127.0.0.1", "Address to listen on.")
+@shown("--port", click.IntRange(0, 65535), 8000, "0: a free port.")
+@shown("--max-upload-mb", click.FloatRange(0.0, min_open=True), 20.0, "Largest accepted upload (413 above).")
+@shown(
     "--max-pixels",
-    type=click.IntRange(1),
-    default=40_000_000,
-    show_default=True,
-    help="Largest accepted width x height, checked before decoding (413 above).",
+    click.IntRange(1),
+    40_000_000,
+    "Largest accepted width x height, checked before decoding (413 above).",
 )
-@click.option(
+@shown(
     "--workers",
-    type=click.IntRange(1),
-    default=1,
-    show_default=True,
-    help="Server processes, each with its own copy of the model. Within a process, requests run in "
+    click.IntRange(1),
+    1,
+    "Server processes, each with its own copy of the model. Within a process, requests run in "
     "parallel threads but the model runs one request at a time.",
 )
-@click.option(
+@shown(
     "--log-level",
-    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
-    default="info",
-    show_default=True,
-    help="warning hides the per-request access log.",
+    click.Choice(["critical", "error", "warning", "info", "debug"]),
+    "info",
+    "warning hides the per-request access log.",
 )
 def serve(
     model_dir: Path, host: str, port: int, max_upload_mb: float, max_pixels: int, workers: int, log_level: str
