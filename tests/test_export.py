@@ -22,15 +22,14 @@ import segqc.runtime.export
 import segqc.uncertainty.mcdropout as mcdropout_module
 from segqc.assess.folder import assess_images
 from segqc.bundle import Bundle
-from segqc.cli.export import export
 from segqc.cli.predict import predict
+from segqc.cli.export import export
 from segqc.config import PipelineConfig
 from segqc.data.dataset import SegData
 from segqc.data.synthetic import make_synthetic
 from segqc.errors import BundleError, SegQCError
-from segqc.postprocess import upsample_probs
 from segqc.runtime.export import TOLERANCE, export_onnx
-from segqc.runtime.onnx_backend import MANIFEST, OnnxBundle, load_onnx_bundle
+from segqc.runtime.onnx_backend import MANIFEST, OnnxBundle, load_onnx_bundle, upsample_probs
 from segqc.segmenter import upsample_probs as torch_upsample_probs
 from segqc.training import train_bundle
 from segqc.types import QualitySamples
