@@ -21,6 +21,9 @@ from segqc.cli.options import (
 from segqc.errors import BundleError
 
 LOAD_MODEL = "segqc.runtime:load_model"
+#: What ``--backend`` asks the model folder to be, and the manifest that says so.
+KINDS = {"torch": "a bundle (from `segqc train`)", "onnx": "an ONNX export (from `segqc export`)"}
+MANIFESTS = {"torch": "bundle.json", "onnx": "export.json"}
 
 
 @command("predict")
@@ -107,13 +110,17 @@ def predict(
     from segqc.errors import DataError
     from segqc.runtime import load_model
 
+    if backend is not None and not (model / MANIFESTS[backend]).is_file():
+        raise BundleError(
+            f"{model}: not {KINDS[backend]}, which --backend {backend} asks for ({MANIFESTS[backend]} not "
+            "found); without --backend the folder decides"
+        )
     given = {"device": device, "threads": threads, "seed": seed}
     loaded = load_model(model, **{k: v for k, v in given.items() if v is not None})
     if backend is not None and loaded.backend != backend:
-        kind = {"torch": "a bundle (from `segqc train`)", "onnx": "an ONNX export (from `segqc export`)"}
         raise BundleError(
-            f"{model}: --backend {backend} but the folder is {kind.get(loaded.backend, loaded.backend)}; "
-            "drop --backend, the folder decides"
+            f"{model}: --backend {backend} but the folder is {KINDS.get(loaded.backend, loaded.backend)}; "
+            "without --backend the folder decides"
         )
     try:
         paths = collect_inputs(inputs, exclude=out)
