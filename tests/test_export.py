@@ -22,8 +22,8 @@ import segqc.runtime.export
 import segqc.uncertainty.mcdropout as mcdropout_module
 from segqc.assess.folder import assess_images
 from segqc.bundle import Bundle
-from segqc.cli.predict import predict
 from segqc.cli.export import export
+from segqc.cli.predict import predict
 from segqc.config import PipelineConfig
 from segqc.data.dataset import SegData
 from segqc.data.synthetic import make_synthetic
