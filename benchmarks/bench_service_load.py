@@ -53,10 +53,18 @@ def train_small_bundle(out: Path, size: int, n: int) -> float:
 
 
 def serve_command(model: Path, port: int) -> list[str]:
-    from segqc.cli import cli
-
-    entry = ["-m", "segqc", "serve"] if "serve" in cli.commands else ["-m", "segqc.commands.serve_cli"]
-    return [sys.executable, *entry, "--model", str(model), "--port", str(port), "--log-level", "warning"]
+    return [
+        sys.executable,
+        "-m",
+        "segqc",
+        "serve",
+        "--model",
+        str(model),
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> float:

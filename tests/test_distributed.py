@@ -16,7 +16,7 @@ from segqc.data.synthetic import make_synthetic
 from segqc.segmenter import Segmenter
 from segqc.uncertainty import create_method
 from segqc.utils import seed_everything
-from tests.test_cli import TINY
+from tests.cli.test_cli import TINY
 
 # Augmentation and dropout off: their random draws are per process, so with them on the runs are
 # equivalent only in distribution. BatchNorm normalises each rank's half of the global batch with

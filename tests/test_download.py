@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from segqc.commands.download_cli import download_command
+from segqc.cli.download import download_command
 from segqc.data.download import (
     ISIC2017_MD5,
     ISIC2017_PARTS,

@@ -372,7 +372,7 @@ TINY_FLAGS = [
 
 @pytest.mark.slow
 def test_cli_experiment(tmp_path):
-    from segqc.commands.experiment_cli import experiment as command
+    from segqc.cli.experiment import experiment as command
 
     out = tmp_path / "exp"
     flags = ["--methods", "msp", "--baselines", "rca", "--seeds", "1", "--n-train", "16", "--n-test", "8"]
@@ -389,7 +389,7 @@ def test_cli_experiment(tmp_path):
 
 
 def test_cli_bad_input(tmp_path):
-    from segqc.commands.experiment_cli import experiment as command
+    from segqc.cli.experiment import experiment as command
 
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -18,8 +18,8 @@ from PIL import Image
 import segqc.runtime.export
 from segqc.assess import assess_images
 from segqc.bundle import Bundle
-from segqc.commands.assess_cli import predict
-from segqc.commands.export_cli import export
+from segqc.cli.export import export
+from segqc.cli.predict import predict
 from segqc.config import PipelineConfig
 from segqc.data.dataset import SegData
 from segqc.data.synthetic import make_synthetic

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from segqc.assess import assess_images
-from segqc.commands.assess_cli import predict
+from segqc.cli.predict import predict
 from segqc.data.synthetic import make_synthetic
 from tests.test_bundle import train_tiny_bundle
 

@@ -24,3 +24,7 @@ class NotFittedError(SegQCError, ValueError, AttributeError):
 
 class BundleError(SegQCError, ValueError):
     """A model file or bundle is missing, tampered with, or does not match its config."""
+
+
+class SettingsError(SegQCError, ValueError):
+    """A setting (of a method, predictor or generator) is unknown or out of range."""

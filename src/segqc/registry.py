@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
+import inspect
 import pkgutil
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from segqc.errors import UnknownNameError
+from segqc.errors import SettingsError, UnknownNameError
 
 T = TypeVar("T")
 
@@ -44,7 +45,22 @@ class Registry(Generic[T]):
 
     def create(self, name: str, **kwargs: Any) -> T:
         """Build ``name``; ``None``-valued keywords are dropped so unset CLI flags keep the defaults."""
-        return self.get(name)(**{k: v for k, v in kwargs.items() if v is not None})
+        cls = self.get(name)
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        try:
+            accepted = inspect.signature(cls).parameters.values()
+        except (TypeError, ValueError):  # no signature to read: let the call decide
+            accepted = None
+        if accepted is not None and not any(p.kind is p.VAR_KEYWORD for p in accepted):
+            names = {p.name for p in accepted if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+            unknown = sorted(set(kwargs) - names)
+            if unknown:
+                takes = ", ".join(sorted(names)) or "none"
+                raise SettingsError(
+                    f"{self.kind} {name!r} has no setting {', '.join(map(repr, unknown))}; "
+                    f"its settings: {takes}"
+                )
+        return cls(**kwargs)
 
     def names(self, pattern: str = "*") -> list[str]:
         return sorted(n for n in self._items if fnmatch.fnmatch(n, pattern))

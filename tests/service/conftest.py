@@ -147,20 +147,15 @@ def free_port() -> int:
 
 
 def serve_cli():
-    """The ``serve`` click command. ``segqc.cli`` is imported first because it may import the command
-    modules at its end (they import ``handle_errors`` from it)."""
-    import segqc.cli  # noqa: F401
-    from segqc.commands.serve_cli import serve
+    """The ``serve`` click command."""
+    from segqc.cli.serve import serve
 
     return serve
 
 
 def serve_command(model_dir: Path, *args: str) -> list[str]:
-    """``segqc serve`` once the lead has attached it to the ``segqc`` group, else the module itself."""
-    from segqc.cli import cli
-
-    entry = ["-m", "segqc", "serve"] if "serve" in cli.commands else ["-m", "segqc.commands.serve_cli"]
-    return [sys.executable, *entry, "--model", str(model_dir), *args]
+    """``python -m segqc serve --model MODEL_DIR ARGS``."""
+    return [sys.executable, "-m", "segqc", "serve", "--model", str(model_dir), *args]
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None:

@@ -36,7 +36,6 @@ OUTPUT_DIRS = ("masks", "uncertainty", "overlays")
 RUN_FILE = "run.json"
 PNG_COMPRESS_LEVEL = 3
 
-# collect_inputs is re-exported for callers that import it from here (``segqc.commands.assess_cli``).
 __all__ = [
     "ERROR_COLUMNS",
     "OUTPUT_DIRS",

@@ -31,7 +31,7 @@ class SegData:
         if not self.ids:
             self.ids = [f"{i:05d}" for i in range(len(self.images))]
         if not (len(self.images) == len(self.masks) == len(self.ids)):
-            raise ValueError("images, masks and ids must have the same length")
+            raise DataError("images, masks and ids must have the same length")
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -38,7 +38,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from segqc.errors import DataError, UnknownNameError
+from segqc.errors import DataError, SettingsError, UnknownNameError
 
 __all__ = [
     "ISIC2017_MD5",
@@ -176,9 +176,9 @@ def download_isic2017(
     """
     names = resolve_parts(parts)
     if retries < 0:
-        raise ValueError(f"retries must be >= 0, got {retries}")
+        raise SettingsError(f"retries must be >= 0, got {retries}")
     if timeout <= 0:
-        raise ValueError(f"timeout must be > 0, got {timeout}")
+        raise SettingsError(f"timeout must be > 0, got {timeout}")
     if checksums is None:
         checksums = ISIC2017_MD5 if base_url.rstrip("/") == OFFICIAL_BASE_URL.rstrip("/") else {}
     root = Path(to).expanduser()

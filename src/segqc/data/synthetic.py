@@ -35,6 +35,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy.spatial import ConvexHull, QhullError
 
+from segqc.errors import SettingsError
+
 __all__ = ["SyntheticData", "SyntheticDataWithInfo", "make_synthetic", "synthetic_id", "write_synthetic"]
 
 # ---------------------------------------------------------------------------------------------------------
@@ -135,7 +137,7 @@ def make_synthetic(
         in {0, 1}, ids ``['synth_00000', ...]``; with ``return_info=True`` the info dict is appended.
 
     Raises:
-        ValueError: If an argument is out of range.
+        SettingsError: If an argument is out of range (a ValueError too).
     """
     _check_args(n, size, seed, lazy_fraction)
     images = np.empty((n, size, size, 3), dtype=np.uint8)
@@ -171,7 +173,7 @@ def write_synthetic(
         The ids written, in order.
 
     Raises:
-        ValueError: If an argument is out of range.
+        SettingsError: If an argument is out of range (a ValueError too).
     """
     _check_args(n, size, seed, lazy_fraction)
     out = Path(out_dir)
@@ -196,13 +198,13 @@ def write_synthetic(
 def _check_args(n: int, size: int, seed: int, lazy_fraction: float) -> None:
     for name, value, low in (("n", n, 1), ("size", size, 16), ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
+            raise SettingsError(f"{name} must be an integer, got {value!r}")
         if value < low:
-            raise ValueError(f"{name} must be >= {low}, got {value}")
+            raise SettingsError(f"{name} must be >= {low}, got {value}")
     if isinstance(lazy_fraction, bool) or not isinstance(lazy_fraction, (int, float, np.floating)):
-        raise ValueError(f"lazy_fraction must be a number in [0, 1], got {lazy_fraction!r}")
+        raise SettingsError(f"lazy_fraction must be a number in [0, 1], got {lazy_fraction!r}")
     if not 0.0 <= float(lazy_fraction) <= 1.0:  # also rejects NaN
-        raise ValueError(f"lazy_fraction must be in [0, 1], got {lazy_fraction}")
+        raise SettingsError(f"lazy_fraction must be in [0, 1], got {lazy_fraction}")
 
 
 def _save_png_atomic(image: Image.Image, path: Path) -> None:

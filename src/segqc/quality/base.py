@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 from torch import Tensor
 
-from segqc.errors import NotFittedError
+from segqc.errors import DataError, NotFittedError
 from segqc.registry import Registry
 from segqc.types import Graph, QualitySamples
 
@@ -59,9 +59,9 @@ class QualityPredictor(ABC):
 
 def check_training_samples(samples: QualitySamples) -> np.ndarray:
     if samples.jaccard is None:
-        raise ValueError("fitting a quality predictor needs the true Jaccard of each sample")
+        raise DataError("fitting a quality predictor needs the true Jaccard of each sample")
     if len(samples) < 2:
-        raise ValueError("fitting a quality predictor needs at least 2 samples")
+        raise DataError("fitting a quality predictor needs at least 2 samples")
     return np.asarray(samples.jaccard, dtype=np.float32)
 
 

@@ -41,6 +41,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 from torch import Tensor
 
+from segqc.errors import DataError, SettingsError
 from segqc.quality.base import QualityPredictor, check_training_samples, register_predictor
 from segqc.types import QualitySamples
 
@@ -147,9 +148,9 @@ class ReverseClassificationAccuracy(QualityPredictor):
     def fit(self, samples: QualitySamples) -> ReverseClassificationAccuracy:
         check_training_samples(samples)
         if samples.true_masks is None:
-            raise ValueError("rca needs the ground-truth masks of the training images (samples.true_masks)")
+            raise DataError("rca needs the ground-truth masks of the training images (samples.true_masks)")
         if self.n_references < 1:
-            raise ValueError(f"n_references must be at least 1, got {self.n_references}")
+            raise SettingsError(f"n_references must be at least 1, got {self.n_references}")
         n = len(samples)
         rng = np.random.default_rng(self.seed)
         index = np.sort(rng.choice(n, size=min(self.n_references, n), replace=False))
@@ -162,7 +163,7 @@ class ReverseClassificationAccuracy(QualityPredictor):
         """Predicted Jaccard ``(N,)`` in [0, 1] for the masks ``samples.masks`` of ``samples.images``."""
         self._check_fitted("reference_images_")
         if samples.images.shape[1:3] != self.reference_images_.shape[1:3]:
-            raise ValueError(
+            raise DataError(
                 f"rca: test images are {samples.images.shape[1:3]}, "
                 f"references {self.reference_images_.shape[1:3]}"
             )

@@ -86,7 +86,6 @@ def create_app(
         "network's own uncertainty, and refers likely failures to a human.",
     )
     app.state.model = loaded
-    app.state.bundle = loaded  # the name ``segqc serve`` reads
     app.state.assessor = assessor
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_upload_bytes + MULTIPART_OVERHEAD)
     app.add_exception_handler(RequestValidationError, _validation_error)

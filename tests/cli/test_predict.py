@@ -12,7 +12,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from segqc.commands.assess_cli import EXIT_PARTIAL, predict, train
+from segqc.cli.options import EXIT_PARTIAL
+from segqc.cli.predict import predict
+from segqc.cli.train import train
 from tests.test_bundle import train_tiny_bundle
 
 # id -> (height, width) the outputs must have (the displayed, EXIF-rotated size).
@@ -178,6 +180,7 @@ def test_interrupted_run_leaves_whole_files_and_resumes(model, inputs, tmp_path,
     out = tmp_path / "out"
     result = run_predict(model, out, str(inputs))
     assert result.exit_code != 0 and calls["n"] == 11
+    assert result.exit_code == 130 and "Traceback" not in result.output
     assert no_temporaries(out)
     done = {r["id"] for r in read_csv(out / "quality.csv")}
     assert 0 < len(done) < len(GOOD)
@@ -247,3 +250,24 @@ def test_train_command_on_a_data_folder_writes_a_bundle_that_predict_uses(tmp_pa
 def test_train_bad_recall_is_usage_error(tmp_path):
     result = CliRunner().invoke(train, ["--out", str(tmp_path / "m"), "--target-failure-recall", "0"])
     assert result.exit_code == 2
+
+
+def test_backend_is_optional_and_checked_against_the_folder(model, tmp_path):
+    Image.fromarray(_rgb(20, 20, 1)).save(tmp_path / "x.png")
+    wrong = run_predict(model, tmp_path / "o", str(tmp_path / "x.png"), "--backend", "onnx")
+    assert wrong.exit_code == 1 and "--backend onnx" in wrong.output and "Traceback" not in wrong.output
+    assert not (tmp_path / "o" / "quality.csv").exists()
+    right = run_predict(model, tmp_path / "o", str(tmp_path / "x.png"), "--backend", "torch")
+    assert right.exit_code == 0, right.output
+
+
+def test_interrupt_is_exit_130(model, tmp_path, monkeypatch):
+    import segqc.assess.folder
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(segqc.assess.folder, "assess_files", interrupted)
+    Image.fromarray(_rgb(20, 20, 1)).save(tmp_path / "x.png")
+    result = run_predict(model, tmp_path / "o", str(tmp_path / "x.png"))
+    assert result.exit_code == 130 and result.stderr.strip() == "error: interrupted"

@@ -1,4 +1,4 @@
-"""``segqc export``: write a bundle's f and g as ONNX graphs for ``segqc predict --backend onnx``."""
+"""``segqc export``: write a bundle's f and g as ONNX graphs for ``segqc predict``."""
 
 from __future__ import annotations
 
@@ -7,17 +7,12 @@ from pathlib import Path
 
 import click
 
-from segqc.commands.common import handle_errors
+from segqc.cli.options import command, model_option, out_option
 from segqc.runtime.onnx_backend import OPSET
 
 
-@click.command("export")
-@click.option(
-    "--model",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    required=True,
-    help="Model bundle folder written by `segqc train`.",
-)
+@command("export")
+@model_option("Model bundle folder written by `segqc train`.")
 @click.option(
     "--format",
     "fmt",
@@ -26,7 +21,7 @@ from segqc.runtime.onnx_backend import OPSET
     show_default=True,
     help="Export format.",
 )
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Export folder.")
+@out_option("Export folder.")
 @click.option(
     "--opset", type=click.IntRange(min=14), default=OPSET, show_default=True, help="ONNX operator set."
 )
@@ -38,16 +33,15 @@ from segqc.runtime.onnx_backend import OPSET
     help="torch.onnx exporter: dynamo (torch.export-based, PyTorch's default) or torchscript (legacy "
     "tracer, deprecated by PyTorch but much faster to export).",
 )
-@handle_errors
 def export(model: Path, fmt: str, out: Path, opset: int, exporter: str) -> None:
     """Export f (with its uncertainty readout) and g to ONNX, checked against PyTorch.
 
     \b
     Writes to OUT:
-        f.onnx                 f for msp, hcnn, lce: uint8 images (N, S, S, 3) ->
-                               probs (N, 2, S, S), uncertainty (N, S, S)
-        f_encode.onnx,         f for mcdropout: the deterministic encoder, and the decoder
-        f_decode.onnx          with the dropout masks as inputs (sampled by the caller)
+        <role>.onnx            f's graphs, as its uncertainty method declares them: f.onnx
+                               (uint8 images (N, S, S, 3) -> probs (N, 2, S, S), uncertainty
+                               (N, S, S)) for a deterministic method; a stochastic method's
+                               graphs take their random draws as inputs
         g.onnx                 images, masks (N, S, S) uint8, uncertainty (N, S, S) float32
                                -> quality (N,), the predicted Jaccard
         export.json            method, threshold, image size S, checksums, versions, and the
@@ -58,7 +52,7 @@ def export(model: Path, fmt: str, out: Path, opset: int, exporter: str) -> None:
     \b
     Example:
         segqc export --model model --format onnx --out model-onnx
-        segqc predict --backend onnx --model model-onnx scans/ --out results
+        segqc predict --model model-onnx scans/ --out results
     """
     from segqc.runtime.export import export_onnx
 

@@ -1,14 +1,16 @@
-"""``segqc serve``: the HTTP service over a model bundle (needs the optional extra ``segqc[serve]``)."""
+"""``segqc serve``: the HTTP service over a model folder (needs the optional extra ``segqc[serve]``)."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 
-from segqc.commands.common import handle_errors
+from segqc.cli.options import command, model_option
+from segqc.errors import SegQCError
 
 MiB = 1024 * 1024
 
@@ -25,7 +27,7 @@ def _import_server():  # -> (uvicorn module, create_app)
         if not any(_installed(m) for m in modules)
     ]
     if missing:
-        raise click.ClickException(
+        raise SegQCError(
             f"segqc serve needs the optional web packages ({', '.join(missing)} missing); "
             "install them with: pip install 'segqc[serve]'"
         )
@@ -43,52 +45,39 @@ def _installed(module: str) -> bool:
         return False
 
 
-@click.command("serve")
-@click.option(
-    "--model",
-    "model_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Model bundle folder (written by `segqc train`).",
-)
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option(
-    "--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0: a free port."
-)
-@click.option(
-    "--max-upload-mb",
-    type=click.FloatRange(0.0, min_open=True),
-    default=20.0,
-    show_default=True,
-    help="Largest accepted upload (413 above).",
-)
-@click.option(
+def shown(flag: str, type: Any, default: Any, help: str) -> Any:
+    """An option with its default shown in the help."""
+    return click.option(flag, type=type, default=default, show_default=True, help=help)
+
+
+@command("serve")
+@model_option("Model folder (a bundle written by `segqc train`).", dest="model_dir", exists=False)
+@shown("--host", str, "127.0.0.1", "Address to listen on.")
+@shown("--port", click.IntRange(0, 65535), 8000, "0: a free port.")
+@shown("--max-upload-mb", click.FloatRange(0.0, min_open=True), 20.0, "Largest accepted upload (413 above).")
+@shown(
     "--max-pixels",
-    type=click.IntRange(1),
-    default=40_000_000,
-    show_default=True,
-    help="Largest accepted width x height, checked before decoding (413 above).",
+    click.IntRange(1),
+    40_000_000,
+    "Largest accepted width x height, checked before decoding (413 above).",
 )
-@click.option(
+@shown(
     "--workers",
-    type=click.IntRange(1),
-    default=1,
-    show_default=True,
-    help="Server processes, each with its own copy of the model. Within a process, requests run in "
+    click.IntRange(1),
+    1,
+    "Server processes, each with its own copy of the model. Within a process, requests run in "
     "parallel threads but the model runs one request at a time.",
 )
-@click.option(
+@shown(
     "--log-level",
-    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
-    default="info",
-    show_default=True,
-    help="warning hides the per-request access log.",
+    click.Choice(["critical", "error", "warning", "info", "debug"]),
+    "info",
+    "warning hides the per-request access log.",
 )
-@handle_errors
 def serve(
     model_dir: Path, host: str, port: int, max_upload_mb: float, max_pixels: int, workers: int, log_level: str
 ) -> None:
-    """Serve a model bundle over HTTP: POST /v1/assess, GET /v1/model, GET /healthz, docs at /docs.
+    """Serve a model over HTTP: POST /v1/assess, GET /v1/model, GET /healthz, docs at /docs.
 
     \b
     Example:
@@ -97,12 +86,12 @@ def serve(
     """
     uvicorn, create_app = _import_server()
     max_upload_bytes = int(max_upload_mb * MiB)
-    # Load (and warm up) the bundle here, so a bad bundle is a clear error and exit code 1, even with workers.
+    # Load (and warm up) the model here, so a bad one is a clear error and exit code 1, even with workers.
     app = create_app(model_dir, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels)
-    bundle = app.state.bundle
+    model = app.state.model
     shown = f"[{host}]" if ":" in host else host
     click.echo(
-        f"segqc serve: model {model_dir} ({bundle.method}, threshold {bundle.threshold:g}) on "
+        f"segqc serve: model {model_dir} ({model.backend}, {model.method}, threshold {model.threshold:g}) on "
         f"http://{shown}:{port} (API docs at /docs)",
         err=True,
     )
@@ -118,7 +107,3 @@ def serve(
     )
     del app
     uvicorn.run("segqc.service.app:create_app_from_env", factory=True, workers=workers, **common)
-
-
-if __name__ == "__main__":  # python -m segqc.commands.serve_cli, before it is attached to the segqc group
-    serve()

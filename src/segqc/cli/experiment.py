@@ -8,7 +8,20 @@ from typing import Any
 
 import click
 
-from segqc.commands.common import common_options, handle_errors
+from segqc.cli.options import (
+    EXPERIMENT_CONFIG,
+    apply,
+    check_method,
+    command,
+    config_default,
+    data_options,
+    method_param_option,
+    option,
+    out_option,
+    registry_names,
+    synthetic_size_options,
+    training_options,
+)
 
 
 def _names(value: str | None) -> list[str] | None:
@@ -28,57 +41,61 @@ def _seed_list(value: str) -> list[int]:
         ) from None
 
 
-@click.command("experiment")
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Output folder; rerunning with the same folder resumes (finished units are reused).",
+def _setting(flag: str, help: str, type: click.ParamType) -> Any:
+    name = flag.lstrip("-").replace("-", "_")
+    return option(
+        flag, type=type, default=None, help=help, default_from=config_default(name, EXPERIMENT_CONFIG)
+    )
+
+
+@command("experiment")
+@apply(
+    out_option("Output folder; rerunning with the same folder resumes (finished units are reused)."),
+    data_options(),
+    option(
+        "--methods",
+        default=None,
+        help_from=lambda: f"Comma-separated uncertainty methods, of: {registry_names('methods')}.",
+        default_from=config_default("methods", EXPERIMENT_CONFIG),
+    ),
+    option(
+        "--baselines",
+        default=None,
+        help_from=lambda: (
+            "Comma-separated baselines, or 'none', of: "
+            f"{registry_names('predictors', baselines=True)}; they use the f of the first method."
+        ),
+        default_from=config_default("baselines", EXPERIMENT_CONFIG),
+    ),
+    method_param_option(qualified=True),
+    option(
+        "--seeds",
+        "n_seeds",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Run seeds 0..N-1.",
+        default_from=lambda: len(config_default("seeds", EXPERIMENT_CONFIG)().split(",")),
+    ),
+    click.option("--seed-list", default=None, help="Comma-separated seeds, instead of --seeds (e.g. 3,4)."),
+    _setting(
+        "--quality-train",
+        "g trained on f's predictions over its own training images (paper), on out-of-fold predictions "
+        "(crossfit), or both as separate rows.",
+        click.Choice(["paper", "crossfit", "both"]),
+    ),
+    _setting("--folds", "Folds of the cross-fitting.", click.IntRange(min=2)),
+    _setting("--rca-references", "Reference images of RCA.", click.IntRange(min=1)),
+    _setting("--quality-width", "Width of g.", click.IntRange(min=1)),
+    synthetic_size_options(EXPERIMENT_CONFIG),
+    training_options(EXPERIMENT_CONFIG, seed_help="Run the single seed S (instead of --seeds)."),
 )
-@click.option(
-    "--data",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=None,
-    help="Data folder (ISIC 2017 or images/ + masks/); default: the embedded synthetic set.",
-)
-@click.option(
-    "--protocol",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    help="JSON file with 'train' and 'test' id lists (e.g. split.json); default: a seeded 80/20 split.",
-)
-@click.option("--methods", default=None, help="Comma-separated uncertainty methods [msp,mcdropout,hcnn,lce].")
-@click.option(
-    "--baselines",
-    default=None,
-    help="Comma-separated baselines, or 'none' [no-uncertainty,qualitynet,rca]; they use the f of the "
-    "first method.",
-)
-@click.option("--seeds", "n_seeds", type=click.IntRange(min=1), default=None, help="Run seeds 0..N-1 [3].")
-@click.option("--seed-list", default=None, help="Comma-separated seeds, instead of --seeds (e.g. 3,4).")
-@click.option(
-    "--quality-train",
-    type=click.Choice(["paper", "crossfit", "both"]),
-    default=None,
-    help="g trained on f's predictions over its own training images (paper), on out-of-fold "
-    "predictions (crossfit), or both as separate rows [paper].",
-)
-@click.option("--folds", type=click.IntRange(min=2), default=None, help="Folds of the cross-fitting [3].")
-@click.option(
-    "--rca-references", type=click.IntRange(min=1), default=None, help="Reference images of RCA [20]."
-)
-@click.option("--mc-samples", type=click.IntRange(min=1), default=None, help="Samples of mcdropout [20].")
-@click.option("--quality-width", type=click.IntRange(min=1), default=None, help="Width of g [16].")
-@click.option("--n-train", type=click.IntRange(min=2), default=None, help="Synthetic training images [320].")
-@click.option("--n-test", type=click.IntRange(min=1), default=None, help="Synthetic test images [160].")
-@common_options
-@handle_errors
 def experiment(
     out: Path,
     data: Path | None,
     protocol: Path | None,
     methods: str | None,
     baselines: str | None,
+    method_params: dict[str, dict[str, Any]],
     n_seeds: int | None,
     seed_list: str | None,
     seed: int | None,
@@ -96,6 +113,7 @@ def experiment(
         segqc experiment --out table1 --seeds 3
         segqc experiment --data ../shared/data/isic2017 --protocol ../shared/data/isic2017/split.json \\
             --seeds 3 --quality-train both --out isic-table1
+        segqc experiment --out table1 --method-param mcdropout.samples=30
     """
     from segqc.experiment.run import ExperimentConfig, run_experiment
     from segqc.report import format_value
@@ -111,8 +129,14 @@ def experiment(
         seeds = _seed_list(seed_list)
     elif seed is not None:
         seeds = [seed]
+    for method, params in method_params.items():
+        check_method(method, params)
     cfg = ExperimentConfig().replace(
-        methods=_names(methods), baselines=_names(baselines), seeds=seeds, **settings
+        methods=_names(methods),
+        baselines=_names(baselines),
+        seeds=seeds,
+        method_params=method_params or None,
+        **settings,
     )
     results = run_experiment(
         cfg, out, data=data, protocol=protocol, progress=not quiet, command=["segqc", *sys.argv[1:]]

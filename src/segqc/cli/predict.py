@@ -1,0 +1,144 @@
+"""``segqc predict``: assess new images with a model folder (a bundle or an ONNX export)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from segqc.cli.options import (
+    EXIT_PARTIAL,
+    apply,
+    command,
+    device_option,
+    model_option,
+    option,
+    out_option,
+    quiet_option,
+    signature_default,
+)
+from segqc.errors import BundleError
+
+LOAD_MODEL = "segqc.runtime:load_model"
+#: What ``--backend`` asks the model folder to be, and the manifest that says so.
+KINDS = {"torch": "a bundle (from `segqc train`)", "onnx": "an ONNX export (from `segqc export`)"}
+MANIFESTS = {"torch": "bundle.json", "onnx": "export.json"}
+
+
+@command("predict")
+@apply(
+    model_option(
+        "Model folder: a bundle written by `segqc train`, or an ONNX export written by `segqc export`."
+    ),
+    click.argument("inputs", nargs=-1, required=True),
+    out_option("Output folder."),
+    option(
+        "--batch-size",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Images decoded and assessed together.",
+        default_from=signature_default("segqc.assess:assess_files", "batch_size"),
+    ),
+    device_option(signature_default(LOAD_MODEL, "device")),
+    click.option(
+        "--threads",
+        type=click.IntRange(min=1),
+        default=None,
+        help="ONNX Runtime threads (ONNX exports only); default: its own choice.",
+    ),
+    click.option(
+        "--seed",
+        type=click.IntRange(min=0),
+        default=None,
+        help="Seed of stochastic uncertainty methods; default: the model's training seed.",
+    ),
+    click.option(
+        "--backend",
+        type=click.Choice(["torch", "onnx"]),
+        default=None,
+        help="Optional, for older scripts: the backend the model folder must have (torch: a bundle, "
+        "onnx: an export); the folder itself decides.",
+    ),
+    click.option("--no-report", is_flag=True, help="Do not write report.html."),
+    quiet_option(),
+)
+def predict(
+    model: Path,
+    inputs: tuple[str, ...],
+    out: Path,
+    batch_size: int | None,
+    device: str | None,
+    threads: int | None,
+    seed: int | None,
+    backend: str | None,
+    no_report: bool,
+    quiet: bool,
+) -> None:
+    """Segment images, predict the quality of each segmentation, and flag those to refer.
+
+    INPUTS are image files, folders (searched recursively; hidden files and OUT are skipped) or
+    glob patterns such as 'scans/**/*.jpg' (expanded here too when quoted). JPEG, PNG, BMP and
+    TIFF of any size and mode (grey, RGB, RGBA, 16-bit, palette; EXIF rotation applied).
+
+    \b
+    Writes to OUT:
+        masks/<id>.png        binary mask (0/255) at the image's own resolution
+        uncertainty/<id>.png  uncertainty heat map
+        overlays/<id>.png     mask drawn over the image
+        quality.csv           id, predicted_jaccard, decision (pass/refer), threshold,
+                              mean_uncertainty, source
+        errors.csv            id, source, reason for inputs that could not be read
+        report.html           a page for a reviewer, referrals first
+    The id is the file stem; inputs sharing a stem get '-' and 8 hex digits of a hash of their
+    path appended. Re-running into the same OUT skips the images already done.
+
+    \b
+    Exit codes: 0 all assessed, 3 some inputs could not be read (see errors.csv; the
+    others were assessed), 1 an error such as a bad model folder, 2 bad usage.
+
+    --model is a bundle (f and g run in PyTorch) or a folder written by `segqc export` (f and g
+    run in onnxruntime and PyTorch is not imported). The outputs are the same files, with values
+    equal up to float rounding (stochastic methods draw the same samples for the same --seed).
+
+    \b
+    Example:
+        segqc predict --model model scans/ extra.png --out results
+        segqc predict --model model-onnx scans/ --out results
+    """
+    from segqc.assess import assess_files, collect_inputs
+    from segqc.errors import DataError
+    from segqc.runtime import load_model
+
+    if backend is not None and not (model / MANIFESTS[backend]).is_file():
+        raise BundleError(
+            f"{model}: not {KINDS[backend]}, which --backend {backend} asks for ({MANIFESTS[backend]} not "
+            "found); without --backend the folder decides"
+        )
+    given = {"device": device, "threads": threads, "seed": seed}
+    loaded = load_model(model, **{k: v for k, v in given.items() if v is not None})
+    if backend is not None and loaded.backend != backend:
+        raise BundleError(
+            f"{model}: --backend {backend} but the folder is {KINDS.get(loaded.backend, loaded.backend)}; "
+            "without --backend the folder decides"
+        )
+    try:
+        paths = collect_inputs(inputs, exclude=out)
+    except DataError as err:
+        raise click.BadParameter(str(err), param_hint="INPUTS") from None
+    if not paths:
+        raise click.BadParameter(
+            "no image files found (.jpg .jpeg .png .bmp .tif .tiff)", param_hint="INPUTS"
+        )
+    options = {"batch_size": batch_size} if batch_size is not None else {}
+    summary = assess_files(loaded, paths, out, progress=not quiet, report=not no_report, **options)
+    n_ref = summary.n_referred
+    click.echo(
+        f"assessed {len(summary.assessed)} images, skipped {len(summary.skipped)} done before; "
+        f"{len(summary.rows)} in quality.csv: {n_ref} referred, {len(summary.rows) - n_ref} passed"
+    )
+    if summary.report is not None:
+        click.echo(f"wrote {summary.report}")
+    if summary.errors:
+        click.echo(f"{len(summary.errors)} inputs could not be read; see {out / 'errors.csv'}", err=True)
+        sys.exit(EXIT_PARTIAL)
