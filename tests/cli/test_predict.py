@@ -262,12 +262,12 @@ def test_backend_is_optional_and_checked_against_the_folder(model, tmp_path):
 
 
 def test_interrupt_is_exit_130(model, tmp_path, monkeypatch):
-    import segqc.assess.folder
+    import segqc.assess
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(segqc.assess.folder, "assess_files", interrupted)
+    monkeypatch.setattr(segqc.assess, "assess_files", interrupted)
     Image.fromarray(_rgb(20, 20, 1)).save(tmp_path / "x.png")
     result = run_predict(model, tmp_path / "o", str(tmp_path / "x.png"))
     assert result.exit_code == 130 and result.stderr.strip() == "error: interrupted"

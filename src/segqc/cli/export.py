@@ -64,4 +64,5 @@ def export(model: Path, fmt: str, out: Path, opset: int, exporter: str) -> None:
         f"method {manifest['method']}, opset {opset}, {exporter} exporter; largest difference from PyTorch "
         f"on {parity['n_images']} images: {diffs}"
     )
-    click.echo(f"wrote {', '.join(sorted(manifest['graphs'].values()))} and export.json to {path}")
+    files = sorted(spec["file"] for spec in manifest["graphs"].values())
+    click.echo(f"wrote {', '.join(files)} and export.json to {path}")
