@@ -1,5 +1,8 @@
 """Download the official ISIC 2017 Part 1 archives and extract them into the layout the readers expect.
 
+(Longer than the ~400 lines segqc aims for: one concern, a resumable, verified, atomic download and
+extraction, whose steps share their error handling and progress reporting.)
+
 ``download_isic2017(DIR)`` leaves::
 
     DIR/ISIC-2017_Training_Data/ISIC_*.jpg

@@ -3,6 +3,10 @@
 This is the default data set for users without data: it lets the whole pipeline (segmentation network,
 quality network, calibration, CLI demo) run anywhere, in seconds, with no download.
 
+(Longer than the ~400 lines segqc aims for: it is one generator whose many small drawing steps, skin,
+lesion shapes, hair, vignetting, lazy annotations, only make sense together and share its random
+stream; split up, each part would be read only through the others.)
+
 Each image shows skin (varied tone, low-frequency mottling and fine grain) with one pigmented lesion made
 of 1-3 blobs. A blob's border is a polar curve ``r(theta) = r0 * (1 + low harmonics + fine jaggedness)``,
 so borders are irregular like melanocytic lesions. Lesions vary in colour (light to dark brown, reddish,
