@@ -36,7 +36,7 @@ from torch import Tensor
 from segqc.engine import is_main_process
 from segqc.errors import BundleError, SegQCError, UnknownNameError
 from segqc.quality import PREDICTORS, QualityPredictor
-from segqc.runtime.base import ManifestModel
+from segqc.runtime.base import ManifestModel, read_manifest_json
 from segqc.segmenter import Segmenter
 from segqc.types import QualitySamples, SegPrediction
 from segqc.uncertainty import METHODS
@@ -193,17 +193,8 @@ def load_bundle(model_dir: str | Path, *, device: str | None = None, seed: int |
             the networks described by the config.
     """
     path = Path(model_dir)
-    if not path.is_dir():
-        raise BundleError(f"{path}: model bundle folder not found")
     config_path = path / CONFIG_FILE
-    if not config_path.is_file():
-        raise BundleError(f"{path}: not a model bundle ({CONFIG_FILE} not found)")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise BundleError(f"{config_path}: cannot read bundle config ({err})") from None
-    if not isinstance(config, dict):
-        raise BundleError(f"{config_path}: bundle config must be a JSON object")
+    config = read_manifest_json(path, CONFIG_FILE, "model bundle", "bundle config")
     if "format" in config and config["format"] != BUNDLE_FORMAT:
         raise BundleError(
             f"{config_path}: bundle format {config['format']!r} is not supported (this segqc reads format "

@@ -136,6 +136,8 @@ class Segmenter:
         run, layout = self._runner(device, images.shape[1])
         if batch_size is None:
             batch_size = 32 if device.type == "cuda" else pixel_batch(*images.shape[1:3])
+        if rng is None and not hasattr(self, "rng_"):  # a model set by hand rather than fitted or loaded
+            self.rng_ = np.random.default_rng(self.seed)
         generator = self.rng_ if rng is None else np.random.default_rng(rng)
         return segment_batches(
             lambda part: self.method_.read_out(run, part, generator, layout), images, batch_size

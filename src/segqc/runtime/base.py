@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from segqc.errors import BundleError
 from segqc.types import QualitySamples, SegPrediction
 
 
@@ -75,3 +77,22 @@ class ManifestModel:
         """Top of the colour scale of uncertainty heat maps (the largest value seen in training)."""
         value = self.config.get("uncertainty_vmax")
         return float(value) if value else None
+
+
+def read_manifest_json(folder: Path, name: str, what: str, kind: str) -> dict[str, Any]:
+    """The JSON object ``folder/name`` (a model's manifest), or a ``BundleError`` naming the file.
+
+    ``what`` names the folder (``model bundle``, ``ONNX export``), ``kind`` the file (``bundle config``).
+    """
+    if not folder.is_dir():
+        raise BundleError(f"{folder}: {what} folder not found")
+    file = folder / name
+    if not file.is_file():
+        raise BundleError(f"{folder}: not {'an' if what[0] in 'AEIOU' else 'a'} {what} ({name} not found)")
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise BundleError(f"{file}: cannot read {kind} ({err})") from None
+    if not isinstance(config, dict):
+        raise BundleError(f"{file}: {kind} must be a JSON object")
+    return config

@@ -26,7 +26,6 @@ Examples::
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,7 +35,7 @@ import numpy as np
 
 from segqc.errors import BundleError, SegQCError, UnknownNameError
 from segqc.postprocess import batches, segment_batches
-from segqc.runtime.base import ManifestModel
+from segqc.runtime.base import ManifestModel, read_manifest_json
 from segqc.types import QualitySamples, SegPrediction
 from segqc.uncertainty import UncertaintyMethod, create_method
 
@@ -182,17 +181,8 @@ def read_manifest(export_dir: str | Path) -> dict[str, Any]:
             format version, or describes its graphs wrongly.
     """
     path = Path(export_dir)
-    if not path.is_dir():
-        raise BundleError(f"{path}: ONNX export folder not found")
     file = path / MANIFEST
-    if not file.is_file():
-        raise BundleError(f"{path}: not an ONNX export ({MANIFEST} not found)")
-    try:
-        config = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise BundleError(f"{file}: cannot read export manifest ({err})") from None
-    if not isinstance(config, dict):
-        raise BundleError(f"{file}: export manifest must be a JSON object")
+    config = read_manifest_json(path, MANIFEST, "ONNX export", "export manifest")
     if "format" in config and config["format"] != EXPORT_FORMAT:
         raise BundleError(
             f"{file}: export format {config['format']!r} is not supported (this segqc reads format "
