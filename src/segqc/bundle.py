@@ -194,12 +194,9 @@ def load_bundle(model_dir: str | Path, *, device: str | None = None, seed: int |
     """
     path = Path(model_dir)
     config_path = path / CONFIG_FILE
-    config = read_manifest_json(path, CONFIG_FILE, "model bundle", "bundle config")
-    if "format" in config and config["format"] != BUNDLE_FORMAT:
-        raise BundleError(
-            f"{config_path}: bundle format {config['format']!r} is not supported (this segqc reads format "
-            f"{BUNDLE_FORMAT}); retrain the model with this version"
-        )
+    config = read_manifest_json(
+        path, CONFIG_FILE, "model bundle", "bundle config", version=BUNDLE_FORMAT, redo="retrain the model"
+    )
     missing = _missing_key(config)
     if missing:
         raise BundleError(f"{config_path}: bundle config lacks the key {missing!r}")

@@ -136,7 +136,7 @@ class Segmenter:
         run, layout = self._runner(device, images.shape[1])
         if batch_size is None:
             batch_size = 32 if device.type == "cuda" else pixel_batch(*images.shape[1:3])
-        if rng is None and not hasattr(self, "rng_"):  # a model set by hand rather than fitted or loaded
+        if rng is None and not hasattr(self, "rng_"):  # loaded (or set by hand): start at ``seed``
             self.rng_ = np.random.default_rng(self.seed)
         generator = self.rng_ if rng is None else np.random.default_rng(rng)
         return segment_batches(
@@ -169,5 +169,4 @@ class Segmenter:
         seg.model_.load_state_dict(tensors)
         seg.model_.eval()
         seg.mean_, seg.std_ = list(config["mean"]), list(config["std"])
-        seg.rng_ = np.random.default_rng(seg.seed)
         return seg

@@ -159,6 +159,6 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
 def to_input(images: np.ndarray | Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """``(N, H, W, 3)`` uint8 images -> ``(N, 3, H, W)`` float32 network input, normalised."""
     x = torch.as_tensor(images).permute(0, 3, 1, 2).float().div_(255.0)
-    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    m = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     return (x - m) / s

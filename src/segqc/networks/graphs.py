@@ -12,23 +12,25 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from segqc.data.dataset import to_input
 from segqc.networks.functional import dropout_hooks
 from segqc.networks.unet import UNet
 
 
 class Normalize(nn.Module):
-    """``(N, H, W, 3)`` uint8 images -> ``(N, 3, H, W)`` float32 ``(x / 255 - mean) / std``.
+    """:func:`segqc.data.dataset.to_input` as a module, its statistics as buffers (they follow
+    ``.to(device)`` and are baked into exported graphs).
 
     The permuted view keeps the channels-last memory layout that the inference copies use.
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32))
 
     def forward(self, images: Tensor) -> Tensor:
-        return (images.permute(0, 3, 1, 2).float().div_(255.0) - self.mean) / self.std
+        return to_input(images, self.mean, self.std)
 
 
 class HeadGraph(nn.Module):

@@ -79,10 +79,14 @@ class ManifestModel:
         return float(value) if value else None
 
 
-def read_manifest_json(folder: Path, name: str, what: str, kind: str) -> dict[str, Any]:
-    """The JSON object ``folder/name`` (a model's manifest), or a ``BundleError`` naming the file.
+def read_manifest_json(
+    folder: Path, name: str, what: str, kind: str, *, version: int, redo: str
+) -> dict[str, Any]:
+    """The JSON object ``folder/name`` (a model's manifest) of layout ``version``, or a ``BundleError``
+    naming the file.
 
-    ``what`` names the folder (``model bundle``, ``ONNX export``), ``kind`` the file (``bundle config``).
+    ``what`` names the folder (``model bundle``, ``ONNX export``), ``kind`` the file (``bundle config``),
+    ``redo`` what a user does about another layout version (``retrain the model``).
     """
     if not folder.is_dir():
         raise BundleError(f"{folder}: {what} folder not found")
@@ -95,4 +99,9 @@ def read_manifest_json(folder: Path, name: str, what: str, kind: str) -> dict[st
         raise BundleError(f"{file}: cannot read {kind} ({err})") from None
     if not isinstance(config, dict):
         raise BundleError(f"{file}: {kind} must be a JSON object")
+    if "format" in config and config["format"] != version:
+        raise BundleError(
+            f"{file}: {what.split()[-1]} format {config['format']!r} is not supported (this segqc reads "
+            f"format {version}); {redo} with this version"
+        )
     return config

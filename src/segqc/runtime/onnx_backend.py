@@ -182,12 +182,9 @@ def read_manifest(export_dir: str | Path) -> dict[str, Any]:
     """
     path = Path(export_dir)
     file = path / MANIFEST
-    config = read_manifest_json(path, MANIFEST, "ONNX export", "export manifest")
-    if "format" in config and config["format"] != EXPORT_FORMAT:
-        raise BundleError(
-            f"{file}: export format {config['format']!r} is not supported (this segqc reads format "
-            f"{EXPORT_FORMAT}); export the model again with this version"
-        )
+    config = read_manifest_json(
+        path, MANIFEST, "ONNX export", "export manifest", version=EXPORT_FORMAT, redo="export the model again"
+    )
     for key in REQUIRED_KEYS:
         if key not in config:
             raise BundleError(f"{file}: export manifest lacks the key {key!r}")
