@@ -67,3 +67,34 @@ def test_bad_arrays_are_data_errors(bundle):
         assess_images(bundle, [np.zeros((0, 10, 3), np.uint8)])
     with pytest.raises(DataError, match="2 ids"):
         assess_images(bundle, [np.zeros((8, 8, 3), np.uint8)], ["a", "b"])
+
+
+class _NonFinite:
+    """A model whose g (or f's map) gives NaN or infinity: the gate must refer, never pass."""
+
+    backend, config, threshold, image_size, method, uncertainty_vmax = "test", {}, 0.7, 16, "msp", None
+
+    def __init__(self, quality: float, uncertainty: float = 0.0) -> None:
+        self.quality, self.uncertainty = quality, uncertainty
+
+    def segment(self, images):
+        from segqc.types import SegPrediction
+
+        n, s = len(images), images.shape[1]
+        return SegPrediction(
+            np.full((n, s, s), 0.9, np.float32),
+            np.ones((n, s, s), np.uint8),
+            np.full((n, s, s), self.uncertainty, np.float32),
+        )
+
+    def predict_quality(self, samples):
+        return np.full(len(samples), self.quality)
+
+
+@pytest.mark.parametrize(("quality", "uncertainty"), [(np.nan, 0.0), (np.inf, 0.0), (0.95, np.nan)])
+def test_non_finite_values_are_referred(quality, uncertainty):
+    image = np.zeros((20, 20, 3), np.uint8)
+    (result,) = assess_images(_NonFinite(quality, uncertainty), [image])
+    assert result.decision == "refer"
+    (control,) = assess_images(_NonFinite(0.95), [image])
+    assert control.decision == "pass"

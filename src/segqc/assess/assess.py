@@ -112,11 +112,13 @@ def assess_images(
             probs = upsample_probs(pred.probs[j : j + 1], h, w)[0]
             uncertainty = upsample_probs(pred.uncertainty[j : j + 1], h, w)[0].astype(np.float32)
             q = float(np.clip(quality[j], 0.0, 1.0))
+            # Fail closed: g's raw output or f's map not finite (NaN compares False, clip hides inf): refer.
+            finite = bool(np.isfinite(quality[j]) and np.isfinite(pred.uncertainty[j]).all())
             out.append(
                 Assessment(
                     id=ids[start + j],
                     predicted_jaccard=q,
-                    decision="refer" if q < threshold else "pass",
+                    decision="pass" if finite and q >= threshold else "refer",
                     threshold=threshold,
                     mean_uncertainty=float(pred.uncertainty[j].mean()),
                     mask=probs_to_mask(probs),
