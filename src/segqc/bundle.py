@@ -35,8 +35,8 @@ from torch import Tensor
 
 from segqc.engine import is_main_process
 from segqc.errors import BundleError, SegQCError, UnknownNameError
+from segqc.model import ManifestModel, read_manifest_json
 from segqc.quality import PREDICTORS, QualityPredictor
-from segqc.runtime.base import ManifestModel, read_manifest_json
 from segqc.segmenter import Segmenter
 from segqc.types import QualitySamples, SegPrediction
 from segqc.uncertainty import METHODS

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from segqc.errors import BundleError
-from segqc.runtime.base import Model
+from segqc.model import Model
 
 __all__ = ["Model", "load_model"]
 

@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 
 from segqc.errors import BundleError, SegQCError, UnknownNameError
+from segqc.model import ManifestModel, read_manifest_json
 from segqc.postprocess import batches, segment_batches
-from segqc.runtime.base import ManifestModel, read_manifest_json
 from segqc.types import QualitySamples, SegPrediction
 from segqc.uncertainty import UncertaintyMethod, create_method
 
