@@ -42,6 +42,10 @@ class Model(Protocol):
     def uncertainty_vmax(self) -> float | None:
         """Top of the colour scale of uncertainty heat maps (largest value seen in training)."""
 
+    @property
+    def manifest_sha256(self) -> str:
+        """SHA-256 of the model's manifest: names this exact model in logs and answers."""
+
     def segment(self, images: np.ndarray) -> SegPrediction:
         """f on ``(N, S, S, 3)`` uint8 images, ``S = image_size``: probabilities, masks, uncertainty maps."""
 
@@ -77,6 +81,13 @@ class ManifestModel:
         """Top of the colour scale of uncertainty heat maps (the largest value seen in training)."""
         value = self.config.get("uncertainty_vmax")
         return float(value) if value else None
+
+    @property
+    def manifest_sha256(self) -> str:
+        """SHA-256 of the manifest (:mod:`segqc.integrity`): names this exact model in logs and answers."""
+        from segqc.integrity import manifest_digest
+
+        return str(self.config.get("manifest_sha256") or manifest_digest(self.config))
 
 
 def read_manifest_json(

@@ -21,6 +21,13 @@ if TYPE_CHECKING:
     from segqc.runtime import Model
 
 
+#: Reasons to refer, most severe first. A pass has the reason ``"ok"``.
+NOT_FINITE = "not finite"
+OUT_OF_DISTRIBUTION = "out-of-distribution"
+LOW_QUALITY = "low predicted quality"
+REASONS = (NOT_FINITE, OUT_OF_DISTRIBUTION, LOW_QUALITY)
+
+
 @dataclass
 class Assessment:
     """The verdict on one image.
@@ -28,7 +35,10 @@ class Assessment:
     Attributes:
         id: the image's id.
         predicted_jaccard: g's estimate of the Jaccard index of ``mask``, in [0, 1].
-        decision: ``"refer"`` when ``predicted_jaccard < threshold`` (send to a human), else ``"pass"``.
+        decision: ``"pass"`` only when every check passes (finite outputs, input within the training
+            distribution, ``predicted_jaccard >= threshold``); else ``"refer"`` (send to a human).
+        reason: why: ``"ok"`` for a pass, else the failed checks in order of severity, joined by
+            ``"; "`` (see :data:`REASONS`).
         threshold: the bundle's threshold.
         mean_uncertainty: mean of f's uncertainty map at the model's resolution.
         mask: ``(H, W)`` uint8 in {0, 1}, at the input image's own resolution.
@@ -42,6 +52,7 @@ class Assessment:
     mean_uncertainty: float
     mask: np.ndarray
     uncertainty: np.ndarray
+    reason: str = "ok"
 
     @property
     def referred(self) -> bool:
@@ -53,6 +64,7 @@ class Assessment:
             "id": self.id,
             "predicted_jaccard": self.predicted_jaccard,
             "decision": self.decision,
+            "reason": self.reason,
             "threshold": self.threshold,
             "mean_uncertainty": self.mean_uncertainty,
         }
@@ -114,11 +126,13 @@ def assess_images(
             q = float(np.clip(quality[j], 0.0, 1.0))
             # Fail closed: g's raw output or f's map not finite (NaN compares False, clip hides inf): refer.
             finite = bool(np.isfinite(quality[j]) and np.isfinite(pred.uncertainty[j]).all())
+            reasons = [NOT_FINITE] if not finite else ([LOW_QUALITY] if q < threshold else [])
             out.append(
                 Assessment(
                     id=ids[start + j],
                     predicted_jaccard=q,
-                    decision="pass" if finite and q >= threshold else "refer",
+                    decision="refer" if reasons else "pass",
+                    reason="; ".join(reasons) or "ok",
                     threshold=threshold,
                     mean_uncertainty=float(pred.uncertainty[j].mean()),
                     mask=probs_to_mask(probs),
