@@ -34,7 +34,8 @@ _HINT = "signing needs the cryptography package: pip install cryptography"
 def canonical_json(config: dict[str, Any]) -> bytes:
     """The bytes the digest is taken of: sorted keys, no whitespace, ASCII, no NaN, no ``manifest_sha256``."""
     body = {k: v for k, v in config.items() if k != DIGEST_KEY}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return text.encode()
 
 
 def manifest_digest(config: dict[str, Any]) -> str:
@@ -175,7 +176,7 @@ def verify_signature(model_dir: str | Path, trusted_key: str | Path) -> str:
     digest = check_seal(config, file)
     sig_file = folder / SIGNATURE_FILE
     if not sig_file.is_file():
-        raise BundleError(f"{folder}: model is not signed ({SIGNATURE_FILE} not found); --trusted-key needs one")
+        raise BundleError(f"{folder}: model is not signed ({SIGNATURE_FILE} not found); refusing it")
     record = _read_json(sig_file)
     try:
         signature = base64.b64decode(str(record["signature"]), validate=True)

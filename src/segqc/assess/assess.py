@@ -40,6 +40,8 @@ class Assessment:
         reason: why: ``"ok"`` for a pass, else the failed checks in order of severity, joined by
             ``"; "`` (see :data:`REASONS`).
         threshold: the bundle's threshold.
+        jaccard_lower: a lower bound of the true Jaccard at the model's stated confidence (split
+            conformal on held-out training images), or ``None`` when the model has none.
         mean_uncertainty: mean of f's uncertainty map at the model's resolution.
         mask: ``(H, W)`` uint8 in {0, 1}, at the input image's own resolution.
         uncertainty: ``(H, W)`` float32 uncertainty map, at the input image's own resolution.
@@ -53,6 +55,7 @@ class Assessment:
     mask: np.ndarray
     uncertainty: np.ndarray
     reason: str = "ok"
+    jaccard_lower: float | None = None
 
     @property
     def referred(self) -> bool:
@@ -65,6 +68,7 @@ class Assessment:
             "predicted_jaccard": self.predicted_jaccard,
             "decision": self.decision,
             "reason": self.reason,
+            "jaccard_lower": self.jaccard_lower,
             "threshold": self.threshold,
             "mean_uncertainty": self.mean_uncertainty,
         }
