@@ -4,11 +4,16 @@ A bundle folder holds::
 
     f.safetensors   weights of f (the U-Net of the uncertainty method)
     g.safetensors   weights of g (the quality CNN)
-    bundle.json     everything else: configs, threshold, provenance, sha256 of both weight files
+    bundle.json     everything else: configs, threshold, the gate (out-of-distribution detector,
+                    conformal margin, fitness), provenance, sha256 of both weight files, and the
+                    sha256 of bundle.json itself (``manifest_sha256``)
+    signature.json  optional: an Ed25519 signature of the manifest (``segqc sign``)
 
-Weights are stored with safetensors (never pickle), so loading a bundle runs no code from it; the
-sha256 sums catch damaged or swapped weight files, and loading with ``strict`` state dicts catches
-weights that do not fit the network described by ``bundle.json``.
+Weights are stored with safetensors (never pickle), so loading a bundle runs no code from it. The
+manifest checksum covers every field of ``bundle.json`` and, through the weights' sha256, the whole
+bundle; every field that can change a decision is validated (:func:`segqc.model.check_manifest`);
+``strict`` state dicts catch weights that do not fit the network described by ``bundle.json``; and a
+self-test pushes a fixed image through f and g before the bundle is handed out.
 
 Examples::
 
@@ -35,7 +40,9 @@ from torch import Tensor
 
 from segqc.engine import is_main_process
 from segqc.errors import BundleError, SegQCError, UnknownNameError
-from segqc.model import ManifestModel, read_manifest_json
+from segqc.gate import Gate, gate_summary
+from segqc.integrity import SIGNATURE_FILE, seal
+from segqc.model import ManifestModel, check_manifest, check_normalisation, read_manifest_json, self_test
 from segqc.quality import PREDICTORS, QualityPredictor
 from segqc.segmenter import Segmenter
 from segqc.types import QualitySamples, SegPrediction
@@ -43,12 +50,12 @@ from segqc.uncertainty import METHODS
 from segqc.utils import atomic_write, versions, write_json
 
 #: Version of the bundle layout; ``load_bundle`` refuses other versions.
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2
 CONFIG_FILE = "bundle.json"
 WEIGHT_FILES = {"segmenter": "f.safetensors", "predictor": "g.safetensors"}
 #: Keys ``load_bundle`` needs in ``bundle.json``, as paths into nested objects.
 REQUIRED_KEYS: tuple[tuple[str, ...], ...] = (
-    ("format",), ("method",), ("predictor",), ("image_size",), ("threshold",),
+    ("format",), ("method",), ("predictor",), ("image_size",), ("threshold",), ("gate",),
     ("segmenter",), ("segmenter", "params"), ("segmenter", "mean"), ("segmenter", "std"),
     ("predictor_config",), ("predictor_config", "params"),
     ("sha256",), ("sha256", WEIGHT_FILES["segmenter"]), ("sha256", WEIGHT_FILES["predictor"]),
@@ -96,6 +103,8 @@ class Bundle(ManifestModel):
             "threshold": self.threshold,
             "threshold_rule": self.config.get("threshold_rule"),
             "failure_jaccard": self.config.get("failure_jaccard"),
+            "gate": gate_summary(self.config),
+            "manifest_sha256": self.manifest_sha256,
             "created": self.config.get("created"),
             "versions": self.config.get("versions"),
             "data": summary,
@@ -115,6 +124,7 @@ def save_bundle(
     predictor: QualityPredictor,
     *,
     image_size: int,
+    gate: dict[str, Any],
     threshold: float = 0.7,
     extra: dict[str, Any] | None = None,
 ) -> Path:
@@ -128,6 +138,7 @@ def save_bundle(
         segmenter: fitted f.
         predictor: fitted g, of a registered predictor that supports ``state()``.
         image_size: side of the square images f and g were trained on.
+        gate: the gate's record (:meth:`segqc.gate.Gate.to_config`), checked before anything is written.
         threshold: refer a segmentation when its predicted Jaccard is below this. Defaults to 0.7.
         extra: more ``bundle.json`` keys (``pipeline``, ``data``, ``threshold_rule``, ``test_metrics``,
             ``uncertainty_vmax``, ...). They cannot replace the keys written here.
@@ -136,8 +147,12 @@ def save_bundle(
         The bundle folder.
     """
     out = Path(out_dir)
-    if not math.isfinite(threshold) or not 0.0 < threshold <= 1.0:
-        raise SegQCError(f"threshold must be in (0, 1], got {threshold}")
+    if not math.isfinite(threshold) or not 0.0 < threshold < 1.0:
+        raise SegQCError(f"threshold must be in (0, 1), got {threshold}")
+    try:
+        Gate.from_config(gate, threshold)
+    except ValueError as err:
+        raise SegQCError(f"invalid gate: {err}") from None
     if not is_main_process():  # under torchrun, rank 0 writes
         return out
     f_tensors, f_config = segmenter.state()
@@ -157,14 +172,24 @@ def save_bundle(
         "predictor": predictor.name,
         "image_size": int(image_size),
         "threshold": float(threshold),
+        "gate": gate,
         "segmenter": f_config,
         "predictor_config": g_config,
         "versions": versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "sha256": sums,
     }
-    write_json(out / CONFIG_FILE, config)
+    write_json(out / CONFIG_FILE, seal(json.loads(json.dumps(config, default=_plain))))
+    (out / SIGNATURE_FILE).unlink(missing_ok=True)  # a signature of the replaced bundle no longer holds
     return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
 
 
 def _missing_key(config: dict[str, Any]) -> str | None:
@@ -200,18 +225,20 @@ def load_bundle(model_dir: str | Path, *, device: str | None = None, seed: int |
     missing = _missing_key(config)
     if missing:
         raise BundleError(f"{config_path}: bundle config lacks the key {missing!r}")
+    check_manifest(config, config_path)
     for name, registry in ((config["method"], METHODS), (config["predictor"], PREDICTORS)):
         if name not in registry:
             raise BundleError(
                 f"{config_path}: unknown {registry.kind} {name!r}; known: {', '.join(registry.names())}"
             )
-    if config["segmenter"]["params"].get("method", config["method"]) != config["method"]:
+    segmenter_config = config["segmenter"]
+    if not isinstance(segmenter_config, dict) or not isinstance(segmenter_config["params"], dict):
+        raise BundleError(f"{config_path}: 'segmenter' and 'segmenter.params' must be JSON objects")
+    if segmenter_config["params"].get("method", config["method"]) != config["method"]:
         raise BundleError(f"{config_path}: 'method' and 'segmenter.params.method' disagree")
-    threshold, size = config["threshold"], config["image_size"]
-    if not isinstance(threshold, (int, float)) or not 0.0 < threshold <= 1.0:
-        raise BundleError(f"{config_path}: threshold must be a number in (0, 1], got {threshold!r}")
-    if not isinstance(size, int) or size < 16 or size % 16:
-        raise BundleError(f"{config_path}: image_size must be a positive multiple of 16, got {size!r}")
+    check_normalisation(segmenter_config["mean"], segmenter_config["std"], config_path)
+    if not isinstance(config["sha256"], dict):
+        raise BundleError(f"{config_path}: 'sha256' must be a JSON object")
 
     tensors = {role: _read_weights(path, name, config["sha256"][name]) for role, name in WEIGHT_FILES.items()}
     segmenter = _restore(
@@ -227,9 +254,11 @@ def load_bundle(model_dir: str | Path, *, device: str | None = None, seed: int |
         "predictor_config",
     )
     segmenter.device = predictor.device = device or "auto"  # type: ignore[attr-defined]
-    if seed is not None:
-        segmenter.rng_ = np.random.default_rng(seed)
-    return Bundle(segmenter, predictor, config, path)
+    bundle = Bundle(segmenter, predictor, config, path)
+    self_test(bundle, config_path)
+    # The self-test drew from the generator of stochastic read-outs: start it afresh at the seed.
+    segmenter.rng_ = np.random.default_rng(segmenter.seed if seed is None else seed)
+    return bundle
 
 
 def _read_weights(path: Path, name: str, expected_sha: Any) -> dict[str, Tensor]:
@@ -242,9 +271,13 @@ def _read_weights(path: Path, name: str, expected_sha: Any) -> dict[str, Tensor]
             f"{file}: checksum mismatch (the file differs from the one this bundle was saved with)"
         )
     try:
-        return load_tensors(blob)
+        tensors = load_tensors(blob)
     except (SafetensorError, ValueError, RuntimeError) as err:
         raise BundleError(f"{file}: cannot read weights ({err})") from None
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            raise BundleError(f"{file}: weight {name!r} holds non-finite values")
+    return tensors
 
 
 def _restore(build: Any, file: Path, section: str) -> Any:

@@ -81,15 +81,98 @@ def hold_out(train: SegData, seed: int) -> tuple[SegData, SegData]:
 
 
 def threshold_rule(chosen: dict, target_recall: float) -> dict:
-    """The record of a threshold chosen by :func:`choose_threshold` (``bundle.json``'s ``threshold_rule``)."""
+    """The record of a threshold chosen by :func:`choose_threshold` or :func:`guaranteed_threshold`
+    (``bundle.json``'s ``threshold_rule``)."""
+    base = (
+        f"smallest threshold referring >= {target_recall:g} of the failures of {chosen['n_heldout']} "
+        f"held-out training images"
+    )
+    if "confidence" in chosen:
+        description = (
+            f"{base} with probability >= {chosen['confidence']:g} (order-statistic Clopper-Pearson bound "
+            f"on {chosen['n_heldout_failures']} held-out failures: recall >= "
+            f"{chosen['recall_lower_bound']:.3f} at that confidence; referring {chosen['referral_rate']:.1%} "
+            "of the held-out images)"
+        )
+    else:
+        achieved, rate = chosen["achieved_recall"], chosen["referral_rate"]
+        description = f"{base} (achieved {achieved:.3f}, referring {rate:.1%} of them)"
     return {
-        "kind": "target_failure_recall",
+        "kind": "guaranteed_failure_recall" if "confidence" in chosen else "target_failure_recall",
         "target_recall": target_recall,
         "calibration_fraction": CALIBRATION_FRACTION,
         **chosen,
-        "description": (
-            f"smallest threshold referring >= {target_recall:g} of the failures of "
-            f"{chosen['n_heldout']} held-out training images (achieved {chosen['achieved_recall']:.3f}, "
-            f"referring {chosen['referral_rate']:.1%} of them)"
-        ),
+        "description": description,
     }
+
+
+def guaranteed_threshold(
+    predicted: np.ndarray, true: np.ndarray, target_recall: float, confidence: float, failure_jaccard: float
+) -> dict:
+    """The smallest threshold whose failure recall is at least ``target_recall`` with probability at
+    least ``confidence`` over the draw of the calibration images.
+
+    With m calibration failures whose predicted Jaccards sort to s_(1) <= ... <= s_(m), a threshold just
+    above s_(k) refers a new failure with probability F(s_(k)), F the distribution of failures' scores;
+    for exchangeable images F(s_(k)) ~ Beta(k, m - k + 1) (ties only raise it). So k is the smallest
+    order with P(Beta(k, m - k + 1) >= R) >= C: the exact one-sided binomial (Clopper-Pearson) bound
+    of an order statistic, free of any assumption on g.
+
+    Returns:
+        ``threshold``, ``recall_lower_bound`` (the recall this threshold has at ``confidence``, >= R),
+        ``achieved_recall`` and ``referral_rate`` on the calibration images, and the counts.
+
+    Raises:
+        SegQCError: too few calibration failures for the guarantee (the message says how many it needs).
+    """
+    from scipy.stats import beta
+
+    if not 0.0 < confidence < 1.0:
+        raise SegQCError(f"confidence must be in (0, 1), got {confidence}")
+    predicted, true = np.asarray(predicted, np.float64), np.asarray(true, np.float64)
+    failures = np.sort(predicted[true < failure_jaccard])
+    m = failures.size
+    needed = (
+        math.ceil(math.log(1.0 - confidence) / math.log(target_recall)) if target_recall < 1 else math.inf
+    )
+    orders = np.arange(1, m + 1)
+    ok = beta.sf(target_recall, orders, m - orders + 1) >= confidence if m else np.zeros(0, bool)
+    if not ok.any():
+        raise SegQCError(
+            f"the {len(true)} held-out images hold {m} failures (true Jaccard < {failure_jaccard}); a "
+            f"failure recall of {target_recall:g} at confidence {confidence:g} needs at least {needed} "
+            "(use more training data, or a lower --target-failure-recall or --confidence)"
+        )
+    k = int(orders[ok][0])
+    threshold = min((math.floor(failures[k - 1] * 10_000) + 1) / 10_000, 1.0)
+    referred = predicted < threshold
+    return {
+        "threshold": round(threshold, 4),
+        "recall_lower_bound": float(beta.ppf(1.0 - confidence, k, m - k + 1)),
+        "confidence": confidence,
+        "order": k,
+        "achieved_recall": float((failures < threshold).mean()),
+        "referral_rate": float(referred.mean()),
+        "n_heldout": int(len(true)),
+        "n_heldout_failures": int(m),
+        "min_failures_needed": needed,
+        "n_referred": int(referred.sum()),
+    }
+
+
+def conformal_margin(predicted: np.ndarray, true: np.ndarray, confidence: float) -> dict:
+    """Split-conformal margin for a per-image lower bound of the true Jaccard.
+
+    With residuals r = predicted - true on n held-out images, ``margin`` is their ceil((n + 1) C)-th
+    smallest value; for a new exchangeable image, ``true >= predicted - margin`` with probability at
+    least C (Vovk et al., 2005; Angelopoulos & Bates, 2021). With too few images for C the margin is
+    1.0 (the bound is 0, which is always true) and ``guaranteed`` is false.
+    """
+    if not 0.0 < confidence < 1.0:
+        raise SegQCError(f"confidence must be in (0, 1), got {confidence}")
+    residuals = np.sort(np.asarray(predicted, np.float64) - np.asarray(true, np.float64))
+    n = residuals.size
+    k = math.ceil((n + 1) * confidence)
+    guaranteed = 0 < k <= n and bool(np.isfinite(residuals).all())
+    margin = float(residuals[k - 1]) if guaranteed else 1.0
+    return {"confidence": confidence, "margin": margin, "n_heldout": int(n), "guaranteed": guaranteed}

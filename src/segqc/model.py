@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from segqc.errors import BundleError
 from segqc.types import QualitySamples, SegPrediction
+
+if TYPE_CHECKING:
+    from segqc.gate import Gate
 
 
 @runtime_checkable
@@ -45,6 +49,14 @@ class Model(Protocol):
     @property
     def manifest_sha256(self) -> str:
         """SHA-256 of the model's manifest: names this exact model in logs and answers."""
+
+    @property
+    def gate(self) -> Gate:
+        """The pass/refer checks: threshold, out-of-distribution detector, conformal margin, fitness."""
+
+    @property
+    def fit(self) -> bool:
+        """False for a model written despite failing its fitness check (``segqc train --force``)."""
 
     def segment(self, images: np.ndarray) -> SegPrediction:
         """f on ``(N, S, S, 3)`` uint8 images, ``S = image_size``: probabilities, masks, uncertainty maps."""
@@ -89,6 +101,21 @@ class ManifestModel:
 
         return str(self.config.get("manifest_sha256") or manifest_digest(self.config))
 
+    @property
+    def gate(self) -> Gate:
+        """The pass/refer checks (:class:`segqc.gate.Gate`), rebuilt from the manifest."""
+        from segqc.gate import Gate
+
+        try:
+            return Gate.from_config(self.config.get("gate"), self.threshold)
+        except ValueError as err:
+            raise BundleError(f"{getattr(self, 'path', 'model')}: {err}") from None
+
+    @property
+    def fit(self) -> bool:
+        """False when the model was written with ``--force`` despite failing its fitness check."""
+        return bool(((self.config.get("gate") or {}).get("fitness") or {}).get("fit", False))
+
 
 def read_manifest_json(
     folder: Path, name: str, what: str, kind: str, *, version: int, redo: str
@@ -116,3 +143,104 @@ def read_manifest_json(
             f"format {version}); {redo} with this version"
         )
     return config
+
+
+#: Largest image side a model may declare (f and g run on S x S; 1024 is ~4x the paper's 224).
+MAX_IMAGE_SIZE = 1024
+
+
+def _number(config: dict[str, Any], key: str, low: float, high: float, file: Path, *, open_low: bool = True,
+            open_high: bool = False) -> float:  # fmt: skip
+    value = config.get(key)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if open_low else value >= low) and (value < high if open_high else value <= high)
+    if not ok:
+        brackets = ("(" if open_low else "[") + f"{low:g}, {high:g}" + (")" if open_high else "]")
+        raise BundleError(f"{file}: '{key}' must be a number in {brackets}, got {value!r}")
+    return float(value)
+
+
+def check_manifest(config: dict[str, Any], file: Path) -> None:
+    """Check every manifest field that can change a decision, on both backends; a ``BundleError``
+    naming the file and the field otherwise.
+
+    Checks: the manifest checksum (:mod:`segqc.integrity`), ``threshold`` and ``failure_jaccard`` in
+    (0, 1), ``image_size`` a multiple of 16 up to :data:`MAX_IMAGE_SIZE` and equal to the training
+    pipeline's, ``method`` and ``predictor`` names that agree with the pipeline, a finite positive
+    ``uncertainty_vmax``, and the gate (out-of-distribution detector, conformal margin, fitness).
+    """
+    from segqc.gate import Gate
+    from segqc.integrity import check_seal
+
+    check_seal(config, file)
+    threshold = _number(config, "threshold", 0.0, 1.0, file, open_high=True)
+    _number(config, "failure_jaccard", 0.0, 1.0, file, open_high=True)
+    size = config.get("image_size")
+    if not isinstance(size, int) or isinstance(size, bool) or not 16 <= size <= MAX_IMAGE_SIZE or size % 16:
+        raise BundleError(
+            f"{file}: image_size must be a multiple of 16 in [16, {MAX_IMAGE_SIZE}], got {size!r}"
+        )
+    for key in ("method", "predictor"):
+        if not isinstance(config.get(key), str) or not config[key]:
+            raise BundleError(f"{file}: '{key}' must be a name, got {config.get(key)!r}")
+    pipeline = config.get("pipeline")
+    if pipeline is not None:
+        if not isinstance(pipeline, dict):
+            raise BundleError(f"{file}: 'pipeline' must be a JSON object")
+        for key in ("image_size", "method"):
+            if key in pipeline and pipeline[key] != config[key]:
+                raise BundleError(
+                    f"{file}: '{key}' is {config[key]!r} but the model was trained with {pipeline[key]!r}"
+                )
+    if config.get("uncertainty_vmax") is not None:
+        _number(config, "uncertainty_vmax", 0.0, 1e6, file)
+    try:
+        Gate.from_config(config.get("gate"), threshold)
+    except ValueError as err:
+        raise BundleError(f"{file}: {err}") from None
+
+
+def check_normalisation(mean: Any, std: Any, file: Path) -> None:
+    """Per-channel mean and std of f's input: 3 finite numbers each, std > 0."""
+    for name, values in (("mean", mean), ("std", std)):
+        ok = isinstance(values, list) and len(values) == 3
+        ok = ok and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
+        )
+        if not ok or (name == "std" and min(values) <= 0):
+            raise BundleError(
+                f"{file}: normalisation {name} must be 3 finite numbers{' > 0' if name == 'std' else ''}, "
+                f"got {values!r}"
+            )
+
+
+def self_test(model: Model, file: Path) -> None:
+    """Push a fixed image through f and g and check shapes and finiteness: a ``BundleError`` when a
+    model that passed every file check still cannot compute (e.g. non-finite weights)."""
+    size = model.image_size
+    yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1)
+    image = np.stack([180 + 40 * xx, 130 + 30 * yy, 110 + 20 * xx * yy], axis=-1)
+    disc = (yy - 0.5) ** 2 + (xx - 0.5) ** 2 < 0.08
+    image[disc] *= 0.5
+    images = image.astype(np.uint8)[None]
+    try:
+        pred = model.segment(images)
+        quality = np.asarray(model.predict_quality(QualitySamples(images, pred.mask, pred.uncertainty)))
+    except Exception as err:  # any failure of a loaded model on a plain image is a broken model
+        raise BundleError(
+            f"{file}: self-test failed: f and g cannot run ({type(err).__name__}: {err})"
+        ) from None
+    shape = (1, size, size)
+    problems = [
+        f"{name} has shape {tuple(array.shape)}, expected {shape}"
+        for name, array in (("mask", pred.mask), ("uncertainty", pred.uncertainty), ("probs", pred.probs))
+        if tuple(array.shape) != shape
+    ]
+    if quality.shape != (1,):
+        problems.append(f"g gave shape {quality.shape}, expected (1,)")
+    if not (
+        np.isfinite(pred.probs).all() and np.isfinite(pred.uncertainty).all() and np.isfinite(quality).all()
+    ):
+        problems.append("outputs are not finite")
+    if problems:
+        raise BundleError(f"{file}: self-test failed: {'; '.join(problems)}")

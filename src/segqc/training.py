@@ -18,13 +18,15 @@ from typing import Any
 import numpy as np
 
 from segqc.bundle import Bundle, load_bundle, save_bundle
-from segqc.calibration import choose_threshold, hold_out, threshold_rule
+from segqc.calibration import choose_threshold, guaranteed_threshold, hold_out, threshold_rule
 from segqc.config import PipelineConfig
 from segqc.data.dataset import SegData
 from segqc.data.splits import DataSource, load_train_test
 from segqc.engine import barrier
 from segqc.errors import SegQCError
+from segqc.gate import DEFAULT_BOUND_CONFIDENCE, fit_gate
 from segqc.metrics import dice, jaccard, quality_metrics
+from segqc.ood import DEFAULT_ALPHA
 from segqc.quality import QualityPredictor, create_predictor
 from segqc.segmenter import Segmenter
 from segqc.types import QualitySamples, SegPrediction
@@ -194,17 +196,28 @@ def train_bundle(
     out_dir: str | Path,
     *,
     target_failure_recall: float | None = None,
+    confidence: float | None = None,
+    bound_confidence: float = DEFAULT_BOUND_CONFIDENCE,
+    ood_alpha: float = DEFAULT_ALPHA,
+    force: bool = False,
     predictor: str = "uncertainty",
     progress: bool = True,
 ) -> Bundle:
-    """Train f and g and save them as a bundle.
+    """Train f and g, learn the gate, check the model is fit for its job, and save it as a bundle.
 
-    f is trained on the training images; g (default: the paper's ``"uncertainty"`` CNN) on f's
-    predictions over them. The threshold is ``cfg.threshold`` (0.7) unless ``target_failure_recall``
-    is given: then a seeded ``CALIBRATION_FRACTION`` (20 %) of the training images is held out of
-    the training of both f and g, and the threshold is the smallest one that refers at least that
-    fraction of the held-out failures (true Jaccard < ``cfg.threshold``); both models then train on
-    the other 80 %, so the held-out predictions are as unseen as a new patient's.
+    A seeded ``CALIBRATION_FRACTION`` (20 %) of the training images is held out of the training of
+    both f and g, so that its predictions are as unseen as a new patient's. f trains on the rest, g on
+    f's predictions over them. On the held-out images segqc then sets
+
+    - the threshold: ``cfg.threshold`` (0.7) by default; with ``target_failure_recall`` R the smallest
+      threshold referring at least R of the held-out failures (true Jaccard < ``cfg.threshold``); with
+      ``confidence`` C as well, the smallest whose recall is >= R with probability >= C
+      (:func:`segqc.calibration.guaranteed_threshold`);
+    - the gate (:func:`segqc.gate.fit_gate`): the out-of-distribution limit, the conformal margin of
+      the per-image lower bound, and the fitness check.
+
+    A model that fails its fitness check (g constant, or no held-out failure referred) is not written
+    unless ``force``; then it is marked unfit and ``predict``/``serve`` warn about it.
     When a test split exists (a data folder, or the synthetic default), f and g are evaluated on it
     and the metrics are stored in ``bundle.json`` under ``test_metrics``.
 
@@ -218,47 +231,83 @@ def train_bundle(
         out_dir: the bundle folder to write.
         target_failure_recall: wanted fraction of failures referred, in (0, 1]. Defaults to none
             (fixed threshold).
+        confidence: with ``target_failure_recall``, the probability with which the recall must hold.
+        bound_confidence: confidence of the per-image lower bound of the Jaccard. Defaults to 0.9.
+        ood_alpha: share of in-distribution images the out-of-distribution limit may refer. Defaults
+            to 0.01.
+        force: write a model that fails its fitness check (marked unfit). Defaults to False.
         predictor: quality predictor name. Defaults to ``"uncertainty"``.
         progress: show progress bars. Defaults to True.
 
     Raises:
-        SegQCError: bad settings or data, or (with a target recall) a held-out set with no failure.
+        SegQCError: bad settings or data, a held-out set with too few failures for the asked threshold
+            rule, or (without ``force``) a model that fails its fitness check.
     """
     if target_failure_recall is not None and not 0.0 < target_failure_recall <= 1.0:
         raise SegQCError(f"target failure recall must be in (0, 1], got {target_failure_recall}")
+    if confidence is not None and target_failure_recall is None:
+        raise SegQCError("a confidence needs a target failure recall (--target-failure-recall)")
     start = time.perf_counter()
     train, test, info = load_train_test(data, protocol, size=cfg.image_size, seed=cfg.seed)
     if test is not None and len(test) == 0:
         test = None
-    calibration = None
-    if target_failure_recall is not None:
-        train, calibration = hold_out(train, cfg.seed)
+    train, calibration = hold_out(train, cfg.seed)
 
     segmenter = fit_segmenter(cfg, train, progress=progress)
     train_samples = quality_samples(train, segmenter.predict(train.images))
     g = fit_predictor(predictor, cfg, train_samples, progress=progress)
+    cal_samples = quality_samples(calibration, segmenter.predict(calibration.images))
+    cal_predicted = g.predict(cal_samples)
 
     extra: dict[str, Any] = {
         "pipeline": cfg.to_dict(),
         "failure_jaccard": cfg.threshold,
         # Heat maps share one colour scale: the largest uncertainty f showed on its training images.
         "uncertainty_vmax": float(train_samples.uncertainty.max()),
-        "data": {**info, "n_train": len(train), "train_ids": list(train.ids)},
+        "data": {
+            **info,
+            "n_train": len(train),
+            "train_ids": list(train.ids),
+            "n_calibration": len(calibration),
+            "calibration_ids": list(calibration.ids),
+        },
     }
     threshold = cfg.threshold
-    if calibration is not None:
-        cal_samples = quality_samples(calibration, segmenter.predict(calibration.images))
-        chosen = choose_threshold(
-            g.predict(cal_samples), cal_samples.jaccard, target_failure_recall, cfg.threshold
-        )
+    if target_failure_recall is not None:
+        if confidence is None:
+            chosen = choose_threshold(
+                cal_predicted, cal_samples.jaccard, target_failure_recall, cfg.threshold
+            )
+        else:
+            chosen = guaranteed_threshold(
+                cal_predicted, cal_samples.jaccard, target_failure_recall, confidence, cfg.threshold
+            )
         threshold = chosen["threshold"]
         extra["threshold_rule"] = threshold_rule(chosen, target_failure_recall)
-        extra["data"].update(n_calibration=len(calibration), calibration_ids=list(calibration.ids))
+    gate = fit_gate(
+        train_samples, cal_samples, cal_predicted, threshold, cfg.threshold,
+        bound_confidence=bound_confidence, ood_alpha=ood_alpha,
+    )  # fmt: skip
+    if not gate.fit:
+        if not force:
+            raise SegQCError(
+                f"the model is not fit to gate segmentations ({'; '.join(gate.fitness['problems'])}); "
+                "nothing was written. Train longer or on more data, or pass --force to write it marked unfit"
+            )
+        gate.fitness["forced"] = True
     if test is not None:
         extra["test_metrics"] = evaluate(segmenter, g, test, threshold, cfg.threshold)
         extra["data"].update(n_test=len(test), test_ids=list(test.ids))
     extra["timing"] = {"train_s": time.perf_counter() - start}
-    out = save_bundle(out_dir, segmenter, g, image_size=cfg.image_size, threshold=threshold, extra=extra)
+    out = save_bundle(
+        out_dir,
+        segmenter,
+        g,
+        image_size=cfg.image_size,
+        gate=gate.to_config(),
+        threshold=threshold,
+        extra=extra,
+    )
     barrier()  # under torchrun, rank 0 writes the bundle that every rank then loads
     return load_bundle(out, device=cfg.device)
 

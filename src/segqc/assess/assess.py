@@ -21,13 +21,6 @@ if TYPE_CHECKING:
     from segqc.runtime import Model
 
 
-#: Reasons to refer, most severe first. A pass has the reason ``"ok"``.
-NOT_FINITE = "not finite"
-OUT_OF_DISTRIBUTION = "out-of-distribution"
-LOW_QUALITY = "low predicted quality"
-REASONS = (NOT_FINITE, OUT_OF_DISTRIBUTION, LOW_QUALITY)
-
-
 @dataclass
 class Assessment:
     """The verdict on one image.
@@ -38,7 +31,7 @@ class Assessment:
         decision: ``"pass"`` only when every check passes (finite outputs, input within the training
             distribution, ``predicted_jaccard >= threshold``); else ``"refer"`` (send to a human).
         reason: why: ``"ok"`` for a pass, else the failed checks in order of severity, joined by
-            ``"; "`` (see :data:`REASONS`).
+            ``"; "`` (see :data:`segqc.gate.REASONS`).
         threshold: the bundle's threshold.
         jaccard_lower: a lower bound of the true Jaccard at the model's stated confidence (split
             conformal on held-out training images), or ``None`` when the model has none.
@@ -95,7 +88,9 @@ def assess_images(
 
     Each image is resized (bilinear) to the bundle's square ``image_size``; f's probability and
     uncertainty maps are resized back (bilinear) to the image's own size, and the mask is the
-    resized probability thresholded at 0.5.
+    resized probability thresholded at 0.5. The model's gate (:class:`segqc.gate.Gate`) decides on the
+    resized image: pass only for finite outputs, an input like the training images and a predicted
+    Jaccard at or above the threshold.
 
     Args:
         model: a loaded model (:func:`segqc.runtime.load_model`: a bundle or an ONNX export).
@@ -115,28 +110,26 @@ def assess_images(
     if batch_size < 1:
         raise DataError(f"batch size must be at least 1, got {batch_size}")
     checked = [_check_image(image, id_) for image, id_ in zip(images, ids)]
-    size, threshold = model.image_size, model.threshold
+    size, threshold, gate = model.image_size, model.threshold, model.gate
     out: list[Assessment] = []
     for start in range(0, len(checked), batch_size):
         batch = checked[start : start + batch_size]
         small = np.stack([resize_image(np.ascontiguousarray(image), size) for image in batch])
         pred = model.segment(small)
         quality = model.predict_quality(QualitySamples(small, pred.mask, pred.uncertainty))
+        verdict = gate.decide(small, pred.mask, pred.uncertainty, quality)
         for j, image in enumerate(batch):
             h, w = image.shape[:2]
             # Resize probabilities, not the mask, so borders stay smooth at high resolution.
             probs = upsample_probs(pred.probs[j : j + 1], h, w)[0]
             uncertainty = upsample_probs(pred.uncertainty[j : j + 1], h, w)[0].astype(np.float32)
-            q = float(np.clip(quality[j], 0.0, 1.0))
-            # Fail closed: g's raw output or f's map not finite (NaN compares False, clip hides inf): refer.
-            finite = bool(np.isfinite(quality[j]) and np.isfinite(pred.uncertainty[j]).all())
-            reasons = [NOT_FINITE] if not finite else ([LOW_QUALITY] if q < threshold else [])
             out.append(
                 Assessment(
                     id=ids[start + j],
-                    predicted_jaccard=q,
-                    decision="refer" if reasons else "pass",
-                    reason="; ".join(reasons) or "ok",
+                    predicted_jaccard=float(verdict.predicted_jaccard[j]),
+                    decision=verdict.decision[j],
+                    reason=verdict.reason[j],
+                    jaccard_lower=verdict.jaccard_lower[j],
                     threshold=threshold,
                     mean_uncertainty=float(pred.uncertainty[j].mean()),
                     mask=probs_to_mask(probs),

@@ -46,6 +46,19 @@ def _recall_help(threshold: float) -> str:
         default=None,
         help_from=lambda: _recall_help(config_default("threshold")()),
     ),
+    option(
+        "--confidence",
+        type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+        default=None,
+        help="With --target-failure-recall R: choose the threshold so that the failure recall is >= R with "
+        "this probability (a Clopper-Pearson bound on the held-out failures), e.g. 0.95.",
+    ),
+    option(
+        "--force",
+        is_flag=True,
+        help="Write the bundle even if it fails its fitness check (g constant, or no held-out failure "
+        "referred); it is marked unfit and predict and serve warn about it.",
+    ),
     training_options(),
 )
 def train(
@@ -55,6 +68,8 @@ def train(
     method_params: dict[str, Any],
     out: Path,
     target_failure_recall: float | None,
+    confidence: float | None,
+    force: bool,
     quiet: bool,
     **settings: Any,
 ) -> None:
@@ -74,11 +89,28 @@ def train(
 
     cfg = PipelineConfig().replace(method=method, method_params=method_params or None, **settings)
     check_method(cfg.method, cfg.method_params)
+    if confidence is not None and target_failure_recall is None:
+        raise click.UsageError("--confidence needs --target-failure-recall")
     bundle = train_bundle(
-        data, protocol, cfg, out, target_failure_recall=target_failure_recall, progress=not quiet
-    )
+        data, protocol, cfg, out, target_failure_recall=target_failure_recall, confidence=confidence,
+        force=force, progress=not quiet,
+    )  # fmt: skip
     rule = bundle.config.get("threshold_rule", {})
     click.echo(f"threshold {bundle.threshold:g}: {rule.get('description', '')}")
+    gate = bundle.gate
+    fitness, ood = gate.fitness, gate.ood
+    click.echo(
+        f"held-out: {fitness['n_heldout']} images, {fitness['n_heldout_failures']} failures, "
+        f"out-of-distribution limit {ood.limit:.3g} (refers {ood.alpha:.0%} of in-distribution images), "
+        f"lower bound margin {gate.conformal['margin']:.3f} at {gate.conformal['confidence']:g}"
+    )
+    for note in fitness.get("notes", []):
+        click.echo(f"note: {note}", err=True)
+    if not gate.fit:
+        click.echo(
+            f"warning: model is UNFIT ({'; '.join(fitness['problems'])}); written because of --force",
+            err=True,
+        )
     test = bundle.config.get("test_metrics")
     if test:
         seg, ref, q = test["segmentation"], test["referral"], test["quality"]

@@ -38,6 +38,7 @@ from torch import nn
 from segqc.bundle import Bundle, load_bundle
 from segqc.data.synthetic import make_synthetic
 from segqc.errors import BundleError, SegQCError
+from segqc.integrity import SIGNATURE_FILE, seal
 from segqc.networks.graphs import Normalize
 from segqc.runtime.onnx_backend import (
     EXPORT_FORMAT,
@@ -217,6 +218,7 @@ def export_onnx(
         "threshold": bundle.threshold,
         "threshold_rule": config.get("threshold_rule"),
         "failure_jaccard": config.get("failure_jaccard"),
+        "gate": config["gate"],
         "uncertainty_vmax": config.get("uncertainty_vmax"),
         "pipeline": config.get("pipeline"),
         "graphs": {
@@ -239,6 +241,7 @@ def export_onnx(
         "source": {
             "bundle": bundle.path.name,
             "sha256": config.get("sha256"),
+            "manifest_sha256": bundle.manifest_sha256,
             "created": config.get("created"),
         },
         "versions": _versions(),
@@ -246,6 +249,7 @@ def export_onnx(
         "sha256": sums,
     }
     # Check through the backend that serves the graphs; the manifest stays only if the check passes.
+    manifest = seal(manifest)
     write_json(out / MANIFEST, manifest)
     try:
         parity = _parity(bundle, load_onnx_model(out, device="cpu"), images, pred, seed)
@@ -259,7 +263,8 @@ def export_onnx(
             f"the ONNX graphs disagree with PyTorch beyond the tolerance {TOLERANCE}: largest differences "
             f"{parity['max_abs_diff']}; {out} holds no {MANIFEST}, so it cannot be used"
         )
-    write_json(out / MANIFEST, manifest)
+    write_json(out / MANIFEST, seal(manifest))
+    (out / SIGNATURE_FILE).unlink(missing_ok=True)  # a signature of an earlier export no longer holds
     return out
 
 

@@ -34,20 +34,21 @@ from typing import Any
 import numpy as np
 
 from segqc.errors import BundleError, SegQCError, UnknownNameError
-from segqc.model import ManifestModel, read_manifest_json
+from segqc.gate import gate_summary
+from segqc.model import ManifestModel, check_manifest, read_manifest_json, self_test
 from segqc.postprocess import batches, segment_batches
 from segqc.types import QualitySamples, SegPrediction
 from segqc.uncertainty import UncertaintyMethod, create_method
 
 #: Version of the export layout; :func:`load_onnx_model` refuses other versions.
-EXPORT_FORMAT = 2
+EXPORT_FORMAT = 3
 MANIFEST = "export.json"
 #: ONNX operator set of the exported graphs.
 OPSET = 18
 #: g's graph; f's graphs are named by their method.
 QUALITY_ROLE = "g"
 QUALITY_IO = (["images", "masks", "uncertainty"], ["quality"])
-REQUIRED_KEYS = ("format", "method", "image_size", "threshold", "graphs", "sha256")
+REQUIRED_KEYS = ("format", "method", "image_size", "threshold", "graphs", "sha256", "gate")
 ONNX_HINT = "ONNX support needs the onnx extra: pip install 'segqc[onnx]'"
 _ROLE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 
@@ -143,7 +144,12 @@ class OnnxModel(ManifestModel):
         """A JSON-able summary, like ``Bundle.metadata`` plus the backend and the measured parity."""
         keys = ("format", "method", "method_params", "predictor", "image_size", "threshold", "threshold_rule",
                 "failure_jaccard", "created", "versions", "parity", "opset", "exporter")  # fmt: skip
-        return {"backend": self.backend, **{k: self.config.get(k) for k in keys}}
+        return {
+            "backend": self.backend,
+            **{k: self.config.get(k) for k in keys},
+            "gate": gate_summary(self.config),
+            "manifest_sha256": self.manifest_sha256,
+        }
 
 
 def providers_for(device: str) -> list[str]:
@@ -188,7 +194,7 @@ def read_manifest(export_dir: str | Path) -> dict[str, Any]:
     for key in REQUIRED_KEYS:
         if key not in config:
             raise BundleError(f"{file}: export manifest lacks the key {key!r}")
-    graphs, size, threshold = config["graphs"], config["image_size"], config["threshold"]
+    graphs = config["graphs"]
     ok = isinstance(graphs, dict) and QUALITY_ROLE in graphs and len(graphs) >= 2
     ok = ok and all(
         isinstance(role, str) and _ROLE.match(role) and isinstance(spec, dict)
@@ -201,10 +207,9 @@ def read_manifest(export_dir: str | Path) -> dict[str, Any]:
             f"{file}: 'graphs' must map roles (including {QUALITY_ROLE!r}) to "
             "{'file': '<role>.onnx', 'inputs': [...], 'outputs': [...]}"
         )
-    if not isinstance(size, int) or isinstance(size, bool) or size < 16 or size % 16:
-        raise BundleError(f"{file}: image_size must be a positive multiple of 16, got {size!r}")
-    if not isinstance(threshold, (int, float)) or not 0.0 < threshold <= 1.0:
-        raise BundleError(f"{file}: threshold must be a number in (0, 1], got {threshold!r}")
+    check_manifest(config, file)
+    if not isinstance(config["sha256"], dict):
+        raise BundleError(f"{file}: 'sha256' must be a JSON object")
     if not isinstance(config.get("layout", {}), dict) or not isinstance(
         config.get("method_params", {}), dict
     ):
@@ -263,7 +268,10 @@ def load_onnx_model(
     runner = OnnxRunner({role: sessions[role] for role in f_graphs}, f_graphs)
     segmenter = OnnxSegmenter(runner, method, config.get("layout") or {}, seed=seed)
     predictor = OnnxQualityPredictor(sessions[QUALITY_ROLE], str(config.get("predictor", "")))
-    return OnnxModel(segmenter, predictor, config, path)
+    model = OnnxModel(segmenter, predictor, config, path)
+    self_test(model, path / MANIFEST)
+    segmenter.rng_ = np.random.default_rng(seed)  # the self-test drew from it: start afresh at the seed
+    return model
 
 
 def _check_signature(file: Path, spec: Mapping[str, Any], session: Any, role: str) -> None:
