@@ -15,6 +15,8 @@ from segqc.config import PipelineConfig
 from segqc.data.dataset import SegData
 from segqc.data.synthetic import make_synthetic
 from segqc.errors import BundleError, SegQCError
+from segqc.gate import fit_gate
+from segqc.integrity import seal
 from segqc.training import make_predictor, make_segmenter, quality_samples, train_bundle
 
 TINY = dict(image_size=32, base_width=4, quality_width=4, seg_epochs=1, quality_epochs=1, device="cpu")
@@ -29,8 +31,10 @@ def train_tiny_bundle(out: Path, n: int = 40) -> Bundle:
     images, masks, ids = make_synthetic(n, 32, seed=5)
     data = SegData(images, masks, ids)
     cut = n * 3 // 4
+    # One epoch each leaves g near constant, so the model fails its fitness check: forced, since the
+    # tests that use it are about files and mechanics, not about a useful g.
     return train_bundle((data.subset(range(cut)), data.subset(range(cut, n))), None, tiny_config(), out,
-                        progress=False)  # fmt: skip
+                        progress=False, force=True)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +48,19 @@ def fitted(tiny_data):
     return seg, g, test
 
 
+def tiny_gate(seg, g, train: SegData, heldout: SegData, threshold: float) -> dict:
+    """A gate learned like ``train_bundle`` does, on the given training and held-out images."""
+    train_samples = quality_samples(train, seg.predict(train.images))
+    held_samples = quality_samples(heldout, seg.predict(heldout.images))
+    return fit_gate(train_samples, held_samples, g.predict(held_samples), threshold, 0.7).to_config()
+
+
 @pytest.fixture(scope="module")
-def bundle_dir(fitted, tmp_path_factory) -> Path:
-    seg, g, _ = fitted
+def bundle_dir(fitted, tiny_data, tmp_path_factory) -> Path:
+    seg, g, test = fitted
+    gate = tiny_gate(seg, g, tiny_data[0], test, 0.65)
     return save_bundle(tmp_path_factory.mktemp("bundle") / "model", seg, g, image_size=32, threshold=0.65,
-                       extra={"data": {"source": "test", "train_ids": ["a", "b"]}})  # fmt: skip
+                       gate=gate, extra={"data": {"source": "test", "train_ids": ["a", "b"]}})  # fmt: skip
 
 
 @pytest.fixture()
@@ -57,10 +69,12 @@ def copy(bundle_dir, tmp_path) -> Path:
     return Path(shutil.copytree(bundle_dir, tmp_path / "copy"))
 
 
-def edit_config(path: Path, fn) -> None:
+def edit_config(path: Path, fn, *, reseal: bool = True) -> None:
+    """Change bundle.json; by default recompute its checksum too, as a deliberate tamperer would, so
+    that the test reaches the check of the field itself."""
     config = json.loads((path / "bundle.json").read_text())
     fn(config)
-    (path / "bundle.json").write_text(json.dumps(config))
+    (path / "bundle.json").write_text(json.dumps(seal(config) if reseal else config))
 
 
 def test_round_trip_gives_identical_predictions(fitted, bundle_dir):
@@ -138,11 +152,24 @@ def test_predictor_shape_mismatch_is_refused(copy):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda c: c.update(format=BUNDLE_FORMAT + 1), "format 2 is not supported"),
+        (lambda c: c.update(format=BUNDLE_FORMAT + 1), f"format {BUNDLE_FORMAT + 1} is not supported"),
         (lambda c: c.update(method="nope"), "unknown uncertainty method 'nope'"),
         (lambda c: c.update(predictor="nope"), "unknown quality predictor 'nope'"),
         (lambda c: c.update(threshold=1.5), "threshold"),
+        (lambda c: c.update(threshold=1e-300), "threshold"),
+        (lambda c: c.update(threshold=1.0), "threshold"),
+        (lambda c: c.update(threshold="0.7"), "threshold"),
         (lambda c: c.update(image_size=30), "image_size"),
+        (lambda c: c.update(image_size=10**9), "image_size"),
+        (lambda c: c.update(image_size=64), "trained with 32"),
+        (lambda c: c.update(method="mcdropout"), "'method' and 'segmenter.params.method' disagree"),
+        (lambda c: c["segmenter"].update(mean=[0.5]), "mean must be 3 finite numbers"),
+        (lambda c: c["segmenter"].update(std=[0.2, 0.0, 0.2]), "std must be 3 finite numbers > 0"),
+        (lambda c: c["segmenter"].update(std=["a", 1, 1]), "std must be 3 finite numbers > 0"),
+        (lambda c: c["gate"]["ood"].update(limit=-1), "ood.limit"),
+        (lambda c: c["gate"]["ood"].update(center=[0.0]), "center/scale/precision"),
+        (lambda c: c["gate"]["conformal"].update(margin="x"), "conformal.margin"),
+        (lambda c: c.pop("gate"), "lacks the key 'gate'"),
         (lambda c: c["segmenter"]["params"].update(bogus=1), "invalid 'segmenter' settings"),
     ],
 )
@@ -194,7 +221,9 @@ def test_train_bundle_fixed_threshold_with_test_metrics(tmp_path):
     assert bundle.threshold == 0.7 and bundle.config["threshold_rule"]["description"] == "fixed 0.7"
     metrics = bundle.config["test_metrics"]
     assert metrics["segmentation"]["n_images"] == 10 and 0 <= metrics["referral"]["referral_rate"] <= 1
-    assert len(bundle.config["data"]["train_ids"]) == 30 and bundle.metadata()["data"]["n_test"] == 10
+    data = bundle.config["data"]
+    assert len(data["train_ids"]) == 24 and len(data["calibration_ids"]) == 6  # 20 % held out for the gate
+    assert bundle.metadata()["data"]["n_test"] == 10
     assert load_bundle(tmp_path / "m").config == bundle.config
 
 
@@ -203,7 +232,7 @@ def test_target_failure_recall_is_met_on_the_held_out_images(tmp_path):
     images, masks, ids = make_synthetic(50, 32, seed=11)
     data = SegData(images, masks, ids)
     bundle = train_bundle(
-        data, None, tiny_config(), tmp_path / "m", target_failure_recall=recall, progress=False
+        data, None, tiny_config(), tmp_path / "m", target_failure_recall=recall, progress=False, force=True
     )
     rule = bundle.config["threshold_rule"]
     assert rule["kind"] == "target_failure_recall" and rule["target_recall"] == recall
@@ -233,6 +262,54 @@ def test_train_bundle_protocol_without_test_split(tmp_path, monkeypatch):
     ids = sorted(write_synthetic(tmp_path / "d", 12, 32, seed=4))
     (tmp_path / "split.json").write_text(json.dumps({"train": ids[:10]}))  # no "test" list
     split = tmp_path / "split.json"
-    bundle = train_bundle(tmp_path / "d", split, tiny_config(), tmp_path / "m", progress=False)
-    assert "test_metrics" not in bundle.config and bundle.config["data"]["train_ids"] == ids[:10]
-    assert bundle.metadata()["data"]["n_train"] == 10 and "n_test" not in bundle.metadata()["data"]
+    bundle = train_bundle(tmp_path / "d", split, tiny_config(), tmp_path / "m", progress=False, force=True)
+    data = bundle.config["data"]
+    assert (
+        "test_metrics" not in bundle.config
+        and sorted(data["train_ids"] + data["calibration_ids"]) == ids[:10]
+    )
+    assert bundle.metadata()["data"]["n_train"] == 8 and "n_test" not in bundle.metadata()["data"]
+
+
+def test_an_edited_manifest_is_refused_by_its_checksum(copy):
+    edit_config(copy, lambda c: c.update(threshold=0.01), reseal=False)
+    with pytest.raises(BundleError, match="manifest checksum mismatch"):
+        load_bundle(copy)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[" * 100_000 + "]" * 100_000, '{"format": 2, "threshold": ' + "1" * 5000 + "}", "\ud800"],
+)
+def test_hostile_json_is_a_bundle_error(copy, text):
+    (copy / "bundle.json").write_text(text, errors="surrogatepass")
+    with pytest.raises(BundleError):
+        load_bundle(copy)
+
+
+def test_non_finite_weights_are_refused_even_with_matching_checksums(copy):
+    import hashlib
+
+    from safetensors.torch import load, save
+
+    tensors = load((copy / "g.safetensors").read_bytes())
+    name = next(k for k, v in tensors.items() if v.is_floating_point())
+    tensors[name] = tensors[name].clone().fill_(float("nan"))
+    blob = save(tensors)
+    (copy / "g.safetensors").write_bytes(blob)
+    edit_config(copy, lambda c: c["sha256"].update({"g.safetensors": hashlib.sha256(blob).hexdigest()}))
+    with pytest.raises(BundleError, match="non-finite"):
+        load_bundle(copy)
+
+
+def test_unfit_model_is_refused_unless_forced(tmp_path):
+    """One epoch leaves g constant: train_bundle refuses to write it, or writes it marked unfit."""
+    images, masks, ids = make_synthetic(40, 32, seed=5)
+    data = SegData(images, masks, ids)
+    with pytest.raises(SegQCError, match="not fit to gate segmentations.*g is constant"):
+        train_bundle((data.subset(range(30)), data.subset(range(30, 40))), None, tiny_config(),
+                     tmp_path / "m", progress=False)  # fmt: skip
+    assert not (tmp_path / "m" / "bundle.json").exists()
+    bundle = train_tiny_bundle(tmp_path / "forced")
+    assert not bundle.fit and bundle.config["gate"]["fitness"]["forced"] is True
+    assert bundle.metadata()["gate"]["fitness"]["fit"] is False

@@ -118,10 +118,11 @@ def test_segqc_train_under_torchrun(small_folder, tmp_path):
         "--out",
         str(out),
         *TINY,
+        "--force",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     bundle = load_bundle(out)  # rank 0 wrote one complete, consistent bundle
-    assert bundle.config["data"]["n_train"] == 16
+    assert bundle.config["data"]["n_train"] + bundle.config["data"]["n_calibration"] == 16
     assert not list(out.glob(".*.tmp"))
 
 

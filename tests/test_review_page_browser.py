@@ -14,6 +14,7 @@ from PIL import Image
 from segqc.assess import assess_images
 from segqc.cli.predict import predict
 from segqc.data.synthetic import make_synthetic
+from segqc.integrity import seal
 from tests.test_bundle import train_tiny_bundle
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -35,7 +36,7 @@ def report(tmp_path_factory) -> tuple[Path, list[dict[str, str]]]:
     q = sorted(a.predicted_jaccard for a in assess_images(bundle, images))
     config = json.loads((root / "model" / "bundle.json").read_text())
     config["threshold"] = (q[3] + q[4]) / 2
-    (root / "model" / "bundle.json").write_text(json.dumps(config))
+    (root / "model" / "bundle.json").write_text(json.dumps(seal(config)))  # a deliberate change
     args = ["--model", str(root / "model"), "--out", str(root / "out"), "--quiet", str(root / "in")]
     result = CliRunner().invoke(predict, args)
     assert result.exit_code == 3, result.output

@@ -126,6 +126,7 @@ def save_bundle(
     image_size: int,
     gate: dict[str, Any],
     threshold: float = 0.7,
+    failure_jaccard: float = 0.7,
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write a bundle folder (created if needed; an existing bundle there is replaced).
@@ -140,6 +141,7 @@ def save_bundle(
         image_size: side of the square images f and g were trained on.
         gate: the gate's record (:meth:`segqc.gate.Gate.to_config`), checked before anything is written.
         threshold: refer a segmentation when its predicted Jaccard is below this. Defaults to 0.7.
+        failure_jaccard: true Jaccard below which a segmentation is a failure. Defaults to 0.7.
         extra: more ``bundle.json`` keys (``pipeline``, ``data``, ``threshold_rule``, ``test_metrics``,
             ``uncertainty_vmax``, ...). They cannot replace the keys written here.
 
@@ -172,6 +174,7 @@ def save_bundle(
         "predictor": predictor.name,
         "image_size": int(image_size),
         "threshold": float(threshold),
+        "failure_jaccard": float(failure_jaccard),
         "gate": gate,
         "segmenter": f_config,
         "predictor_config": g_config,
@@ -179,17 +182,9 @@ def save_bundle(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "sha256": sums,
     }
-    write_json(out / CONFIG_FILE, seal(json.loads(json.dumps(config, default=_plain))))
+    write_json(out / CONFIG_FILE, seal(config))
     (out / SIGNATURE_FILE).unlink(missing_ok=True)  # a signature of the replaced bundle no longer holds
     return out
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
 
 
 def _missing_key(config: dict[str, Any]) -> str | None:

@@ -176,7 +176,8 @@ def fit_gate(
     ``heldout_predicted``)."""
     from segqc.calibration import conformal_margin
 
-    detector = OODDetector.fit(image_features(train.images, train.masks, train.uncertainty))
+    features = image_features(train.images, train.masks, train.uncertainty)
+    detector = OODDetector.fit(features, image_size=int(train.images.shape[1]))
     detector.calibrate(image_features(heldout.images, heldout.masks, heldout.uncertainty), ood_alpha)
     conformal = conformal_margin(heldout_predicted, heldout.jaccard, bound_confidence)
     fitness = assess_fitness(heldout_predicted, heldout.jaccard, threshold, failure_jaccard)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from segqc.errors import BundleError, SegQCError
-from segqc.utils import atomic_write, write_json
+from segqc.utils import atomic_write, json_ready, write_json
 
 DIGEST_KEY = "manifest_sha256"
 SIGNATURE_FILE = "signature.json"
@@ -44,9 +44,12 @@ def manifest_digest(config: dict[str, Any]) -> str:
 
 
 def seal(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` with its ``manifest_sha256`` set (a new dict). Call on the JSON-ready manifest."""
-    # Round-trip through JSON first so that the digest is of exactly what a reader will parse.
-    plain = json.loads(json.dumps({k: v for k, v in config.items() if k != DIGEST_KEY}, allow_nan=False))
+    """``config`` as JSON values with its ``manifest_sha256`` set (a new dict).
+
+    The digest is of exactly what a reader will parse back: NumPy values become plain numbers and
+    NaN becomes null, as :func:`segqc.utils.write_json` writes them.
+    """
+    plain = json_ready({k: v for k, v in config.items() if k != DIGEST_KEY})
     return {**plain, DIGEST_KEY: manifest_digest(plain)}
 
 

@@ -145,6 +145,8 @@ def read_manifest_json(
     return config
 
 
+#: Smallest threshold a model may declare (below it nothing would be referred).
+MIN_THRESHOLD = 0.01
 #: Largest image side a model may declare (f and g run on S x S; 1024 is ~4x the paper's 224).
 MAX_IMAGE_SIZE = 1024
 
@@ -164,16 +166,23 @@ def check_manifest(config: dict[str, Any], file: Path) -> None:
     """Check every manifest field that can change a decision, on both backends; a ``BundleError``
     naming the file and the field otherwise.
 
-    Checks: the manifest checksum (:mod:`segqc.integrity`), ``threshold`` and ``failure_jaccard`` in
-    (0, 1), ``image_size`` a multiple of 16 up to :data:`MAX_IMAGE_SIZE` and equal to the training
-    pipeline's, ``method`` and ``predictor`` names that agree with the pipeline, a finite positive
-    ``uncertainty_vmax``, and the gate (out-of-distribution detector, conformal margin, fitness).
+    Checks: the manifest checksum (:mod:`segqc.integrity`), ``threshold`` in [0.01, 1) and equal to
+    its rule's, ``failure_jaccard`` in (0, 1), ``image_size`` a multiple of 16 up to
+    :data:`MAX_IMAGE_SIZE` and equal to the size the gate's statistics were learned at, ``method`` and
+    ``predictor`` names that agree with the pipeline, a finite positive ``uncertainty_vmax``, and the
+    gate (out-of-distribution detector, conformal margin, fitness).
     """
     from segqc.gate import Gate
     from segqc.integrity import check_seal
 
     check_seal(config, file)
-    threshold = _number(config, "threshold", 0.0, 1.0, file, open_high=True)
+    # Below 0.01 nothing is ever referred: not a gate, whatever the manifest says.
+    threshold = _number(config, "threshold", MIN_THRESHOLD, 1.0, file, open_low=False, open_high=True)
+    rule = config.get("threshold_rule")
+    if isinstance(rule, dict) and "threshold" in rule and rule["threshold"] != threshold:
+        raise BundleError(
+            f"{file}: 'threshold' {threshold!r} disagrees with its rule's {rule['threshold']!r}"
+        )
     _number(config, "failure_jaccard", 0.0, 1.0, file, open_high=True)
     size = config.get("image_size")
     if not isinstance(size, int) or isinstance(size, bool) or not 16 <= size <= MAX_IMAGE_SIZE or size % 16:
@@ -195,9 +204,13 @@ def check_manifest(config: dict[str, Any], file: Path) -> None:
     if config.get("uncertainty_vmax") is not None:
         _number(config, "uncertainty_vmax", 0.0, 1e6, file)
     try:
-        Gate.from_config(config.get("gate"), threshold)
+        gate = Gate.from_config(config.get("gate"), threshold)
     except ValueError as err:
         raise BundleError(f"{file}: {err}") from None
+    if gate.ood.image_size != size:
+        raise BundleError(
+            f"{file}: 'image_size' is {size} but the model was trained with {gate.ood.image_size}"
+        )
 
 
 def check_normalisation(mean: Any, std: Any, file: Path) -> None:

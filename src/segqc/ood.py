@@ -88,6 +88,7 @@ class OODDetector:
         limit: distances above it are out-of-distribution.
         alpha: the in-distribution referral rate the limit was set for.
         calibration: how the limit was set (held-out size, their flagged share).
+        image_size: side of the images the statistics were computed at (the model's ``image_size``).
     """
 
     center: np.ndarray
@@ -96,9 +97,10 @@ class OODDetector:
     limit: float = math.inf
     alpha: float = DEFAULT_ALPHA
     calibration: dict[str, Any] | None = None
+    image_size: int | None = None
 
     @classmethod
-    def fit(cls, features: np.ndarray) -> OODDetector:
+    def fit(cls, features: np.ndarray, image_size: int | None = None) -> OODDetector:
         """Fit the Gaussian on training features (``limit`` is set by :meth:`calibrate`)."""
         from sklearn.covariance import LedoitWolf
 
@@ -110,7 +112,8 @@ class OODDetector:
         center = features.mean(axis=0)
         z = (features - center) / scale
         covariance = LedoitWolf().fit(z).covariance_
-        return cls(center=center, scale=scale, precision=np.linalg.pinv(covariance, hermitian=True))
+        precision = np.linalg.pinv(covariance, hermitian=True)
+        return cls(center=center, scale=scale, precision=precision, image_size=image_size)
 
     def distance(self, features: np.ndarray) -> np.ndarray:
         """``(N,)`` Mahalanobis distances; NaN where a feature is not finite."""
@@ -157,6 +160,7 @@ class OODDetector:
             "limit": self.limit,
             "alpha": self.alpha,
             "calibration": self.calibration,
+            "image_size": self.image_size,
         }
 
     @classmethod
@@ -189,4 +193,7 @@ class OODDetector:
         for name, value, low, high in (("limit", limit, 0.0, 1e6), ("alpha", alpha, 0.0, 0.5)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value <= high:
                 raise ValueError(f"'ood.{name}' must be a number in ({low:g}, {high:g}], got {value!r}")
-        return cls(center, scale, precision, float(limit), float(alpha), config.get("calibration"))
+        size = config.get("image_size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"'ood.image_size' must be a positive integer, got {size!r}")
+        return cls(center, scale, precision, float(limit), float(alpha), config.get("calibration"), size)

@@ -261,7 +261,6 @@ def train_bundle(
 
     extra: dict[str, Any] = {
         "pipeline": cfg.to_dict(),
-        "failure_jaccard": cfg.threshold,
         # Heat maps share one colour scale: the largest uncertainty f showed on its training images.
         "uncertainty_vmax": float(train_samples.uncertainty.max()),
         "data": {

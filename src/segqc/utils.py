@@ -70,6 +70,11 @@ def write_json(path: str | Path, obj: Any) -> None:
         fh.write("\n")
 
 
+def json_ready(obj: Any) -> Any:
+    """``obj`` as plain JSON values, exactly as :func:`write_json` writes it (NaN and inf become None)."""
+    return json.loads(json.dumps(_finite(obj), default=_json_default, allow_nan=False))
+
+
 def _finite(obj: Any) -> Any:
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None

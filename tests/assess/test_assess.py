@@ -69,6 +69,16 @@ def test_bad_arrays_are_data_errors(bundle):
         assess_images(bundle, [np.zeros((8, 8, 3), np.uint8)], ["a", "b"])
 
 
+def accept_all_gate(threshold: float):
+    """A gate whose detector calls every input in-distribution (so only the other checks decide)."""
+    from segqc.gate import Gate
+    from segqc.ood import FEATURES, OODDetector
+
+    d = len(FEATURES)
+    detector = OODDetector(np.zeros(d), np.ones(d), np.zeros((d, d)), limit=1e6, image_size=16)
+    return Gate(threshold, detector, {"confidence": 0.9, "margin": 0.1, "n_heldout": 100, "guaranteed": True})
+
+
 class _NonFinite:
     """A model whose g (or f's map) gives NaN or infinity: the gate must refer, never pass."""
 
@@ -76,6 +86,7 @@ class _NonFinite:
 
     def __init__(self, quality: float, uncertainty: float = 0.0) -> None:
         self.quality, self.uncertainty = quality, uncertainty
+        self.gate = accept_all_gate(self.threshold)
 
     def segment(self, images):
         from segqc.types import SegPrediction
@@ -95,6 +106,7 @@ class _NonFinite:
 def test_non_finite_values_are_referred(quality, uncertainty):
     image = np.zeros((20, 20, 3), np.uint8)
     (result,) = assess_images(_NonFinite(quality, uncertainty), [image])
-    assert result.decision == "refer"
+    assert result.decision == "refer" and result.reason == "not finite" and result.jaccard_lower is None
     (control,) = assess_images(_NonFinite(0.95), [image])
-    assert control.decision == "pass"
+    assert control.decision == "pass" and control.reason == "ok"
+    assert control.jaccard_lower == pytest.approx(0.85)

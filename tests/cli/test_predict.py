@@ -232,7 +232,7 @@ def test_train_command_on_a_data_folder_writes_a_bundle_that_predict_uses(tmp_pa
         "--data", str(tmp_path / "d"), "--protocol", str(tmp_path / "split.json"),
         "--out", str(tmp_path / "m"),
         "--image-size", "32", "--seg-epochs", "1", "--quality-epochs", "1", "--base-width", "4", "--quiet",
-        "--device", "cpu", "--target-failure-recall", "0.9",
+        "--device", "cpu", "--target-failure-recall", "0.9", "--force",
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "m" / "bundle.json").read_text())

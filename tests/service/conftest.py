@@ -43,7 +43,7 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory, tiny_data) -> Path:
         image_size=32, base_width=4, quality_width=4, seg_epochs=1, quality_epochs=1, device="cpu"
     )
     out = tmp_path_factory.mktemp("service") / "model"
-    train_bundle(tiny_data[0], None, cfg, out, progress=False)
+    train_bundle(tiny_data[0], None, cfg, out, progress=False, force=True)  # 1 epoch: unfit, forced
     return out
 
 
