@@ -30,7 +30,7 @@ FEATURES = (
     "gradient", "laplacian", "coarse_std", "centre_minus_border", "gray_entropy",
     "uncertainty_mean", "uncertainty_p95", "mask_fraction", "mask_border",
 )  # fmt: skip
-KIND = "mahalanobis-image-stats-v1"
+KIND = "mahalanobis-image-stats-v2"
 #: Default share of in-distribution inputs referred as out-of-distribution.
 DEFAULT_ALPHA = 0.01
 
@@ -70,9 +70,12 @@ def image_features(images: np.ndarray, masks: np.ndarray, uncertainty: np.ndarra
     m = masks.astype(np.float64)
     mask_fraction = m.mean(axis=(1, 2))
     edge = np.concatenate([m[:, 0], m[:, -1], m[:, :, 0], m[:, :, -1]], axis=1).mean(axis=1)
+    # Scale-like statistics on a log scale: a flat frame (no texture at all) is then far from skin,
+    # not merely "a little less textured".
+    log = lambda v: np.log(np.asarray(v, np.float64) + 1e-3)  # noqa: E731
     columns = [
-        *rgb_mean.T, *rgb_std.T, *chroma.T, saturation, dark, bright, gradient, lap, coarse,
-        centre - border, entropy, u_mean, u_p95, mask_fraction, edge,
+        *rgb_mean.T, *log(rgb_std).T, *chroma.T, saturation, dark, bright, log(gradient), log(lap),
+        log(coarse), centre - border, entropy, u_mean, u_p95, mask_fraction, edge,
     ]  # fmt: skip
     return np.stack([np.asarray(c, np.float64) for c in columns], axis=1)
 

@@ -27,6 +27,7 @@ from segqc.cli.list_methods import list_methods
 from segqc.cli.options import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PARTIAL, EXIT_USAGE, Group
 from segqc.cli.predict import predict
 from segqc.cli.serve import serve
+from segqc.cli.sign import keygen, sign
 from segqc.cli.synth import synth
 from segqc.cli.train import train
 
@@ -48,7 +49,10 @@ def cli() -> None:
     """segqc: tell when a medical image segmentation has failed."""
 
 
-for _command in (demo, experiment, train, predict, export, serve, download_command, synth, list_methods):
+_COMMANDS = (
+    demo, experiment, train, predict, export, sign, keygen, serve, download_command, synth, list_methods
+)  # fmt: skip
+for _command in _COMMANDS:
     cli.add_command(_command)
 
 

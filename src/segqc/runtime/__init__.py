@@ -16,7 +16,12 @@ __all__ = ["Model", "load_model"]
 
 
 def load_model(
-    path: str | Path, *, device: str = "auto", threads: int | None = None, seed: int | None = None
+    path: str | Path,
+    *,
+    device: str = "auto",
+    threads: int | None = None,
+    seed: int | None = None,
+    trusted_key: str | Path | None = None,
 ) -> Model:
     """Open a model folder: a bundle (PyTorch) or an ONNX export, told apart by their manifest.
 
@@ -25,11 +30,18 @@ def load_model(
         device: ``auto``, ``cpu`` or ``cuda``. Defaults to ``auto``.
         threads: ONNX Runtime intra-op threads (ignored by PyTorch bundles). Defaults to its choice.
         seed: seed of stochastic read-outs (e.g. ``mcdropout``). Defaults to the model's training seed.
+        trusted_key: an Ed25519 public key (PEM): the model must carry a valid signature by it
+            (``segqc sign``), checked before anything else is read. Defaults to none (no signature needed).
 
     Raises:
-        BundleError: the folder is neither, or fails its checks.
+        BundleError: the folder is neither, fails its checks, or (with ``trusted_key``) is not signed
+            by that key.
     """
     folder = Path(path)
+    if trusted_key is not None:
+        from segqc.integrity import verify_signature
+
+        verify_signature(folder, trusted_key)
     if (folder / "export.json").is_file():
         from segqc.runtime.onnx_backend import load_onnx_model
 
