@@ -106,7 +106,7 @@ def predict(
         segqc predict --model model scans/ extra.png --out results
         segqc predict --model model-onnx scans/ --out results
     """
-    from segqc.assess import assess_files, collect_inputs
+    from segqc.assess import assess_files, check_output_folder, collect_inputs, output_lock
     from segqc.errors import DataError
     from segqc.runtime import load_model
 
@@ -114,13 +114,6 @@ def predict(
         raise BundleError(
             f"{model}: not {KINDS[backend]}, which --backend {backend} asks for ({MANIFESTS[backend]} not "
             "found); without --backend the folder decides"
-        )
-    given = {"device": device, "threads": threads, "seed": seed}
-    loaded = load_model(model, **{k: v for k, v in given.items() if v is not None})
-    if backend is not None and loaded.backend != backend:
-        raise BundleError(
-            f"{model}: --backend {backend} but the folder is {KINDS.get(loaded.backend, loaded.backend)}; "
-            "without --backend the folder decides"
         )
     try:
         paths = collect_inputs(inputs, exclude=out)
@@ -130,8 +123,17 @@ def predict(
         raise click.BadParameter(
             "no image files found (.jpg .jpeg .png .bmp .tif .tiff)", param_hint="INPUTS"
         )
-    options = {"batch_size": batch_size} if batch_size is not None else {}
-    summary = assess_files(loaded, paths, out, progress=not quiet, report=not no_report, **options)
+    # The folder is checked and held before the model is loaded: a bad or busy --out fails at once.
+    with output_lock(check_output_folder(out)):
+        given = {"device": device, "threads": threads, "seed": seed}
+        loaded = load_model(model, **{k: v for k, v in given.items() if v is not None})
+        if backend is not None and loaded.backend != backend:
+            kind = KINDS.get(loaded.backend, loaded.backend)
+            raise BundleError(
+                f"{model}: --backend {backend} but the folder is {kind}; without --backend the folder decides"
+            )
+        options = {"batch_size": batch_size} if batch_size is not None else {}
+        summary = assess_files(loaded, paths, out, progress=not quiet, report=not no_report, **options)
     n_ref = summary.n_referred
     click.echo(
         f"assessed {len(summary.assessed)} images, skipped {len(summary.skipped)} done before; "
