@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -63,21 +62,14 @@ def write_png(path: Path, array: np.ndarray) -> None:
 # -- CSV -----------------------------------------------------------------------------------------
 
 
-def _is_number(text: str) -> bool:
-    try:
-        return math.isfinite(float(text))
-    except ValueError:
-        return False
-
-
 def escape_cell(value: Any) -> str:
     """A text cell a spreadsheet will not run: a leading ``= + - @``, tab or CR gets a ``'`` (OWASP).
 
-    A finite number (``-0.5``) is left alone: it is no formula. A cell starting with ``'`` gets one
-    more, so :func:`unescape_cell` can always take exactly one away.
+    Only for text columns (numeric ones are written as they are, so ``-0.5`` stays a number). A cell
+    starting with ``'`` gets one more, so :func:`unescape_cell` can always take exactly one away.
     """
     text = "" if value is None else str(value)
-    if text and (text.startswith(FORMULA_CHARS) or text[0] == "'") and not _is_number(text):
+    if text.startswith((*FORMULA_CHARS, "'")):
         return "'" + text
     return text
 
