@@ -105,6 +105,17 @@ def unique_ids(paths: Sequence[Path]) -> list[str]:
     return assign_ids([str(p.resolve()) for p in paths], [p.stem for p in paths], {})
 
 
+class _Buffer(io.BytesIO):
+    """File bytes in memory that Pillow's messages name as the file (``'scan.png'``, not an address)."""
+
+    def __init__(self, data: bytes, path: Path) -> None:
+        super().__init__(data)
+        self._label = str(path)
+
+    def __repr__(self) -> str:
+        return repr(self._label)
+
+
 @dataclass
 class InputImage:
     """A decoded input: the pixels and the fingerprint of the exact bytes they were decoded from."""
@@ -126,13 +137,13 @@ def load_input(path: Path) -> InputImage:
         raise DataError(f"{path}: cannot read file ({err.strerror or err})") from None
     digest = hashlib.sha256(data).hexdigest()
     try:
-        return InputImage(_decode(io.BytesIO(data), path), digest)
+        return InputImage(_decode(_Buffer(data, path), path), digest)
     except DataError as err:
         err.sha256 = digest  # type: ignore[attr-defined]
         raise
 
 
-def _decode(source: Path | io.BytesIO, path: Path) -> np.ndarray:
+def _decode(source: Path | _Buffer, path: Path) -> np.ndarray:
     try:
         img = open_image(source, str(path))
         frames = getattr(img, "n_frames", 1)

@@ -141,7 +141,7 @@ def check_output_folder(out: str | Path) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=out, prefix=".segqc-probe.", suffix=".tmp")
         os.close(fd)
-        os.unlink(tmp)
+        Path(tmp).unlink(missing_ok=True)
     except OSError as err:
         raise SegQCError(f"{out}: cannot write there ({err.strerror or err})") from None
     for name in OUTPUT_DIRS:
