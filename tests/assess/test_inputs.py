@@ -11,13 +11,12 @@ from segqc.errors import DataError
 from tests.conftest import write_rgb
 
 
-def test_unique_ids_keep_stems_and_hash_clashes(tmp_path):
+def test_unique_ids_keep_stems_and_hash_later_clashes(tmp_path):
     paths = [tmp_path / "a.png", tmp_path / "x" / "a.jpg", tmp_path / "b.png", tmp_path / "B.tif"]
     ids = unique_ids(paths)
-    assert ids[0].startswith("a-") and ids[1].startswith("a-") and ids[0] != ids[1]
-    assert ids[2].startswith("b-") and ids[3].startswith("B-")  # clash ignoring case
-    assert all(len(i.split("-")[-1]) == 8 for i in ids)
-    assert unique_ids(paths) == ids  # stable across runs
+    assert ids[0] == "a" and ids[1].startswith("a-") and ids[2] == "b" and ids[3].startswith("B-")
+    assert all(len(i.split("-")[-1]) == 8 for i in ids[1::2])  # clash ignoring case
+    assert unique_ids(paths) == ids  # deterministic
     assert unique_ids([tmp_path / "été.png", tmp_path / "c.png"]) == ["été", "c"]
 
 
@@ -39,3 +38,44 @@ def test_collect_inputs_files_folders_globs(tmp_path):
     with pytest.raises(DataError, match="no file matches"):
         collect_inputs([str(tmp_path / "*.bmp")])
     assert collect_inputs([Path(tmp_path / "d" / ".hidden")]) == [tmp_path / "d" / ".hidden" / "three.png"]
+
+
+def test_output_folders_are_never_inputs(tmp_path):
+    """An earlier run's output folder inside the input folder is skipped, whatever it is called."""
+    d = tmp_path / "d"
+    write_rgb(d / "patient.png")
+    old = d / "results-2023"  # an earlier --out, not this run's
+    write_rgb(old / "masks" / "patient.png")
+    write_rgb(old / "overlays" / "patient.png")
+    (old / "run.json").write_text('{"written_by": "segqc predict"}')
+    legacy = d / "legacy"  # an older segqc: no marker in run.json, but its quality.csv and folders
+    write_rgb(legacy / "uncertainty" / "x.png")
+    (legacy / "quality.csv").write_text("id,predicted_jaccard,decision\n")
+    mine = d / "mine"  # a user's folder that merely has masks/ and a quality.csv of their own
+    write_rgb(mine / "masks" / "m.png")
+    (mine / "quality.csv").write_text("name,score\n")
+    found = collect_inputs([d])
+    assert sorted(p.relative_to(d).as_posix() for p in found) == ["mine/masks/m.png", "patient.png"]
+    assert [p.name for p in collect_inputs([str(d / "**" / "*.png")])] == ["m.png", "patient.png"]
+    with pytest.raises(DataError, match="segqc output folder"):
+        collect_inputs([old / "masks" / "patient.png"])
+    with pytest.raises(DataError, match="segqc output folder"):
+        collect_inputs([old])
+
+
+def test_multi_frame_files_are_refused(tmp_path):
+    from PIL import Image
+
+    from segqc.assess.inputs import load_input, read_input
+
+    frames = [Image.new("RGB", (8, 8), (i * 60, 0, 0)) for i in range(3)]
+    frames[0].save(tmp_path / "stack.tif", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    for name in ("stack.tif", "anim.gif"):
+        with pytest.raises(DataError, match="3 frames"):
+            read_input(tmp_path / name)
+        with pytest.raises(DataError, match="3 frames") as info:
+            load_input(tmp_path / name)
+        assert len(info.value.sha256) == 64  # the bytes were read: the audit log can name them
+    single = load_input(write_rgb(tmp_path / "one.tif", fmt="TIFF"))
+    assert single.rgb.shape == (30, 40, 3) and len(single.sha256) == 64

@@ -11,16 +11,21 @@ from segqc.assess.folder import (
     write_png,
 )
 from segqc.assess.inputs import collect_inputs, read_input, unique_ids
+from segqc.assess.lock import OutputInUseError, output_lock
+from segqc.assess.outputs import check_output_folder
 
 __all__ = [
     "ERROR_COLUMNS",
     "OUTPUT_DIRS",
     "QUALITY_COLUMNS",
     "Assessment",
+    "OutputInUseError",
     "PredictSummary",
     "assess_files",
     "assess_images",
+    "check_output_folder",
     "collect_inputs",
+    "output_lock",
     "read_input",
     "unique_ids",
     "write_png",

@@ -1,40 +1,46 @@
 """Files in, files out: what ``segqc predict`` does. Assess image files and write a resumable output folder
-(masks, uncertainty heat maps, overlays, ``quality.csv``, ``errors.csv``, ``run.json``, ``report.html``).
+(masks, uncertainty heat maps, overlays, ``quality.csv``, ``errors.csv``, ``audit.jsonl``, ``run.json``,
+``report.html``). The files themselves are written by :mod:`segqc.assess.outputs`.
 
 Works with any loaded :class:`~segqc.runtime.Model`; imports no torch itself.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
+import time
+import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image
 from tqdm.auto import tqdm
 
 from segqc.assess.assess import Assessment, assess_images
-from segqc.assess.inputs import collect_inputs, read_input, unique_ids
+from segqc.assess.ids import assign_ids, id_key, safe_id
+from segqc.assess.inputs import collect_inputs, load_input, read_input
+from segqc.assess.lock import output_lock
+from segqc.assess.outputs import (
+    AUDIT_FILE,
+    ERROR_COLUMNS,
+    LEGACY_QUALITY_COLUMNS,
+    OUTPUT_DIRS,
+    QUALITY_COLUMNS,
+    check_output_folder,
+    check_run_file,
+    clean_temporaries,
+    done,
+    read_csv,
+    write_csv,
+    write_png,
+)
+from segqc.audit import AuditLog
 from segqc.errors import DataError, SegQCError
-from segqc.utils import atomic_write, write_json
 
 if TYPE_CHECKING:
     from segqc.assess.review_page import ReviewCase
     from segqc.runtime import Model
-
-#: Columns of ``quality.csv``, one row per assessed image.
-QUALITY_COLUMNS = ("id", "predicted_jaccard", "decision", "threshold", "mean_uncertainty", "source")
-#: Columns of ``errors.csv``, one row per input that could not be read.
-ERROR_COLUMNS = ("id", "source", "reason")
-#: Per-image output folders: binary mask (0/255), uncertainty heat map, mask overlay; all PNG.
-OUTPUT_DIRS = ("masks", "uncertainty", "overlays")
-RUN_FILE = "run.json"
-PNG_COMPRESS_LEVEL = 3
 
 __all__ = [
     "ERROR_COLUMNS",
@@ -47,41 +53,6 @@ __all__ = [
 ]
 
 
-def _png_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    # Level 3 (not Pillow's 6): about twice as fast on 12-megapixel overlays, files ~20 % larger.
-    Image.fromarray(array).save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return buf.getvalue()
-
-
-def write_png(path: Path, array: np.ndarray) -> None:
-    """Write a PNG via a temporary file, so the file is either complete or absent."""
-    with atomic_write(path) as fh:
-        fh.write(_png_bytes(array))
-
-
-def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    with atomic_write(path) as fh:
-        fh.write(text.getvalue().encode("utf-8", "surrogateescape"))
-
-
-def _read_csv(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
-    try:
-        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as fh:
-            reader = csv.DictReader(fh)
-            if tuple(reader.fieldnames or ()) != tuple(columns):
-                raise SegQCError(
-                    f"{path}: not a segqc output (columns {reader.fieldnames}, expected {columns})"
-                )
-            return list(reader)
-    except (OSError, csv.Error, UnicodeError) as err:
-        raise SegQCError(f"{path}: cannot read ({err})") from None
-
-
 @dataclass
 class PredictSummary:
     """What :func:`assess_files` did.
@@ -90,8 +61,9 @@ class PredictSummary:
         out: the output folder.
         assessed: ids assessed in this run.
         skipped: ids skipped because an earlier run into the same folder had done them.
-        errors: ``(id, source, reason)`` of the inputs that could not be read.
+        errors: ``(id, source, reason)`` of the inputs that could not be assessed in this run.
         rows: every row of ``quality.csv`` (this run's and earlier ones').
+        all_errors: every row of ``errors.csv`` (this run's, and earlier ones' not assessed since).
         report: path of ``report.html``.
     """
 
@@ -100,6 +72,7 @@ class PredictSummary:
     skipped: list[str]
     errors: list[dict[str, str]]
     rows: list[dict[str, Any]]
+    all_errors: list[dict[str, str]] = field(default_factory=list)
     report: Path | None = None
 
     @property
@@ -107,41 +80,44 @@ class PredictSummary:
         return sum(r["decision"] == "refer" for r in self.rows)
 
 
-def _done(out: Path, id_: str) -> bool:
-    return all((out / d / f"{id_}.png").is_file() for d in OUTPUT_DIRS)
-
-
-def _check_run_file(out: Path, model: Model) -> None:
-    """Refuse to mix the outputs of two models in one folder; record the model on first use."""
-    run_file = out / RUN_FILE
-    weights = model.config.get("sha256")
-    if run_file.is_file():
-        try:
-            previous = json.loads(run_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise SegQCError(f"{run_file}: cannot read ({err})") from None
-        if previous.get("weights_sha256") != weights or previous.get("threshold") != model.threshold:
-            raise SegQCError(
-                f"{out} holds the results of another model ({previous.get('model')}); "
-                "choose another --out folder, or delete this one"
-            )
-        return
-    if (out / "quality.csv").exists():
-        raise SegQCError(f"{out}: has a quality.csv but no {RUN_FILE}; not a segqc predict folder")
-    write_json(
-        run_file,
-        {"model": str(model.path.resolve()), "weights_sha256": weights, "threshold": model.threshold,
-         "method": model.method, "image_size": model.image_size,
-         "backend": model.backend},
-    )  # fmt: skip
-
-
-def _clean_temporaries(out: Path) -> None:
-    """Remove temporary files a killed run may have left (``atomic_write`` names them ``.<name>.*.tmp``)."""
-    for folder in (out, *(out / d for d in OUTPUT_DIRS)):
-        if folder.is_dir():
-            for tmp in folder.glob(".*.tmp"):
-                tmp.unlink(missing_ok=True)
+def _plan(
+    out: Path,
+    paths: Sequence[Path],
+    ids: Sequence[str] | None,
+    rows: dict[str, dict[str, Any]],
+    errors: dict[str, dict[str, str]],
+) -> tuple[list[str], list[str]]:
+    """The resolved source and the id of each path; drops the folder's rows that the new ids replace."""
+    sources = [str(p.resolve()) for p in paths]  # absolute, so a re-run from elsewhere still matches
+    if len(set(sources)) != len(sources):
+        raise DataError("the same file is listed twice")
+    here = set(sources)
+    recorded: dict[str, str] = {}
+    for row in [*errors.values(), *rows.values()]:  # a quality row wins over an error row
+        # An id an older segqc gave unsafely is kept only if its files are there (nothing to redo).
+        if row["source"] in here and (safe_id(row["id"]) == row["id"] or done(out, row["id"])):
+            recorded[row["source"]] = row["id"]
+    # Every other row keeps its id: no input of this run may take it.
+    others = [r for r in [*errors.values(), *rows.values()] if r["source"] not in here]
+    owner = {id_key(r["id"]): r["source"] for r in others}
+    if ids is None:
+        ids = assign_ids(sources, [p.stem for p in paths], recorded, taken=owner)
+    else:
+        ids = [str(i) for i in ids]
+        if len(ids) != len(paths):
+            raise DataError(f"got {len(paths)} paths but {len(ids)} ids")
+        for id_, source in zip(ids, sources):
+            if safe_id(id_) != id_:
+                raise DataError(f"id {id_!r} is not safe as a file name (safe: {safe_id(id_)!r})")
+            if owner.get(id_key(id_), source) != source:
+                raise DataError(f"id {id_!r} is taken by {owner[id_key(id_)] or 'another row'} in {out}")
+            owner[id_key(id_)] = source
+    mine = dict(zip(sources, ids))
+    for table in (rows, errors):  # a row of one of these inputs under another id: superseded
+        for key, row in list(table.items()):
+            if row["source"] in mine and mine[row["source"]] != row["id"]:
+                del table[key]
+    return sources, ids
 
 
 def assess_files(
@@ -158,71 +134,107 @@ def assess_files(
 
     Writes, for each image, ``masks/<id>.png`` (0/255 at the image's own resolution),
     ``uncertainty/<id>.png`` (heat map) and ``overlays/<id>.png``; one row per image in
-    ``quality.csv`` (:data:`QUALITY_COLUMNS`); the inputs that cannot be read in ``errors.csv``
-    (:data:`ERROR_COLUMNS`, always written); the model used in ``run.json``; and ``report.html``.
+    ``quality.csv`` (:data:`QUALITY_COLUMNS`); the inputs that cannot be assessed in ``errors.csv``
+    (:data:`ERROR_COLUMNS`, always written); one JSON line per decision or error in ``audit.jsonl``
+    (:mod:`segqc.audit`, appended, never rewritten); the model used in ``run.json``; and ``report.html``.
 
-    Every file is written to a temporary file and renamed, and ``quality.csv`` is rewritten after
-    each batch, so an interrupted run leaves only complete files. A re-run into the same folder
-    skips the images already in ``quality.csv`` (same id and source) whose three images exist.
+    The folder accumulates: ``quality.csv`` holds every image any run into it assessed, once, and
+    ``errors.csv`` every input that failed and has not been assessed since. Ids are unique in the
+    folder and a file keeps its id in every run (:mod:`segqc.assess.ids`). Every file is written to a
+    temporary file and renamed, and the tables are rewritten after each batch, so an interrupted run
+    leaves only complete files. A re-run skips the images already in ``quality.csv`` whose three
+    images exist. One run at a time holds the folder (:mod:`segqc.assess.lock`).
 
     Args:
         model: a loaded model (:func:`segqc.runtime.load_model`).
         paths: image files (see :func:`collect_inputs`).
         out_dir: output folder, created if needed.
-        ids: one id per path. Defaults to :func:`unique_ids`.
+        ids: one id per path, each safe as a file name. Defaults to :mod:`segqc.assess.ids`' ids.
         batch_size: images decoded and assessed together. Defaults to 16.
         progress: show a progress bar. Defaults to True.
         report: write ``report.html``. Defaults to True.
 
     Raises:
-        SegQCError: ``out_dir`` holds results of another model, or its ``quality.csv`` is not ours.
+        SegQCError: ``out_dir`` cannot be written, another run is using it
+            (:class:`~segqc.assess.lock.OutputInUseError`), it holds results of another model, or its
+            tables are not ours.
+        DataError: a path is listed twice, or ``ids`` are unsafe, repeated or taken.
     """
+    out = check_output_folder(out_dir)
+    with output_lock(out):
+        return _assess_locked(model, paths, out, ids, batch_size, progress, report)
+
+
+def _assess_locked(
+    model: Model, paths: Sequence[Path], out: Path, ids: Sequence[str] | None, batch_size: int,
+    progress: bool, report: bool,
+) -> PredictSummary:  # fmt: skip
     from segqc.assess.review_page import ReviewCase, thumbnail, write_review_page
     from segqc.visualize import heatmap, mask_overlay
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ids = unique_ids(paths) if ids is None else list(ids)
-    if len(ids) != len(paths):
-        raise DataError(f"got {len(paths)} paths but {len(ids)} ids")
-    _check_run_file(out, model)
-    _clean_temporaries(out)
-    quality_csv = out / "quality.csv"
-    rows: dict[str, dict[str, Any]] = {}
-    if quality_csv.is_file():
-        rows = {r["id"]: r for r in _read_csv(quality_csv, QUALITY_COLUMNS)}
-    sources = [str(p.resolve()) for p in paths]  # absolute, so a re-run from elsewhere still matches
+    check_run_file(out, model)
+    clean_temporaries(out)
+    try:
+        audit = AuditLog(out / AUDIT_FILE)
+    except OSError as err:
+        reason = err.strerror or err
+        raise SegQCError(f"{out / AUDIT_FILE}: cannot append to the audit log ({reason})") from None
+    quality_csv, errors_csv = out / "quality.csv", out / "errors.csv"
+    rows = {r["id"]: r for r in read_csv(quality_csv, QUALITY_COLUMNS, [LEGACY_QUALITY_COLUMNS])}
+    old_errors = {r["source"] or r["id"]: r for r in read_csv(errors_csv, ERROR_COLUMNS)}
+    sources, ids = _plan(out, paths, ids, rows, old_errors)
     todo, skipped = [], []
     for k, (id_, source) in enumerate(zip(ids, sources)):
         row = rows.get(id_)
-        if row is not None and row["source"] == source and _done(out, id_):
+        if row is not None and row["source"] == source and done(out, id_):
             skipped.append(id_)
+            old_errors.pop(source, None)
         else:
             rows.pop(id_, None)  # stale or partial: redone below
             todo.append(k)
 
+    run_id, model_sha = uuid.uuid4().hex, model.manifest_sha256
     vmax = model.uncertainty_vmax
     cases: dict[str, ReviewCase] = {}
     errors: list[dict[str, str]] = []
     assessed: list[str] = []
+
+    def log(k: int, **fields: Any) -> None:
+        audit.record(request_id=f"{run_id}/{ids[k]}", source=str(paths[k]), model_sha256=model_sha, **fields)
+
     with tqdm(total=len(todo), desc="assess", unit="image", disable=not progress) as bar:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
-            images, good = [], []
+            began = time.perf_counter()
+            images, digests, good = [], [], []
             for k in chunk:
                 try:
-                    images.append(read_input(paths[k]))
-                    good.append(k)
+                    loaded = load_input(paths[k])
                 except DataError as err:
-                    errors.append({"id": ids[k], "source": sources[k], "reason": str(err)})
+                    error = {"id": ids[k], "source": sources[k], "reason": str(err)}
+                    errors.append(error)
+                    old_errors[sources[k]] = error
+                    log(k, input_sha256=getattr(err, "sha256", None), image_size=None,
+                        predicted_jaccard=None, jaccard_lower=None, decision="error", reason=str(err),
+                        latency_ms=None)  # fmt: skip
+                    continue
+                images.append(loaded.rgb)
+                digests.append(loaded.sha256)
+                good.append(k)
             results = assess_images(model, images, [ids[k] for k in good], batch_size=batch_size)
-            for k, rgb, a in zip(good, images, results):
+            latency = (time.perf_counter() - began) * 1000 / max(len(chunk), 1)
+            for k, rgb, digest, a in zip(good, images, digests, results):
+                # Logged before the decision reaches quality.csv: no decision is ever shown unlogged.
+                log(k, input_sha256=digest, image_size=list(rgb.shape[:2]),
+                    predicted_jaccard=a.predicted_jaccard, jaccard_lower=a.jaccard_lower,
+                    decision=a.decision, reason=a.reason, latency_ms=round(latency, 3))  # fmt: skip
                 uncertainty_rgb = heatmap(a.uncertainty, vmax)
                 overlay = mask_overlay(rgb, a.mask)
                 write_png(out / "masks" / f"{a.id}.png", a.mask * np.uint8(255))
                 write_png(out / "uncertainty" / f"{a.id}.png", uncertainty_rgb)
                 write_png(out / "overlays" / f"{a.id}.png", overlay)
                 rows[a.id] = {**_format_row(a), "source": sources[k]}
+                old_errors.pop(sources[k], None)
                 assessed.append(a.id)
                 if report:
                     cases[a.id] = ReviewCase(
@@ -230,12 +242,12 @@ def assess_files(
                         uncertainty=thumbnail(uncertainty_rgb),
                     )  # fmt: skip
             bar.update(len(chunk))
-            _write_csv(quality_csv, QUALITY_COLUMNS, list(rows.values()))
-            _write_csv(out / "errors.csv", ERROR_COLUMNS, errors)
-    _write_csv(quality_csv, QUALITY_COLUMNS, list(rows.values()))
-    _write_csv(out / "errors.csv", ERROR_COLUMNS, errors)
+            write_csv(quality_csv, QUALITY_COLUMNS, list(rows.values()))
+            write_csv(errors_csv, ERROR_COLUMNS, list(old_errors.values()))
+    write_csv(quality_csv, QUALITY_COLUMNS, list(rows.values()))
+    write_csv(errors_csv, ERROR_COLUMNS, list(old_errors.values()))
 
-    summary = PredictSummary(out, assessed, skipped, errors, list(rows.values()))
+    summary = PredictSummary(out, assessed, skipped, errors, list(rows.values()), list(old_errors.values()))
     if report:
         for id_, row in rows.items():
             if id_ not in cases:
@@ -244,7 +256,7 @@ def assess_files(
         summary.report = write_review_page(
             out / "report.html",
             list(cases.values()),
-            errors=[(e["source"], e["reason"]) for e in errors],
+            errors=[(e["source"], e["reason"]) for e in old_errors.values()],
             title="segqc review",
             subtitle=f"model {model.path.name}: method {model.method}, refer when predicted Jaccard < "
             f"{model.threshold:g}" + (f" ({rule})" if rule else ""),
@@ -257,6 +269,8 @@ def _format_row(a: Assessment) -> dict[str, Any]:
         "id": a.id,
         "predicted_jaccard": f"{a.predicted_jaccard:.6f}",
         "decision": a.decision,
+        "reason": a.reason,
+        "jaccard_lower": "" if a.jaccard_lower is None else f"{a.jaccard_lower:.6f}",
         "threshold": f"{a.threshold:g}",
         "mean_uncertainty": f"{a.mean_uncertainty:.6f}",
     }

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import glob
 import hashlib
-from collections import Counter
+import io
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from segqc.assess.ids import assign_ids
+from segqc.assess.outputs import is_output_folder
 from segqc.data.readers import IMAGE_EXTENSIONS, open_image, to_rgb
 from segqc.errors import DataError
 
 _GLOB_CHARS = frozenset("*?[")
+
+
+def _is_image_name(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
 def collect_inputs(inputs: Sequence[str | Path], *, exclude: str | Path | None = None) -> list[Path]:
@@ -22,36 +30,58 @@ def collect_inputs(inputs: Sequence[str | Path], *, exclude: str | Path | None =
     Folders contribute files with a known image extension (``.jpg .jpeg .png .bmp .tif .tiff``, any
     case), skipping hidden files and folders; a file named explicitly is taken whatever its name.
     Patterns (``*``, ``?``, ``[...]``, ``**``) are expanded here too, for quoted patterns. A file
-    reached twice is listed once; anything under ``exclude`` (the output folder) is skipped.
+    reached twice is listed once. Anything under ``exclude`` (this run's output folder) or inside any
+    ``segqc predict`` output folder (:func:`~segqc.assess.outputs.is_output_folder`: an earlier run's
+    masks and overlays are not patient images) is skipped.
 
     Raises:
-        DataError: an input is neither a file, a folder nor a pattern matching something.
+        DataError: an input is neither a file, a folder nor a pattern matching something, or it is
+            named explicitly but lies in a segqc output folder.
     """
     skip = Path(exclude).resolve() if exclude is not None else None
     found: dict[Path, Path] = {}
+    marked: dict[Path, bool] = {}
 
-    def add(path: Path) -> None:
-        resolved = path.resolve()
+    def output_folder(folder: Path) -> bool:
+        if folder not in marked:
+            marked[folder] = is_output_folder(folder)
+        return marked[folder]
+
+    def excluded(resolved: Path) -> Path | None:
+        """The output folder ``resolved`` lies in, if any."""
         if skip is not None and resolved.is_relative_to(skip):
-            return
-        found.setdefault(resolved, path)
+            return skip
+        return next((p for p in (resolved, *resolved.parents) if output_folder(p)), None)
 
-    def add_folder(folder: Path) -> None:
-        for path in sorted(folder.rglob("*")):
-            parts = path.relative_to(folder).parts
-            if (
-                path.suffix.lower() in IMAGE_EXTENSIONS
-                and path.is_file()
-                and not any(p.startswith(".") for p in parts)
-            ):
+    def add(path: Path, explicit: bool = False) -> None:
+        resolved = path.resolve()
+        folder = excluded(resolved.parent)
+        if folder is None:
+            found.setdefault(resolved, path)
+        elif explicit:
+            raise DataError(f"{path}: lies in a segqc output folder ({folder}); not taken as an input")
+
+    def add_folder(folder: Path, explicit: bool = False) -> None:
+        where = excluded(folder.resolve())
+        if where is not None:
+            if explicit:
+                raise DataError(f"{folder}: is or lies in a segqc output folder ({where}); not an input")
+            return
+        files = []
+        for root, dirs, names in os.walk(folder):
+            here = Path(root)
+            dirs[:] = [d for d in dirs if not d.startswith(".") and excluded((here / d).resolve()) is None]
+            files += [here / n for n in names if not n.startswith(".") and _is_image_name(n)]
+        for path in sorted(files):
+            if path.is_file():
                 add(path)
 
     for raw in inputs:
         path = Path(raw)
         if path.is_dir():
-            add_folder(path)
+            add_folder(path, explicit=True)
         elif path.is_file():
-            add(path)
+            add(path, explicit=True)
         elif _GLOB_CHARS & set(str(raw)):
             matches = sorted(glob.glob(str(raw), recursive=True))
             if not matches:
@@ -67,33 +97,70 @@ def collect_inputs(inputs: Sequence[str | Path], *, exclude: str | Path | None =
 
 
 def unique_ids(paths: Sequence[Path]) -> list[str]:
-    """One id per path: the file stem, or, when stems clash, the stem plus ``-`` and 8 hex digits of
-    the SHA-1 of the absolute path (more digits if still clashing).
-
-    Stems are compared ignoring case, because outputs ``masks/<id>.png`` must not collide on
-    case-insensitive file systems. The ids depend only on the set of paths, so a re-run gets the
-    same ids.
+    """One id per path, as :func:`~segqc.assess.assess_files` gives them in a new output folder: the
+    file stem made safe (:func:`~segqc.assess.ids.safe_id`), or, for a later file whose stem clashes
+    (ignoring case) with an earlier one, the stem plus ``-`` and 8 hex digits of the SHA-256 of its
+    resolved path. See :mod:`segqc.assess.ids`.
     """
-
-    def digest(path: Path) -> str:
-        return hashlib.sha1(str(path.resolve()).encode("utf-8", "surrogateescape")).hexdigest()
-
-    ids = [p.stem for p in paths]
-    for length in (8, 16, 40):
-        counts = Counter(i.casefold() for i in ids)
-        clashing = [k for k, i in enumerate(ids) if counts[i.casefold()] > 1]
-        if not clashing:
-            break
-        for k in clashing:
-            ids[k] = f"{paths[k].stem}-{digest(paths[k])[:length]}"
-    return ids
+    return assign_ids([str(p.resolve()) for p in paths], [p.stem for p in paths], {})
 
 
-def read_input(path: Path) -> np.ndarray:
-    """Decode an input file as ``(H, W, 3)`` uint8 RGB (any mode, EXIF-rotated); DataError if it can't."""
+class _Buffer(io.BytesIO):
+    """File bytes in memory that Pillow's messages name as the file (``'scan.png'``, not an address)."""
+
+    def __init__(self, data: bytes, path: Path) -> None:
+        super().__init__(data)
+        self._label = str(path)
+
+    def __repr__(self) -> str:
+        return repr(self._label)
+
+
+@dataclass
+class InputImage:
+    """A decoded input: the pixels and the fingerprint of the exact bytes they were decoded from."""
+
+    rgb: np.ndarray
+    sha256: str
+
+
+def load_input(path: Path) -> InputImage:
+    """Read ``path`` once, hash its bytes and decode those same bytes (:func:`read_input`'s rules).
+
+    Raises:
+        DataError: the file cannot be read or decoded, or it holds more than one frame. The error
+            carries the SHA-256 of the bytes as ``sha256`` when they could be read.
+    """
     try:
-        return to_rgb(open_image(path, str(path)))
+        data = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read file ({err.strerror or err})") from None
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        return InputImage(_decode(_Buffer(data, path), path), digest)
+    except DataError as err:
+        err.sha256 = digest  # type: ignore[attr-defined]
+        raise
+
+
+def _decode(source: Path | _Buffer, path: Path) -> np.ndarray:
+    try:
+        img = open_image(source, str(path))
+        frames = getattr(img, "n_frames", 1)
+        if frames > 1:
+            # Fail closed: assessing only the first frame would pass images nobody looked at.
+            raise DataError(
+                f"{path}: holds {frames} frames (a multi-frame GIF, TIFF or similar); segqc assesses "
+                "single images: save each frame as its own file"
+            )
+        return to_rgb(img)
     except DataError:
         raise
     except Exception as err:  # Pillow raises many types on corrupt files; one bad file must not stop a run
         raise DataError(f"{path}: cannot read image ({type(err).__name__}: {err})") from None
+
+
+def read_input(path: Path) -> np.ndarray:
+    """Decode an input file as ``(H, W, 3)`` uint8 RGB (any mode, EXIF-rotated); DataError if it can't,
+    or if it holds more than one frame (fail closed: never assess only the first frame of a stack)."""
+    return _decode(path, path)

@@ -77,22 +77,27 @@ def predict(
 ) -> None:
     """Segment images, predict the quality of each segmentation, and flag those to refer.
 
-    INPUTS are image files, folders (searched recursively; hidden files and OUT are skipped) or
-    glob patterns such as 'scans/**/*.jpg' (expanded here too when quoted). JPEG, PNG, BMP and
-    TIFF of any size and mode (grey, RGB, RGBA, 16-bit, palette; EXIF rotation applied).
+    INPUTS are image files, folders (searched recursively; hidden files, OUT and the output folders
+    of earlier runs are skipped) or glob patterns such as 'scans/**/*.jpg' (expanded here too when
+    quoted). JPEG, PNG, BMP and TIFF of any size and mode (grey, RGB, RGBA, 16-bit, palette; EXIF
+    rotation applied). A file with several frames (multi-page TIFF, animation) is not assessed but
+    listed in errors.csv.
 
     \b
     Writes to OUT:
         masks/<id>.png        binary mask (0/255) at the image's own resolution
         uncertainty/<id>.png  uncertainty heat map
         overlays/<id>.png     mask drawn over the image
-        quality.csv           id, predicted_jaccard, decision (pass/refer), threshold,
-                              mean_uncertainty, source
-        errors.csv            id, source, reason for inputs that could not be read
+        quality.csv           id, predicted_jaccard, decision (pass/refer), reason,
+                              jaccard_lower, threshold, mean_uncertainty, source
+        errors.csv            id, source, reason for inputs that could not be assessed
+        audit.jsonl           one JSON line per decision or error (appended, never rewritten)
         report.html           a page for a reviewer, referrals first
-    The id is the file stem; inputs sharing a stem get '-' and 8 hex digits of a hash of their
-    path appended. Re-running into the same OUT skips the images already done.
-
+    The id is the file stem, made safe as a file name (odd characters become '_', long names are
+    cut and end in a hash). An input whose stem is already taken in OUT by another file gets '-'
+    and 8 hex digits of a hash of its path appended; a file keeps its id in every run into OUT.
+    OUT accumulates: re-running skips the images already done and adds new ones, each once. One
+    run at a time may use OUT; a second is refused.
     \b
     Exit codes: 0 all assessed, 3 some inputs could not be read (see errors.csv; the
     others were assessed), 1 an error such as a bad model folder, 2 bad usage.
@@ -118,9 +123,9 @@ def predict(
     given = {"device": device, "threads": threads, "seed": seed}
     loaded = load_model(model, **{k: v for k, v in given.items() if v is not None})
     if backend is not None and loaded.backend != backend:
+        kind = KINDS.get(loaded.backend, loaded.backend)
         raise BundleError(
-            f"{model}: --backend {backend} but the folder is {KINDS.get(loaded.backend, loaded.backend)}; "
-            "without --backend the folder decides"
+            f"{model}: --backend {backend} but the folder is {kind}; without --backend the folder decides"
         )
     try:
         paths = collect_inputs(inputs, exclude=out)
@@ -131,6 +136,7 @@ def predict(
             "no image files found (.jpg .jpeg .png .bmp .tif .tiff)", param_hint="INPUTS"
         )
     options = {"batch_size": batch_size} if batch_size is not None else {}
+    # --out was checked when parsed; assess_files checks it again, holds it and refuses a busy one.
     summary = assess_files(loaded, paths, out, progress=not quiet, report=not no_report, **options)
     n_ref = summary.n_referred
     click.echo(
