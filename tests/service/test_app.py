@@ -155,6 +155,7 @@ def test_concurrent_requests_match_sequential_answers(bundle, monkeypatch):
             return response.status_code, response.json()
 
         sequential = [ask(item) for item in payloads]
+        assert all(body.pop("request_id", "") for status, body in sequential if status == 200)
         start = threading.Barrier(len(payloads))
 
         def ask_together(item):
@@ -166,6 +167,7 @@ def test_concurrent_requests_match_sequential_answers(bundle, monkeypatch):
         assert_healthy(client)
     assert [s for s, _ in sequential] == [200] * 11 + [415, 415, 422, 413, 413]
     for (name, _), seq, conc in zip(payloads, sequential, concurrent):
+        conc[1].pop("request_id", None)  # a fresh uuid4 for every request
         assert conc == seq, name
     assert peak == 1
 
@@ -233,7 +235,10 @@ def test_segqc_serve_end_to_end(bundle_dir, tmp_path):
             except httpx.HTTPError:
                 pass  # the server may close the connection before the client has sent everything
             again = httpx.post(f"{url}/v1/assess", files={"file": ("scan 1.png", encode(rgb))}, timeout=60)
-            assert again.json() == good.json()
+            assert good.headers["x-request-id"] == good.json()["request_id"]
+            first, second = good.json(), again.json()
+            assert first.pop("request_id") != second.pop("request_id")  # a fresh id per request
+            assert second == first
             assert httpx.get(f"{url}/v1/model", timeout=10).json()["image_size"] == 32
             assert httpx.get(f"{url}/healthz", timeout=10).json() == {"status": "ok"}
         finally:

@@ -1,0 +1,56 @@
+"""``/docs`` without a CDN: Swagger UI's JavaScript and CSS served by the service itself.
+
+FastAPI's built-in ``/docs`` page loads Swagger UI from a public CDN, which a hospital network without
+internet access cannot reach (a blank page). Here the files come from the ``swagger-ui-bundle`` package
+(part of the ``serve`` extra), mounted at ``/docs/static``; Swagger UI's online spec validator is off,
+so the page contacts nothing but this server. ReDoc (also CDN-based) is not served.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
+DOCS_PATH = "/docs"
+STATIC_PATH = "/docs/static"
+
+
+def swagger_ui_dir() -> Path | None:
+    """The folder of Swagger UI's files from ``swagger-ui-bundle``, or None when it is not installed."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        return None
+    folder = Path(str(swagger_ui_path))
+    return folder if (folder / "swagger-ui-bundle.js").is_file() else None
+
+
+def add_local_docs(app: FastAPI) -> bool:
+    """Serve ``/docs`` from local files; returns False (and serves no ``/docs``) without the package.
+
+    ``app`` must be built with ``docs_url=None, redoc_url=None``.
+    """
+    folder = swagger_ui_dir()
+    if folder is None:
+        return False
+    app.mount(STATIC_PATH, StaticFiles(directory=folder), name="swagger-ui")
+    title = f"{app.title} - API docs"
+
+    @app.get(DOCS_PATH, include_in_schema=False)
+    def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=title,
+            swagger_js_url=f"{root}{STATIC_PATH}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{STATIC_PATH}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{STATIC_PATH}/favicon-32x32.png",
+            oauth2_redirect_url=None,
+            swagger_ui_parameters={"validatorUrl": None},  # the default validator is an online service
+        )
+
+    return True
