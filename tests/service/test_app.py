@@ -111,11 +111,25 @@ def test_limits_must_be_positive(bundle):
         create_app(bundle, max_pixels=0, warmup=False)
 
 
-def test_app_factory_from_environment(bundle_dir, monkeypatch):
-    monkeypatch.setenv("SEGQC_SERVE_MODEL", str(bundle_dir))
-    monkeypatch.setenv("SEGQC_SERVE_MAX_PIXELS", "1234")
+def test_app_factory_from_environment(bundle_dir, serve_env, tmp_path):
+    serve_env.setenv("SEGQC_SERVE_MODEL", str(bundle_dir))
+    serve_env.setenv("SEGQC_SERVE_MAX_PIXELS", "1234")
+    serve_env.setenv("SEGQC_SERVE_PIXEL_BUDGET", "5000")
+    serve_env.setenv("SEGQC_SERVE_QUEUE_TIMEOUT", "2.5")
+    serve_env.setenv("SEGQC_SERVE_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
+    serve_env.setenv("SEGQC_API_KEY", "env-key")
     app = service_app.create_app_from_env()
     assert app.state.assessor.max_pixels == 1234
+    assert (app.state.budget.total, app.state.budget.wait_s) == (5000, 2.5)
+    assert app.state.audit_log.path == tmp_path / "audit.jsonl"
+    from fastapi.testclient import TestClient
+
+    with TestClient(app) as client:
+        assert client.get("/v1/model").status_code == 401
+        assert client.get("/v1/model", headers={"X-API-Key": "env-key"}).status_code == 200
+    serve_env.setenv("SEGQC_SERVE_PIXEL_BUDGET", "lots")
+    with pytest.raises(SegQCError, match="SEGQC_SERVE_PIXEL_BUDGET='lots' is not a valid int"):
+        service_app.create_app_from_env()
 
 
 def test_concurrent_requests_match_sequential_answers(bundle, monkeypatch):
@@ -172,15 +186,13 @@ def test_concurrent_requests_match_sequential_answers(bundle, monkeypatch):
     assert peak == 1
 
 
-def test_serve_command_passes_settings_to_uvicorn(bundle_dir, monkeypatch):
+def test_serve_command_passes_settings_to_uvicorn(bundle_dir, serve_env):
     import uvicorn
 
     serve = serve_cli()
 
     calls = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
-    for key in ("SEGQC_SERVE_MODEL", "SEGQC_SERVE_MAX_UPLOAD_BYTES", "SEGQC_SERVE_MAX_PIXELS"):
-        monkeypatch.setenv(key, "placeholder")  # restored after the test: --workers sets them
+    serve_env.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
     args = ["--model", str(bundle_dir), "--port", "8123", "--max-upload-mb", "2", "--max-pixels", "5000"]
     result = CliRunner().invoke(serve, args)
     assert result.exit_code == 0, result.output

@@ -138,9 +138,10 @@ def serve(
     app = create_app(model_dir, api_key=api_key, **settings)
     model = app.state.model
     shown = f"[{host}]" if ":" in host else host
+    docs = "API docs at /docs" if app.state.docs else "no /docs: pip install fastapi-offline"
     click.echo(
         f"segqc serve: model {model_dir} ({model.backend}, {model.method}, threshold {model.threshold:g}) on "
-        f"http://{shown}:{port} (API docs at /docs); API key {'required' if api_key else 'off'}"
+        f"http://{shown}:{port} ({docs}); API key {'required' if api_key else 'off'}"
         + (f", audit log {audit_log}" if audit_log else ""),
         err=True,
     )

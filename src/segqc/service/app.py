@@ -141,7 +141,7 @@ def create_app(
     app.add_middleware(RequestContextMiddleware)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(SegQCError, _segqc_error)
-    add_local_docs(app)
+    app.state.docs = add_local_docs(app)  # False without fastapi-offline: no /docs rather than a CDN
     service_info = {
         **limits,
         **timeouts,
@@ -218,8 +218,13 @@ def create_app(
         except (HTTPException, SegQCError) as err:
             status = err.status_code if isinstance(err, HTTPException) else 422
             detail = err.detail if isinstance(err, HTTPException) else str(err)
-            fields = {"input_sha256": digest, "image_size": size, "status": status}
-            await run_in_threadpool(audit, request, **fields, decision="error", reason=detail)
+            fields = {
+                "input_sha256": digest,
+                "image_size": size,
+                "predicted_jaccard": None,
+                "jaccard_lower": None,
+            }
+            await run_in_threadpool(audit, request, **fields, decision="error", reason=detail, status=status)
             raise
         fields = {"input_sha256": digest, "image_size": [out["height"], out["width"]], "status": 200}
         fields.update({k: out[k] for k in ("predicted_jaccard", "jaccard_lower", "decision", "reason")})

@@ -1,9 +1,10 @@
 """``/docs`` without a CDN: Swagger UI's JavaScript and CSS served by the service itself.
 
 FastAPI's built-in ``/docs`` page loads Swagger UI from a public CDN, which a hospital network without
-internet access cannot reach (a blank page). Here the files come from the ``swagger-ui-bundle`` package
-(part of the ``serve`` extra), mounted at ``/docs/static``; Swagger UI's online spec validator is off,
-so the page contacts nothing but this server. ReDoc (also CDN-based) is not served.
+internet access cannot reach (a blank page). Here the files come from the ``fastapi-offline`` package
+(part of the ``serve`` extra; it ships Swagger UI 5, which reads the OpenAPI 3.1 schemas FastAPI
+writes: ``swagger-ui-bundle``'s Swagger UI 4 cannot), mounted at ``/docs/static``. Swagger UI's online
+spec validator is off, so the page contacts nothing but this server. ReDoc is not served.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ STATIC_PATH = "/docs/static"
 
 
 def swagger_ui_dir() -> Path | None:
-    """The folder of Swagger UI's files from ``swagger-ui-bundle``, or None when it is not installed."""
+    """The folder of Swagger UI's files from ``fastapi-offline``, or None when it is not installed."""
     try:
-        from swagger_ui_bundle import swagger_ui_path
+        import fastapi_offline
     except ImportError:
         return None
-    folder = Path(str(swagger_ui_path))
-    return folder if (folder / "swagger-ui-bundle.js").is_file() else None
+    folder = Path(fastapi_offline.__file__).parent / "static"
+    files = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon.png")
+    return folder if all((folder / name).is_file() for name in files) else None
 
 
 def add_local_docs(app: FastAPI) -> bool:
@@ -48,7 +50,7 @@ def add_local_docs(app: FastAPI) -> bool:
             title=title,
             swagger_js_url=f"{root}{STATIC_PATH}/swagger-ui-bundle.js",
             swagger_css_url=f"{root}{STATIC_PATH}/swagger-ui.css",
-            swagger_favicon_url=f"{root}{STATIC_PATH}/favicon-32x32.png",
+            swagger_favicon_url=f"{root}{STATIC_PATH}/favicon.png",
             oauth2_redirect_url=None,
             swagger_ui_parameters={"validatorUrl": None},  # the default validator is an online service
         )
