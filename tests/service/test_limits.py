@@ -117,7 +117,9 @@ def test_concurrent_images_stay_within_the_budget(bundle, monkeypatch):
         with ThreadPoolExecutor(8) as pool:
             statuses = list(pool.map(lambda d: post_image(client, "x.png", d).status_code, images))
         assert app.state.budget.free == 5000
+        service = client.get("/v1/model").json()["service"]
     assert statuses == [200] * 8
+    assert service["pixels_in_flight"] == 0 and 2400 <= service["pixels_in_flight_peak"] <= 5000
     assert state["peak"] <= 5000
 
 

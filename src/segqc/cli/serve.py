@@ -65,9 +65,9 @@ def shown(flag: str, type: Any, default: Any, help: str) -> Any:
 @shown(
     "--pixel-budget",
     click.IntRange(1),
-    120_000_000,
-    "Most decoded pixels in flight across concurrent requests, per server process (about 20 bytes "
-    "of memory each while processed); an image that does not fit waits, then gets 503.",
+    100_000_000,
+    "Most decoded pixels in flight across concurrent requests, per server process (up to about 32 "
+    "bytes of memory each while processed); an image that does not fit waits, then gets 503.",
 )
 @shown("--queue-timeout", SECONDS, 15.0, "Longest wait for the pixel budget, s (then 503).")
 @shown("--read-timeout", SECONDS, 15.0, "Longest pause in an upload, s (then 408).")

@@ -91,7 +91,7 @@ def create_app(
             Defaults to 40 M.
         pixel_budget: most decoded pixels in flight across concurrent requests (this process); an
             image that does not fit waits up to ``queue_timeout`` seconds, then gets 503. Defaults to
-            120 M (see :mod:`segqc.service.budget`).
+            100 M (see :mod:`segqc.service.budget`).
         queue_timeout: longest wait for the pixel budget, seconds. Defaults to 15.
         read_timeout: longest pause in a request body, seconds (408). Defaults to 15.
         upload_timeout: longest time to receive a whole request body, seconds (408). Defaults to 120.
@@ -161,7 +161,8 @@ def create_app(
     def model_info() -> dict[str, Any]:
         """The served model's metadata (method, threshold, image size, training summary) and limits."""
         base = {"method": loaded.method, "threshold": loaded.threshold, "image_size": loaded.image_size}
-        return {**base, "backend": loaded.backend, **loaded.metadata(), "service": service_info}
+        load = {"pixels_in_flight": budget.in_use, "pixels_in_flight_peak": budget.peak}
+        return {**base, "backend": loaded.backend, **loaded.metadata(), "service": {**service_info, **load}}
 
     def audit(request: Request, **fields: Any) -> None:
         if log is None:

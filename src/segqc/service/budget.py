@@ -20,13 +20,17 @@ from contextlib import asynccontextmanager
 
 from fastapi import HTTPException
 
-#: Peak memory per decoded pixel of one request, measured: a 6000x6000 PNG through ``Assessor.run``
-#: (decode, assess, mask and heat-map PNGs) raised the process's peak RSS by 18.5-20 bytes per pixel.
-BYTES_PER_PIXEL = 20
-#: Default budget: three images at the default per-image limit (3 x 40 M pixels), about 2.4 GB at
-#: :data:`BYTES_PER_PIXEL`. On a 24 GiB machine that leaves room for the model, the OS and other work,
-#: and for ``--workers 4`` (four budgets, about 10 GB) too. Largest ISIC 2017 images: 30 M pixels.
-DEFAULT_PIXEL_BUDGET = 120_000_000
+#: Peak memory per decoded pixel in flight, measured. One request alone: a 6000x6000 PNG through
+#: ``Assessor.run`` (decode, assess, mask and heat-map PNGs) raised the peak RSS by 18.5-20 bytes per
+#: pixel. Under load (``benchmarks/bench_service_load.py``, four 25 M pixel images in flight at once
+#: among small ones) the peak RSS rose by 29 bytes per pixel of the budget's peak in use: concurrent
+#: requests reach their own peaks together, and freed memory is not always returned to the OS at once.
+BYTES_PER_PIXEL = 32
+#: Default budget: 100 M pixels, about 3 GB at :data:`BYTES_PER_PIXEL` on top of the process's ~0.4 GB.
+#: Two images at the default per-image limit (40 M pixels), or three of the largest ISIC 2017 images
+#: (30 M), fit at once. On a 24 GiB machine that leaves most memory to the OS and other work, and
+#: ``--workers 4`` (four budgets, about 14 GB) still fits.
+DEFAULT_PIXEL_BUDGET = 100_000_000
 #: Default longest wait for the budget before 503.
 DEFAULT_QUEUE_TIMEOUT_S = 15.0
 
@@ -43,6 +47,7 @@ class PixelBudget:
         self.total = total
         self.wait_s = wait_s
         self.free = total
+        self.peak = 0  # most pixels in use at once so far
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
 
     @property
@@ -71,7 +76,7 @@ class PixelBudget:
 
     async def _acquire(self, pixels: int, name: str) -> None:
         if not self._waiters and pixels <= self.free:
-            self.free -= pixels
+            self._take(pixels)
             return
         entry = (pixels, asyncio.get_running_loop().create_future())
         self._waiters.append(entry)
@@ -106,5 +111,9 @@ class PixelBudget:
             if pixels > self.free:
                 return  # first come, first served: a large image is not starved by small ones
             self._waiters.popleft()
-            self.free -= pixels
+            self._take(pixels)
             future.set_result(None)
+
+    def _take(self, pixels: int) -> None:
+        self.free -= pixels
+        self.peak = max(self.peak, self.total - self.free)
