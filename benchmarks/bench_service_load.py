@@ -9,7 +9,7 @@ from the header, nothing decoded) and small PNGs that decode to 25 M pixels (wit
 fill the pixel budget). It prints counts by kind and status, latency percentiles, and the server
 process's peak RSS (``VmHWM`` in ``/proc/PID/status``) against a stated bound:
 
-    RSS after warm-up + pixel budget x 32 bytes/pixel (segqc.service.budget.BYTES_PER_PIXEL) + 512 MiB
+    RSS after warm-up + pixel budget x 40 bytes/pixel (segqc.service.budget.BYTES_PER_PIXEL) + 512 MiB
 
 and the measured cost: (peak RSS - RSS after warm-up) / the most pixels the budget had in use at once
 (``pixels_in_flight_peak`` from ``GET /v1/model``).
@@ -44,9 +44,9 @@ from PIL import Image
 
 MiB = 1024 * 1024
 #: Memory per decoded pixel in flight (segqc.service.budget.BYTES_PER_PIXEL), and slack on top.
-BYTES_PER_PIXEL = 32
+BYTES_PER_PIXEL = 40
 SLACK = 512 * MiB
-DEFAULT_PIXEL_BUDGET = 100_000_000
+DEFAULT_PIXEL_BUDGET = 80_000_000
 
 
 def free_port() -> int:

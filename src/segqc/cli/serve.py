@@ -65,8 +65,8 @@ def shown(flag: str, type: Any, default: Any, help: str) -> Any:
 @shown(
     "--pixel-budget",
     click.IntRange(1),
-    100_000_000,
-    "Most decoded pixels in flight across concurrent requests, per server process (up to about 32 "
+    80_000_000,
+    "Most decoded pixels in flight across concurrent requests, per server process (up to about 40 "
     "bytes of memory each while processed); an image that does not fit waits, then gets 503.",
 )
 @shown("--queue-timeout", SECONDS, 15.0, "Longest wait for the pixel budget, s (then 503).")

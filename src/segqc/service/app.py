@@ -91,7 +91,7 @@ def create_app(
             Defaults to 40 M.
         pixel_budget: most decoded pixels in flight across concurrent requests (this process); an
             image that does not fit waits up to ``queue_timeout`` seconds, then gets 503. Defaults to
-            100 M (see :mod:`segqc.service.budget`).
+            80 M (see :mod:`segqc.service.budget`).
         queue_timeout: longest wait for the pixel budget, seconds. Defaults to 15.
         read_timeout: longest pause in a request body, seconds (408). Defaults to 15.
         upload_timeout: longest time to receive a whole request body, seconds (408). Defaults to 120.

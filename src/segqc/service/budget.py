@@ -22,15 +22,15 @@ from fastapi import HTTPException
 
 #: Peak memory per decoded pixel in flight, measured. One request alone: a 6000x6000 PNG through
 #: ``Assessor.run`` (decode, assess, mask and heat-map PNGs) raised the peak RSS by 18.5-20 bytes per
-#: pixel. Under load (``benchmarks/bench_service_load.py``, four 25 M pixel images in flight at once
-#: among small ones) the peak RSS rose by 29 bytes per pixel of the budget's peak in use: concurrent
-#: requests reach their own peaks together, and freed memory is not always returned to the OS at once.
-BYTES_PER_PIXEL = 32
-#: Default budget: 100 M pixels, about 3 GB at :data:`BYTES_PER_PIXEL` on top of the process's ~0.4 GB.
-#: Two images at the default per-image limit (40 M pixels), or three of the largest ISIC 2017 images
-#: (30 M), fit at once. On a 24 GiB machine that leaves most memory to the OS and other work, and
-#: ``--workers 4`` (four budgets, about 14 GB) still fits.
-DEFAULT_PIXEL_BUDGET = 100_000_000
+#: pixel. Under load (``benchmarks/bench_service_load.py``: 25 M pixel images among small ones, 16
+#: clients) the peak RSS rose by 29-37 bytes per pixel of the budget's peak in use: concurrent requests
+#: reach their own peaks together, and freed memory is not always returned to the OS at once.
+BYTES_PER_PIXEL = 40
+#: Default budget: 80 M pixels, about 3 GB at :data:`BYTES_PER_PIXEL` on top of the process's ~0.4 GB.
+#: Two images at the default per-image limit (40 M pixels), or two of the largest ISIC 2017 images
+#: (30 M) plus smaller ones, fit at once. On a 24 GiB machine that leaves most memory to the OS and
+#: other work, and ``--workers 4`` (four budgets, about 14 GB) still fits.
+DEFAULT_PIXEL_BUDGET = 80_000_000
 #: Default longest wait for the budget before 503.
 DEFAULT_QUEUE_TIMEOUT_S = 15.0
 
