@@ -121,6 +121,7 @@ def serve(
         curl -F file=@lesion.jpg http://127.0.0.1:8000/v1/assess
     """
     uvicorn, create_app = _import_server()
+    from segqc.service.budget import return_freed_memory
     from segqc.service.middleware import read_api_key
 
     max_upload_bytes = int(max_upload_mb * MiB)
@@ -134,6 +135,7 @@ def serve(
         "upload_timeout": upload_timeout,
         "audit_log": audit_log,
     }
+    return_freed_memory()  # so that the peak RSS follows the pixel budget (see its doc)
     # Load (and warm up) the model here, so a bad one is a clear error and exit code 1, even with workers.
     app = create_app(model_dir, api_key=api_key, **settings)
     model = app.state.model

@@ -29,7 +29,12 @@ from segqc.audit import AuditLog, sha256_hex
 from segqc.errors import BundleError, SegQCError
 from segqc.runtime import Model, load_model
 from segqc.service.assessor import Assessor
-from segqc.service.budget import DEFAULT_PIXEL_BUDGET, DEFAULT_QUEUE_TIMEOUT_S, PixelBudget
+from segqc.service.budget import (
+    DEFAULT_PIXEL_BUDGET,
+    DEFAULT_QUEUE_TIMEOUT_S,
+    PixelBudget,
+    return_freed_memory,
+)
 from segqc.service.docs import add_local_docs
 from segqc.service.middleware import (
     DEFAULT_READ_TIMEOUT_S,
@@ -247,6 +252,7 @@ def create_app_from_env() -> FastAPI:
     """App factory for ``uvicorn --factory`` (used by ``segqc serve --workers N``): settings come from
     the environment (see :data:`ENV_SETTINGS`; the model from ``SEGQC_SERVE_MODEL``, the API key from
     ``SEGQC_API_KEY_FILE`` or ``SEGQC_API_KEY``)."""
+    return_freed_memory()  # a server worker process: its peak RSS should follow the pixel budget
     try:
         model = os.environ["SEGQC_SERVE_MODEL"]
     except KeyError:

@@ -23,8 +23,9 @@ from fastapi import HTTPException
 #: Peak memory per decoded pixel in flight, measured. One request alone: a 6000x6000 PNG through
 #: ``Assessor.run`` (decode, assess, mask and heat-map PNGs) raised the peak RSS by 18.5-20 bytes per
 #: pixel. Under load (``benchmarks/bench_service_load.py``: 25 M pixel images among small ones, 16
-#: clients) the peak RSS rose by 29-37 bytes per pixel of the budget's peak in use: concurrent requests
-#: reach their own peaks together, and freed memory is not always returned to the OS at once.
+#: clients) the peak RSS rose by 19.5 bytes per pixel of the budget's peak in use with
+#: :func:`return_freed_memory` (as ``segqc serve`` runs), and by 29-47 without it (glibc kept freed
+#: memory). 40 covers both: ``create_app`` served by other means does not change the allocator.
 BYTES_PER_PIXEL = 40
 #: Default budget: 80 M pixels, about 3 GB at :data:`BYTES_PER_PIXEL` on top of the process's ~0.4 GB.
 #: Two images at the default per-image limit (40 M pixels), or two of the largest ISIC 2017 images
@@ -117,3 +118,25 @@ class PixelBudget:
     def _take(self, pixels: int) -> None:
         self.free -= pixels
         self.peak = max(self.peak, self.total - self.free)
+
+
+def return_freed_memory() -> bool:
+    """Make this process hand large freed buffers back to the OS at once (glibc only; else a no-op).
+
+    glibc raises its mmap threshold after each large free (up to 32 MiB), so later buffers of a few
+    MiB (Pillow's 16 MiB image blocks, row buffers) come from per-thread heaps that keep their pages
+    after ``free``: the peak RSS then grows with the threads that ever held a large image, not with
+    the pixels in flight that the budget bounds. A fixed 1 MiB threshold serves every larger buffer
+    with its own ``mmap``, returned on ``free``; at most 4 heaps limit what the rest can hold on to.
+    Called by ``segqc serve`` for its own process; returns whether the settings were applied.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_mmap_threshold, m_arena_max = -3, -8
+    return bool(mallopt(m_mmap_threshold, 1024 * 1024)) and bool(mallopt(m_arena_max, 4))
