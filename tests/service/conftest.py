@@ -10,9 +10,11 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -182,3 +184,37 @@ def stop(proc: subprocess.Popen) -> int:
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.wait(timeout=30)
+
+
+@contextmanager
+def live_server(app) -> Iterator[str]:
+    """Run ``app`` on a real uvicorn server in a thread, on a free loopback port; yields its URL."""
+    import uvicorn
+
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise AssertionError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+@pytest.fixture()
+def serve_env(monkeypatch):
+    """Restore every variable ``segqc serve --workers N`` sets (for its app factory) after the test."""
+    from segqc.service.app import ENV_SETTINGS
+
+    for var in ["SEGQC_SERVE_MODEL", "SEGQC_API_KEY_FILE", *(v for v, _ in ENV_SETTINGS.values())]:
+        monkeypatch.setenv(var, "placeholder")
+        monkeypatch.delenv(var)
+    monkeypatch.delenv("SEGQC_API_KEY", raising=False)
+    return monkeypatch

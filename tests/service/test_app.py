@@ -111,11 +111,25 @@ def test_limits_must_be_positive(bundle):
         create_app(bundle, max_pixels=0, warmup=False)
 
 
-def test_app_factory_from_environment(bundle_dir, monkeypatch):
-    monkeypatch.setenv("SEGQC_SERVE_MODEL", str(bundle_dir))
-    monkeypatch.setenv("SEGQC_SERVE_MAX_PIXELS", "1234")
+def test_app_factory_from_environment(bundle_dir, serve_env, tmp_path):
+    serve_env.setenv("SEGQC_SERVE_MODEL", str(bundle_dir))
+    serve_env.setenv("SEGQC_SERVE_MAX_PIXELS", "1234")
+    serve_env.setenv("SEGQC_SERVE_PIXEL_BUDGET", "5000")
+    serve_env.setenv("SEGQC_SERVE_QUEUE_TIMEOUT", "2.5")
+    serve_env.setenv("SEGQC_SERVE_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
+    serve_env.setenv("SEGQC_API_KEY", "env-key")
     app = service_app.create_app_from_env()
     assert app.state.assessor.max_pixels == 1234
+    assert (app.state.budget.total, app.state.budget.wait_s) == (5000, 2.5)
+    assert app.state.audit_log.path == tmp_path / "audit.jsonl"
+    from fastapi.testclient import TestClient
+
+    with TestClient(app) as client:
+        assert client.get("/v1/model").status_code == 401
+        assert client.get("/v1/model", headers={"X-API-Key": "env-key"}).status_code == 200
+    serve_env.setenv("SEGQC_SERVE_PIXEL_BUDGET", "lots")
+    with pytest.raises(SegQCError, match="SEGQC_SERVE_PIXEL_BUDGET='lots' is not a valid int"):
+        service_app.create_app_from_env()
 
 
 def test_concurrent_requests_match_sequential_answers(bundle, monkeypatch):
@@ -155,6 +169,7 @@ def test_concurrent_requests_match_sequential_answers(bundle, monkeypatch):
             return response.status_code, response.json()
 
         sequential = [ask(item) for item in payloads]
+        assert all(body.pop("request_id", "") for status, body in sequential if status == 200)
         start = threading.Barrier(len(payloads))
 
         def ask_together(item):
@@ -166,19 +181,18 @@ def test_concurrent_requests_match_sequential_answers(bundle, monkeypatch):
         assert_healthy(client)
     assert [s for s, _ in sequential] == [200] * 11 + [415, 415, 422, 413, 413]
     for (name, _), seq, conc in zip(payloads, sequential, concurrent):
+        conc[1].pop("request_id", None)  # a fresh uuid4 for every request
         assert conc == seq, name
     assert peak == 1
 
 
-def test_serve_command_passes_settings_to_uvicorn(bundle_dir, monkeypatch):
+def test_serve_command_passes_settings_to_uvicorn(bundle_dir, serve_env):
     import uvicorn
 
     serve = serve_cli()
 
     calls = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
-    for key in ("SEGQC_SERVE_MODEL", "SEGQC_SERVE_MAX_UPLOAD_BYTES", "SEGQC_SERVE_MAX_PIXELS"):
-        monkeypatch.setenv(key, "placeholder")  # restored after the test: --workers sets them
+    serve_env.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
     args = ["--model", str(bundle_dir), "--port", "8123", "--max-upload-mb", "2", "--max-pixels", "5000"]
     result = CliRunner().invoke(serve, args)
     assert result.exit_code == 0, result.output
@@ -233,7 +247,10 @@ def test_segqc_serve_end_to_end(bundle_dir, tmp_path):
             except httpx.HTTPError:
                 pass  # the server may close the connection before the client has sent everything
             again = httpx.post(f"{url}/v1/assess", files={"file": ("scan 1.png", encode(rgb))}, timeout=60)
-            assert again.json() == good.json()
+            assert good.headers["x-request-id"] == good.json()["request_id"]
+            first, second = good.json(), again.json()
+            assert first.pop("request_id") != second.pop("request_id")  # a fresh id per request
+            assert second == first
             assert httpx.get(f"{url}/v1/model", timeout=10).json()["image_size"] == 32
             assert httpx.get(f"{url}/healthz", timeout=10).json() == {"status": "ok"}
         finally:

@@ -13,6 +13,7 @@ from segqc.cli.options import command, model_option
 from segqc.errors import SegQCError
 
 MiB = 1024 * 1024
+SECONDS = click.FloatRange(0.0, min_open=True)
 
 
 def _import_server():  # -> (uvicorn module, create_app)
@@ -62,11 +63,34 @@ def shown(flag: str, type: Any, default: Any, help: str) -> Any:
     "Largest accepted width x height, checked before decoding (413 above).",
 )
 @shown(
+    "--pixel-budget",
+    click.IntRange(1),
+    80_000_000,
+    "Most decoded pixels in flight across concurrent requests, per server process (up to about 40 "
+    "bytes of memory each while processed); an image that does not fit waits, then gets 503.",
+)
+@shown("--queue-timeout", SECONDS, 15.0, "Longest wait for the pixel budget, s (then 503).")
+@shown("--read-timeout", SECONDS, 15.0, "Longest pause in an upload, s (then 408).")
+@shown("--upload-timeout", SECONDS, 120.0, "Longest time for a whole upload, s (then 408).")
+@click.option(
+    "--api-key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="File holding an API key: every route but /healthz then needs 'Authorization: Bearer KEY' or "
+    "'X-API-Key: KEY' (401). Default: $SEGQC_API_KEY if set, else no key.",
+)
+@click.option(
+    "--audit-log",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Append one JSON line per assessment and per refused upload to this file.",
+)
+@shown(
     "--workers",
     click.IntRange(1),
     1,
-    "Server processes, each with its own copy of the model. Within a process, requests run in "
-    "parallel threads but the model runs one request at a time.",
+    "Server processes, each with its own copy of the model and its own pixel budget. Within a process, "
+    "requests run in parallel threads but the model runs one request at a time.",
 )
 @shown(
     "--log-level",
@@ -75,7 +99,19 @@ def shown(flag: str, type: Any, default: Any, help: str) -> Any:
     "warning hides the per-request access log.",
 )
 def serve(
-    model_dir: Path, host: str, port: int, max_upload_mb: float, max_pixels: int, workers: int, log_level: str
+    model_dir: Path,
+    host: str,
+    port: int,
+    max_upload_mb: float,
+    max_pixels: int,
+    pixel_budget: int,
+    queue_timeout: float,
+    read_timeout: float,
+    upload_timeout: float,
+    api_key_file: Path | None,
+    audit_log: Path | None,
+    workers: int,
+    log_level: str,
 ) -> None:
     """Serve a model over HTTP: POST /v1/assess, GET /v1/model, GET /healthz, docs at /docs.
 
@@ -85,14 +121,30 @@ def serve(
         curl -F file=@lesion.jpg http://127.0.0.1:8000/v1/assess
     """
     uvicorn, create_app = _import_server()
+    from segqc.service.budget import return_freed_memory
+    from segqc.service.middleware import read_api_key
+
     max_upload_bytes = int(max_upload_mb * MiB)
+    api_key = read_api_key(api_key_file)  # a file that is empty or unreadable stops here, with one line
+    settings = {
+        "max_upload_bytes": max_upload_bytes,
+        "max_pixels": max_pixels,
+        "pixel_budget": pixel_budget,
+        "queue_timeout": queue_timeout,
+        "read_timeout": read_timeout,
+        "upload_timeout": upload_timeout,
+        "audit_log": audit_log,
+    }
+    return_freed_memory()  # so that the peak RSS follows the pixel budget (see its doc)
     # Load (and warm up) the model here, so a bad one is a clear error and exit code 1, even with workers.
-    app = create_app(model_dir, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels)
+    app = create_app(model_dir, api_key=api_key, **settings)
     model = app.state.model
     shown = f"[{host}]" if ":" in host else host
+    docs = "API docs at /docs" if app.state.docs else "no /docs: pip install fastapi-offline"
     click.echo(
         f"segqc serve: model {model_dir} ({model.backend}, {model.method}, threshold {model.threshold:g}) on "
-        f"http://{shown}:{port} (API docs at /docs)",
+        f"http://{shown}:{port} ({docs}); API key {'required' if api_key else 'off'}"
+        + (f", audit log {audit_log}" if audit_log else ""),
         err=True,
     )
     common = {"host": host, "port": port, "log_level": log_level, "server_header": False}
@@ -100,10 +152,13 @@ def serve(
         uvicorn.run(app, **common)
         return
     # Several processes: uvicorn imports the app factory in each, which reads these settings.
-    os.environ.update(
-        SEGQC_SERVE_MODEL=str(Path(model_dir).resolve()),
-        SEGQC_SERVE_MAX_UPLOAD_BYTES=str(max_upload_bytes),
-        SEGQC_SERVE_MAX_PIXELS=str(max_pixels),
-    )
+    from segqc.service.app import ENV_SETTINGS
+
+    os.environ["SEGQC_SERVE_MODEL"] = str(Path(model_dir).resolve())
+    for key, (var, _) in ENV_SETTINGS.items():
+        value = settings[key]
+        os.environ[var] = "" if value is None else str(Path(value).resolve() if key == "audit_log" else value)
+    # The key travels as its file's path (or stays in $SEGQC_API_KEY), not as a new variable.
+    os.environ["SEGQC_API_KEY_FILE"] = str(api_key_file.resolve()) if api_key_file else ""
     del app
     uvicorn.run("segqc.service.app:create_app_from_env", factory=True, workers=workers, **common)

@@ -2,28 +2,48 @@
 
 ``create_app`` loads a model once (a PyTorch bundle or an ONNX export, see :func:`segqc.runtime.load_model`)
 and returns a FastAPI app with three routes: ``POST /v1/assess`` (multipart field ``file``),
-``GET /v1/model`` and ``GET /healthz``.
+``GET /v1/model`` and ``GET``/``HEAD /healthz``, and the API docs at ``/docs`` (served locally).
 
-Bad input is always a 4xx JSON answer ``{"detail": "..."}``, never a 500: 413 (too large), 415 (not an
-accepted image) and 422 (corrupt image, see :mod:`segqc.service.uploads`; or a malformed request, e.g. no
-``file`` field). The model runs one request at a time (see :mod:`segqc.service.assessor`).
+Bad input is always a 4xx JSON answer ``{"detail": "..."}``, never a 500: 401 (API key), 408 (body too
+slow), 413 (too large), 415 (not an accepted image) and 422 (corrupt image, see
+:mod:`segqc.service.uploads`; or a malformed request, e.g. no or two ``file`` fields); 503 when the
+decoding budget stays full (:mod:`segqc.service.budget`). The model runs one request at a time (see
+:mod:`segqc.service.assessor`). Every request gets an id (``X-Request-ID``); with an audit log, every
+assessment and every refused upload is one JSON line (:mod:`segqc.audit`).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from segqc import __version__
+from segqc.audit import AuditLog, sha256_hex
 from segqc.errors import BundleError, SegQCError
 from segqc.runtime import Model, load_model
 from segqc.service.assessor import Assessor
+from segqc.service.budget import (
+    DEFAULT_PIXEL_BUDGET,
+    DEFAULT_QUEUE_TIMEOUT_S,
+    PixelBudget,
+    return_freed_memory,
+)
+from segqc.service.docs import add_local_docs
+from segqc.service.middleware import (
+    DEFAULT_READ_TIMEOUT_S,
+    DEFAULT_UPLOAD_TIMEOUT_S,
+    ApiKeyMiddleware,
+    BodyTimeoutMiddleware,
+    RequestContextMiddleware,
+    read_api_key,
+)
 from segqc.service.schemas import AssessResponse, ErrorResponse, Health, ModelInfo
 from segqc.service.uploads import (
     DEFAULT_MAX_PIXELS,
@@ -31,6 +51,7 @@ from segqc.service.uploads import (
     FORMATS,
     MULTIPART_OVERHEAD,
     BodyLimitMiddleware,
+    probe_upload,
     read_limited,
     upload_name,
 )
@@ -38,11 +59,15 @@ from segqc.service.uploads import (
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in (
-        (413, "Upload over the size limit, or image over the pixel limit."),
+        (401, "API key missing or wrong (only when the server has one)."),
+        (408, "The request body stalled or took too long to arrive."),
+        (413, "Upload over the size limit, or image over the pixel limit or the decoding budget."),
         (415, "Not an image, or an image format that is not accepted."),
-        (422, "Corrupt or truncated image, or a malformed request (e.g. no 'file' field)."),
+        (422, "Corrupt or truncated image, or a malformed request (e.g. no or two 'file' fields)."),
+        (503, "The decoding budget stayed full for the queue timeout (see Retry-After), or the audit log "
+         "cannot be written."),
     )
-}
+}  # fmt: skip
 
 
 def create_app(
@@ -50,6 +75,12 @@ def create_app(
     *,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    pixel_budget: int = DEFAULT_PIXEL_BUDGET,
+    queue_timeout: float = DEFAULT_QUEUE_TIMEOUT_S,
+    read_timeout: float = DEFAULT_READ_TIMEOUT_S,
+    upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT_S,
+    api_key: str | None = None,
+    audit_log: str | Path | AuditLog | None = None,
     warmup: bool = True,
 ) -> FastAPI:
     """Build the service around a model, loaded once here.
@@ -63,59 +94,102 @@ def create_app(
         max_pixels: largest accepted ``width * height``, checked on the image header before decoding
             (413). Pillow's own decompression-bomb limit (about 89 M pixels) applies on top.
             Defaults to 40 M.
+        pixel_budget: most decoded pixels in flight across concurrent requests (this process); an
+            image that does not fit waits up to ``queue_timeout`` seconds, then gets 503. Defaults to
+            80 M (see :mod:`segqc.service.budget`).
+        queue_timeout: longest wait for the pixel budget, seconds. Defaults to 15.
+        read_timeout: longest pause in a request body, seconds (408). Defaults to 15.
+        upload_timeout: longest time to receive a whole request body, seconds (408). Defaults to 120.
+        api_key: when given, every route but ``/healthz`` needs it (401 otherwise).
+        audit_log: a JSON-lines file (or an :class:`~segqc.audit.AuditLog`) that gets one line per
+            assessment and per refused upload.
         warmup: run one inference on a blank image now, so a broken model fails here and the first
             request is not slow. Defaults to True.
 
     Raises:
         BundleError: the model is missing, tampered with, inconsistent, or fails the warm-up.
-        SegQCError: a limit is not positive.
+        SegQCError: a limit is not positive, the API key is empty, or the audit log cannot be opened.
     """
-    if max_upload_bytes < 1 or max_pixels < 1:
-        raise SegQCError(
-            f"limits must be positive, got max_upload_bytes={max_upload_bytes}, max_pixels={max_pixels}"
-        )
+    limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels, "pixel_budget": pixel_budget}
+    timeouts = {"queue_timeout": queue_timeout, "read_timeout": read_timeout}
+    timeouts["upload_timeout"] = upload_timeout
+    if min(limits.values()) < 1 or not all(t > 0 for t in timeouts.values()):
+        shown = ", ".join(f"{k}={v}" for k, v in {**limits, **timeouts}.items())
+        raise SegQCError(f"limits must be positive, got {shown}")
+    if api_key is not None and not api_key.strip():
+        raise SegQCError("the API key is empty")
+    log = audit_log if isinstance(audit_log, AuditLog) or audit_log is None else _open_audit_log(audit_log)
     loaded = load_model(model) if isinstance(model, (str, os.PathLike)) else model
     assessor = Assessor(loaded, max_pixels=max_pixels)
     if warmup:
         assessor.warmup()
+    budget = PixelBudget(pixel_budget, queue_timeout)
+    model_sha256 = getattr(loaded, "manifest_sha256", None)
 
     app = FastAPI(
         title="segqc",
         version=__version__,
         description="Predicts the quality (Jaccard index) of a lesion segmentation from the segmentation "
         "network's own uncertainty, and refers likely failures to a human.",
+        docs_url=None,  # served from local files below: the default page loads its code from a CDN
+        redoc_url=None,
     )
     app.state.model = loaded
     app.state.assessor = assessor
+    app.state.budget = budget
+    app.state.audit_log = log
+    # Outermost last: request id, API key (before any body is read), body timeouts, body size.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_upload_bytes + MULTIPART_OVERHEAD)
+    app.add_middleware(BodyTimeoutMiddleware, read_timeout=read_timeout, upload_timeout=upload_timeout)
+    if api_key is not None:
+        app.add_middleware(ApiKeyMiddleware, api_key=api_key.strip())
+    app.add_middleware(RequestContextMiddleware)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(SegQCError, _segqc_error)
+    app.state.docs = add_local_docs(app)  # False without fastapi-offline: no /docs rather than a CDN
     service_info = {
-        "max_upload_bytes": max_upload_bytes,
-        "max_pixels": max_pixels,
+        **limits,
+        **timeouts,
+        "api_key_required": api_key is not None,
+        "audit_log": log is not None,
         "formats": list(FORMATS),
         "segqc_version": __version__,
     }
 
     @app.get("/healthz", response_model=Health, tags=["service"])
+    @app.head("/healthz", include_in_schema=False)  # probes that ask for the status line only
     def healthz() -> dict[str, str]:
-        """Liveness: the model is loaded and the service answers."""
+        """Liveness: the model is loaded and the service answers (open without the API key)."""
         return {"status": "ok"}
 
     @app.get("/v1/model", response_model=ModelInfo, tags=["service"])
     def model_info() -> dict[str, Any]:
         """The served model's metadata (method, threshold, image size, training summary) and limits."""
         base = {"method": loaded.method, "threshold": loaded.threshold, "image_size": loaded.image_size}
-        return {**base, "backend": loaded.backend, **loaded.metadata(), "service": service_info}
+        load = {"pixels_in_flight": budget.in_use, "pixels_in_flight_peak": budget.peak}
+        return {**base, "backend": loaded.backend, **loaded.metadata(), "service": {**service_info, **load}}
+
+    def audit(request: Request, **fields: Any) -> None:
+        if log is None:
+            return
+        started = getattr(request.state, "started", time.perf_counter())
+        latency_ms = round((time.perf_counter() - started) * 1000, 1)
+        try:
+            log.record(request_id=request.state.request_id, source="serve", model_sha256=model_sha256,
+                       **fields, latency_ms=latency_ms)  # fmt: skip
+        except OSError as err:  # fail closed: no decision leaves without its log line
+            detail = f"the audit log cannot be written ({type(err).__name__}: {err})"
+            raise HTTPException(503, detail) from None
 
     @app.post(
         "/v1/assess",
         response_model=AssessResponse,
-        response_model_exclude_none=True,
+        response_model_exclude_unset=True,
         responses=_ERRORS,
         tags=["assess"],
     )
     async def assess(
+        request: Request,
         file: Annotated[UploadFile, File(description="The image: PNG, JPEG, BMP, TIFF, GIF, WebP or PPM.")],
         include_mask: Annotated[bool, Query(description="Add the predicted mask as a base64 PNG.")] = False,
         include_uncertainty: Annotated[
@@ -127,33 +201,84 @@ def create_app(
         ] = "grey",
     ) -> dict[str, Any]:
         """Segment one image, predict the Jaccard index of the segmentation, and decide pass or refer."""
+        parts = (await request.form()).getlist("file")  # the form FastAPI already parsed (cached)
+        if len(parts) > 1:
+            detail = f"got {len(parts)} form fields 'file': send exactly one image per request"
+            raise HTTPException(422, detail)
         name = upload_name(file.filename)
         data = await read_limited(file, max_upload_bytes, name)
-        # Decoding and inference are CPU-bound: run them off the event loop.
-        return await run_in_threadpool(
-            assessor.run,
-            data,
-            name,
-            include_mask=include_mask,
-            include_uncertainty=include_uncertainty,
-            uncertainty_format=uncertainty_format,
-        )
+        digest, size = sha256_hex(data), None
+        try:
+            _, width, height = await run_in_threadpool(probe_upload, data, name, max_pixels)
+            size = [height, width]
+            async with budget.hold(width * height, name):
+                # Decoding and inference are CPU-bound: run them off the event loop.
+                out = await run_in_threadpool(
+                    assessor.run,
+                    data,
+                    name,
+                    include_mask=include_mask,
+                    include_uncertainty=include_uncertainty,
+                    uncertainty_format=uncertainty_format,
+                )
+        except (HTTPException, SegQCError) as err:
+            status = err.status_code if isinstance(err, HTTPException) else 422
+            detail = err.detail if isinstance(err, HTTPException) else str(err)
+            fields = {
+                "input_sha256": digest,
+                "image_size": size,
+                "predicted_jaccard": None,
+                "jaccard_lower": None,
+            }
+            await run_in_threadpool(audit, request, **fields, decision="error", reason=detail, status=status)
+            raise
+        fields = {"input_sha256": digest, "image_size": [out["height"], out["width"]], "status": 200}
+        fields.update({k: out[k] for k in ("predicted_jaccard", "jaccard_lower", "decision", "reason")})
+        await run_in_threadpool(audit, request, **fields)
+        return {"request_id": request.state.request_id, **out}
 
     return app
 
 
+def _open_audit_log(path: str | Path) -> AuditLog:
+    try:
+        return AuditLog(path)
+    except OSError as err:
+        detail = f"{path}: cannot open the audit log for appending ({type(err).__name__}: {err})"
+        raise SegQCError(detail) from None
+
+
 def create_app_from_env() -> FastAPI:
     """App factory for ``uvicorn --factory`` (used by ``segqc serve --workers N``): settings come from
-    ``SEGQC_SERVE_MODEL``, ``SEGQC_SERVE_MAX_UPLOAD_BYTES`` and ``SEGQC_SERVE_MAX_PIXELS``."""
+    the environment (see :data:`ENV_SETTINGS`; the model from ``SEGQC_SERVE_MODEL``, the API key from
+    ``SEGQC_API_KEY_FILE`` or ``SEGQC_API_KEY``)."""
+    return_freed_memory()  # a server worker process: its peak RSS should follow the pixel budget
     try:
         model = os.environ["SEGQC_SERVE_MODEL"]
     except KeyError:
         raise BundleError("SEGQC_SERVE_MODEL is not set: the model folder to serve") from None
-    return create_app(
-        model,
-        max_upload_bytes=int(os.environ.get("SEGQC_SERVE_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES)),
-        max_pixels=int(os.environ.get("SEGQC_SERVE_MAX_PIXELS", DEFAULT_MAX_PIXELS)),
-    )
+    settings: dict[str, Any] = {}
+    for key, (var, kind) in ENV_SETTINGS.items():
+        value = os.environ.get(var)
+        if value is None or value == "":
+            continue
+        try:
+            settings[key] = kind(value)
+        except ValueError:
+            raise SegQCError(f"{var}={value!r} is not a valid {kind.__name__}") from None
+    return create_app(model, api_key=read_api_key(os.environ.get("SEGQC_API_KEY_FILE") or None), **settings)
+
+
+#: ``create_app`` keyword -> (environment variable, type), read by :func:`create_app_from_env`.
+ENV_SETTINGS: dict[str, tuple[str, type]] = {
+    "max_upload_bytes": ("SEGQC_SERVE_MAX_UPLOAD_BYTES", int),
+    "max_pixels": ("SEGQC_SERVE_MAX_PIXELS", int),
+    "pixel_budget": ("SEGQC_SERVE_PIXEL_BUDGET", int),
+    "queue_timeout": ("SEGQC_SERVE_QUEUE_TIMEOUT", float),
+    "read_timeout": ("SEGQC_SERVE_READ_TIMEOUT", float),
+    "upload_timeout": ("SEGQC_SERVE_UPLOAD_TIMEOUT", float),
+    "audit_log": ("SEGQC_SERVE_AUDIT_LOG", str),
+}
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -54,6 +54,8 @@ class Assessor:
             "id": result.id,
             "predicted_jaccard": float(result.predicted_jaccard),
             "decision": result.decision,
+            "reason": result.reason,
+            "jaccard_lower": None if result.jaccard_lower is None else float(result.jaccard_lower),
             "threshold": float(result.threshold),
             "mean_uncertainty": float(result.mean_uncertainty),
             "method": self.model.method,

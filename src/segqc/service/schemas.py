@@ -10,10 +10,21 @@ from pydantic import BaseModel, ConfigDict, Field
 class AssessResponse(BaseModel):
     """The quality assessment of one uploaded image."""
 
+    request_id: str = Field(
+        description="This request's id (a uuid4), also in the X-Request-ID header and the audit log."
+    )
     id: str = Field(description="The upload's file name without its folder and extension ('upload' if none).")
     predicted_jaccard: float = Field(description="Jaccard index of the segmentation, as predicted by g.")
     decision: Literal["pass", "refer"] = Field(
         description="'refer' (to a human) when predicted_jaccard is below threshold, else 'pass'."
+    )
+    reason: str = Field(
+        description="Why: 'ok' for a pass, else the failed checks, most severe first, joined by '; ' "
+        "('not finite', 'out-of-distribution', 'low predicted quality')."
+    )
+    jaccard_lower: float | None = Field(
+        description="A lower bound of the true Jaccard index at the model's stated confidence, or null "
+        "when the model has none."
     )
     threshold: float = Field(description="The model's referral threshold on the predicted Jaccard index.")
     mean_uncertainty: float = Field(description="Mean of the per-pixel uncertainty map z.")
@@ -47,7 +58,10 @@ class ModelInfo(BaseModel):
     method: str = Field(description="Uncertainty method of f.")
     threshold: float = Field(description="Referral threshold on the predicted Jaccard index.")
     image_size: int = Field(description="Side of the square input of the networks (uploads are resized).")
-    service: dict[str, Any] = Field(description="Service settings: max_upload_bytes, max_pixels, formats.")
+    service: dict[str, Any] = Field(
+        description="Service settings: max_upload_bytes, max_pixels, pixel_budget, the timeouts, "
+        "api_key_required, audit_log, formats."
+    )
 
 
 class Health(BaseModel):

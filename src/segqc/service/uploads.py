@@ -69,6 +69,14 @@ def sniff_format(data: bytes, name: str, max_pixels: int) -> str:
     """The Pillow format of ``data`` if it is an accepted one of at most ``max_pixels`` pixels; else 413
     (too many pixels), 415 (not an image, or a format not accepted) or 422 (it starts like an accepted
     format but its header is corrupt). Reads headers only."""
+    return probe_upload(data, name, max_pixels)[0]
+
+
+def probe_upload(data: bytes, name: str, max_pixels: int) -> tuple[str, int, int]:
+    """``(format, width, height)`` declared by the header of ``data``, refused as :func:`sniff_format`
+    says. Reads headers only (Pillow's ``Image.open`` is lazy): nothing is decoded."""
+    if not data:
+        raise HTTPException(415, f"{name}: the file is empty (0 bytes); send an image")
     # No warnings.catch_warnings() here: it changes process-wide state, unsafe across request threads.
     try:
         with Image.open(io.BytesIO(data), formats=FORMATS) as probe:
@@ -87,7 +95,7 @@ def sniff_format(data: bytes, name: str, max_pixels: int) -> str:
             raise HTTPException(
                 413, f"{name}: image declares {width}x{height} pixels, more than the limit of {max_pixels}"
             )
-        return fmt
+        return fmt, width, height
     other = _identify_any(data)
     if other is not None:
         raise HTTPException(415, f"{name}: {other} images are not accepted; send one of {', '.join(FORMATS)}")
