@@ -193,3 +193,15 @@ def fit_gate(
             f"(need {detector.calibration['min_heldout_for_alpha']})"
         )
     return Gate(float(threshold), detector, conformal, fitness)
+
+
+def unfit_warning(model: Any) -> str | None:
+    """The warning ``predict`` and ``serve`` show for a model written unfit (``train --force``), or None."""
+    fitness = ((getattr(model, "config", None) or {}).get("gate") or {}).get("fitness") or {}
+    if fitness.get("fit", False):
+        return None
+    problems = "; ".join(fitness.get("problems") or ["no fitness record"])
+    return (
+        f"this model failed its fitness check and was written with --force ({problems}): "
+        "its decisions are unreliable"
+    )

@@ -11,6 +11,16 @@ from PIL import Image
 from segqc.types import SegPrediction
 
 
+def accept_all_gate(threshold: float):
+    """A gate whose detector calls every input in-distribution (so only the other checks decide)."""
+    from segqc.gate import Gate
+    from segqc.ood import FEATURES, OODDetector
+
+    d = len(FEATURES)
+    detector = OODDetector(np.zeros(d), np.ones(d), np.zeros((d, d)), limit=1e6, image_size=16)
+    return Gate(threshold, detector, {"confidence": 0.9, "margin": 0.1, "n_heldout": 100, "guaranteed": True})
+
+
 class FakeModel:
     """Follows the :class:`segqc.runtime.Model` protocol. Predicted Jaccard = the image's mean red / 255,
     so a test picks each decision by the colour of the image it writes (threshold 0.5)."""
@@ -21,6 +31,7 @@ class FakeModel:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.config = {"sha256": {"f": "0" * 64}, "threshold_rule": {"description": "fixed"}}
+        self.gate = accept_all_gate(self.threshold)
 
     def segment(self, images: np.ndarray) -> SegPrediction:
         n, s = len(images), images.shape[1]

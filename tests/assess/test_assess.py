@@ -7,6 +7,7 @@ import pytest
 
 from segqc.assess import Assessment, assess_images
 from segqc.errors import DataError
+from tests.assess.conftest import accept_all_gate
 from tests.test_bundle import train_tiny_bundle
 
 
@@ -67,16 +68,6 @@ def test_bad_arrays_are_data_errors(bundle):
         assess_images(bundle, [np.zeros((0, 10, 3), np.uint8)])
     with pytest.raises(DataError, match="2 ids"):
         assess_images(bundle, [np.zeros((8, 8, 3), np.uint8)], ["a", "b"])
-
-
-def accept_all_gate(threshold: float):
-    """A gate whose detector calls every input in-distribution (so only the other checks decide)."""
-    from segqc.gate import Gate
-    from segqc.ood import FEATURES, OODDetector
-
-    d = len(FEATURES)
-    detector = OODDetector(np.zeros(d), np.ones(d), np.zeros((d, d)), limit=1e6, image_size=16)
-    return Gate(threshold, detector, {"confidence": 0.9, "margin": 0.1, "n_heldout": 100, "guaranteed": True})
 
 
 class _NonFinite:

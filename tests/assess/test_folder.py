@@ -65,7 +65,8 @@ def test_quality_csv_has_reason_and_jaccard_lower(fake_model, tmp_path):
     assert tuple(next(iter(rows.values()))) == QUALITY_COLUMNS
     assert QUALITY_COLUMNS.index("reason") == QUALITY_COLUMNS.index("decision") + 1
     assert rows["ok"]["reason"] == "ok" and rows["bad"]["reason"] == "low predicted quality"
-    assert rows["ok"]["jaccard_lower"] == ""  # this model states no bound
+    # The fake gate's conformal margin is 0.1: the bound is 0.1 below the prediction.
+    assert float(rows["ok"]["jaccard_lower"]) == pytest.approx(float(rows["ok"]["predicted_jaccard"]) - 0.1)
 
 
 def test_an_older_folder_without_the_new_columns_resumes(fake_model, tmp_path):
@@ -129,7 +130,9 @@ def test_audit_log_has_one_record_per_decision_and_error(fake_model, tmp_path):
     import hashlib
 
     assert g["input_sha256"] == hashlib.sha256(good.read_bytes()).hexdigest()
-    assert 0.8 < g["predicted_jaccard"] < 0.9 and g["jaccard_lower"] is None
+    assert 0.8 < g["predicted_jaccard"] < 0.9 and g["jaccard_lower"] == pytest.approx(
+        g["predicted_jaccard"] - 0.1
+    )
     run_id = g["request_id"].split("/")[0]
     assert g["request_id"] == f"{run_id}/good" and records["bad.png"]["decision"] == "refer"
     j = records["junk.png"]

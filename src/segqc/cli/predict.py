@@ -60,6 +60,13 @@ MANIFESTS = {"torch": "bundle.json", "onnx": "export.json"}
         help="Optional, for older scripts: the backend the model folder must have (torch: a bundle, "
         "onnx: an export); the folder itself decides.",
     ),
+    click.option(
+        "--trusted-key",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        default=None,
+        help="Ed25519 public key (PEM): use the model only if it carries a valid signature by this key "
+        "(`segqc sign`).",
+    ),
     click.option("--no-report", is_flag=True, help="Do not write report.html."),
     quiet_option(),
 )
@@ -72,6 +79,7 @@ def predict(
     threads: int | None,
     seed: int | None,
     backend: str | None,
+    trusted_key: Path | None,
     no_report: bool,
     quiet: bool,
 ) -> None:
@@ -113,6 +121,7 @@ def predict(
     """
     from segqc.assess import assess_files, collect_inputs
     from segqc.errors import DataError
+    from segqc.gate import unfit_warning
     from segqc.runtime import load_model
 
     if backend is not None and not (model / MANIFESTS[backend]).is_file():
@@ -121,7 +130,10 @@ def predict(
             "found); without --backend the folder decides"
         )
     given = {"device": device, "threads": threads, "seed": seed}
-    loaded = load_model(model, **{k: v for k, v in given.items() if v is not None})
+    loaded = load_model(model, trusted_key=trusted_key, **{k: v for k, v in given.items() if v is not None})
+    warning = unfit_warning(loaded)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
     if backend is not None and loaded.backend != backend:
         kind = KINDS.get(loaded.backend, loaded.backend)
         raise BundleError(

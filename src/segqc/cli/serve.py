@@ -85,6 +85,13 @@ def shown(flag: str, type: Any, default: Any, help: str) -> Any:
     default=None,
     help="Append one JSON line per assessment and per refused upload to this file.",
 )
+@click.option(
+    "--trusted-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Ed25519 public key (PEM): serve the model only if it carries a valid signature by this key "
+    "(`segqc sign`).",
+)
 @shown(
     "--workers",
     click.IntRange(1),
@@ -110,6 +117,7 @@ def serve(
     upload_timeout: float,
     api_key_file: Path | None,
     audit_log: Path | None,
+    trusted_key: Path | None,
     workers: int,
     log_level: str,
 ) -> None:
@@ -121,6 +129,7 @@ def serve(
         curl -F file=@lesion.jpg http://127.0.0.1:8000/v1/assess
     """
     uvicorn, create_app = _import_server()
+    from segqc.gate import unfit_warning
     from segqc.service.budget import return_freed_memory
     from segqc.service.middleware import read_api_key
 
@@ -134,11 +143,15 @@ def serve(
         "read_timeout": read_timeout,
         "upload_timeout": upload_timeout,
         "audit_log": audit_log,
+        "trusted_key": trusted_key,
     }
     return_freed_memory()  # so that the peak RSS follows the pixel budget (see its doc)
     # Load (and warm up) the model here, so a bad one is a clear error and exit code 1, even with workers.
     app = create_app(model_dir, api_key=api_key, **settings)
     model = app.state.model
+    warning = unfit_warning(model)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
     shown = f"[{host}]" if ":" in host else host
     docs = "API docs at /docs" if app.state.docs else "no /docs: pip install fastapi-offline"
     click.echo(
@@ -157,7 +170,8 @@ def serve(
     os.environ["SEGQC_SERVE_MODEL"] = str(Path(model_dir).resolve())
     for key, (var, _) in ENV_SETTINGS.items():
         value = settings[key]
-        os.environ[var] = "" if value is None else str(Path(value).resolve() if key == "audit_log" else value)
+        is_path = key in ("audit_log", "trusted_key")
+        os.environ[var] = "" if value is None else str(Path(value).resolve() if is_path else value)
     # The key travels as its file's path (or stays in $SEGQC_API_KEY), not as a new variable.
     os.environ["SEGQC_API_KEY_FILE"] = str(api_key_file.resolve()) if api_key_file else ""
     del app

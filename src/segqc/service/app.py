@@ -14,6 +14,7 @@ assessment and every refused upload is one JSON line (:mod:`segqc.audit`).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from fastapi.responses import JSONResponse
 from segqc import __version__
 from segqc.audit import AuditLog, sha256_hex
 from segqc.errors import BundleError, SegQCError
+from segqc.gate import unfit_warning
 from segqc.runtime import Model, load_model
 from segqc.service.assessor import Assessor
 from segqc.service.budget import (
@@ -56,6 +58,8 @@ from segqc.service.uploads import (
     upload_name,
 )
 
+logger = logging.getLogger(__name__)
+
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in (
@@ -81,6 +85,7 @@ def create_app(
     upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT_S,
     api_key: str | None = None,
     audit_log: str | Path | AuditLog | None = None,
+    trusted_key: str | Path | None = None,
     warmup: bool = True,
 ) -> FastAPI:
     """Build the service around a model, loaded once here.
@@ -103,6 +108,8 @@ def create_app(
         api_key: when given, every route but ``/healthz`` needs it (401 otherwise).
         audit_log: a JSON-lines file (or an :class:`~segqc.audit.AuditLog`) that gets one line per
             assessment and per refused upload.
+        trusted_key: an Ed25519 public key (PEM); a model folder not signed by it is refused
+            (:func:`segqc.runtime.load_model`). Only for a folder, not a loaded model.
         warmup: run one inference on a blank image now, so a broken model fails here and the first
             request is not slow. Defaults to True.
 
@@ -119,7 +126,15 @@ def create_app(
     if api_key is not None and not api_key.strip():
         raise SegQCError("the API key is empty")
     log = audit_log if isinstance(audit_log, AuditLog) or audit_log is None else _open_audit_log(audit_log)
-    loaded = load_model(model) if isinstance(model, (str, os.PathLike)) else model
+    if isinstance(model, (str, os.PathLike)):
+        loaded = load_model(model, trusted_key=trusted_key)
+    elif trusted_key is not None:
+        raise SegQCError("trusted_key needs a model folder (the signature is of the folder's files)")
+    else:
+        loaded = model
+    warning = unfit_warning(loaded)
+    if warning:
+        logger.warning("segqc serve: %s", warning)
     assessor = Assessor(loaded, max_pixels=max_pixels)
     if warmup:
         assessor.warmup()
@@ -278,6 +293,7 @@ ENV_SETTINGS: dict[str, tuple[str, type]] = {
     "read_timeout": ("SEGQC_SERVE_READ_TIMEOUT", float),
     "upload_timeout": ("SEGQC_SERVE_UPLOAD_TIMEOUT", float),
     "audit_log": ("SEGQC_SERVE_AUDIT_LOG", str),
+    "trusted_key": ("SEGQC_SERVE_TRUSTED_KEY", str),
 }
 
 
