@@ -95,3 +95,16 @@ def run_without_torch(script: str, *args: str, timeout: float = 300) -> tuple[di
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, output
     return json.loads(lines[-1][len("RESULT ") :]), output
+
+
+@pytest.fixture(scope="session")
+def fit_bundle_dir(tmp_path_factory) -> Path:
+    """A small bundle that passes its fitness check (6 epochs each on 120 synthetic 32x32 images; ~4 s)."""
+    from segqc.training import train_bundle
+
+    images, masks, ids = make_synthetic(160, 32, seed=8)
+    data = SegData(images, masks, ids)
+    cfg = PipelineConfig(**{**TINY_SETTINGS, "seg_epochs": 6, "quality_epochs": 6})
+    out = tmp_path_factory.mktemp("fit") / "model"
+    train_bundle((data.subset(range(120)), data.subset(range(120, 160))), None, cfg, out, progress=False)
+    return out

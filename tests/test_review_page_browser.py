@@ -83,6 +83,11 @@ def test_report_in_browser(report, browser, tmp_path):
     assert set(shown[: len(referred)]) == referred
     keys = [(by_id[i]["decision"] != "refer", float(by_id[i]["predicted_jaccard"])) for i in shown]
     assert keys == sorted(keys)
+    # Each card says why: the reason column of quality.csv, shown next to the decision.
+    reasons = {cards.nth(i).get_attribute("data-id"): cards.nth(i).locator(".reason").inner_text()
+               for i in range(cards.count())}  # fmt: skip
+    assert reasons == {r["id"]: r["reason"] for r in rows}
+    assert all(reasons[k].startswith("out-of-distribution") for k in ("case_6", "case_7"))  # black, white
     # Every card shows three thumbnails that the browser decoded.
     widths = page.eval_on_selector_all("article.case img", "imgs => imgs.map(i => i.naturalWidth)")
     assert len(widths) == 3 * len(rows) and all(0 < w <= 256 for w in widths)

@@ -132,9 +132,9 @@ def guaranteed_threshold(
     predicted, true = np.asarray(predicted, np.float64), np.asarray(true, np.float64)
     failures = np.sort(predicted[true < failure_jaccard])
     m = failures.size
-    needed = (
-        math.ceil(math.log(1.0 - confidence) / math.log(target_recall)) if target_recall < 1 else math.inf
-    )
+    if not 0.0 < target_recall < 1.0:
+        raise SegQCError(f"a guaranteed failure recall must be in (0, 1), got {target_recall}")
+    needed = math.ceil(math.log(1.0 - confidence) / math.log(target_recall))
     orders = np.arange(1, m + 1)
     ok = beta.sf(target_recall, orders, m - orders + 1) >= confidence if m else np.zeros(0, bool)
     if not ok.any():

@@ -64,9 +64,12 @@ def image_features(images: np.ndarray, masks: np.ndarray, uncertainty: np.ndarra
     p = hist / hist.sum(axis=1, keepdims=True)
     entropy = -(p * np.log(np.where(p > 0, p, 1.0))).sum(axis=1)
     u = uncertainty.astype(np.float64).reshape(n, -1)
-    with np.errstate(invalid="ignore"):
+    finite_rows = np.isfinite(u).all(axis=1)
+    with np.errstate(invalid="ignore", over="ignore"):
         u_mean = u.mean(axis=1)
-        u_p95 = np.percentile(u, 95, axis=1) if np.isfinite(u).all() else np.full(n, np.nan)
+    u_p95 = np.full(n, np.nan)  # a map with a non-finite value gives a non-finite feature (refer)
+    if finite_rows.any():
+        u_p95[finite_rows] = np.percentile(u[finite_rows], 95, axis=1)
     m = masks.astype(np.float64)
     mask_fraction = m.mean(axis=(1, 2))
     edge = np.concatenate([m[:, 0], m[:, -1], m[:, :, 0], m[:, :, -1]], axis=1).mean(axis=1)

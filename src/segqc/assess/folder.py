@@ -7,6 +7,7 @@ Works with any loaded :class:`~segqc.runtime.Model`; imports no torch itself.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Sequence
@@ -284,7 +285,17 @@ def _case_fields(row: dict[str, Any]) -> dict[str, Any]:
         "threshold": float(row["threshold"]),
         "mean_uncertainty": float(row["mean_uncertainty"]),
         "source": row["source"],
+        "reason": row.get("reason") or "",
+        "jaccard_lower": _float_or_none(row.get("jaccard_lower")),
     }
+
+
+def _float_or_none(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _case_from_disk(out: Path, row: dict[str, Any]) -> ReviewCase:

@@ -41,6 +41,8 @@ class ReviewCase:
     threshold: float
     mean_uncertainty: float
     source: str = ""
+    reason: str = ""
+    jaccard_lower: float | None = None
     image: bytes | None = None
     overlay: bytes | None = None
     uncertainty: bytes | None = None
@@ -66,6 +68,7 @@ h1{font-size:1.4em;margin:0 0 .3em}
 .case .id{font-weight:600;word-break:break-all}
 .decision{font-weight:600;text-transform:uppercase}
 .refer .decision{color:#c00}.pass .decision{color:#080}
+.reason{font-style:italic}.refer .reason{color:#c00}
 .panels{display:flex;gap:.6em;flex-wrap:wrap;margin-top:.4em}
 figure{margin:0}figcaption{font-size:.85em;color:#666}
 figure img{display:block;width:192px;height:192px;object-fit:contain;background:#eee}
@@ -105,12 +108,14 @@ def _card(case: ReviewCase) -> str:
     id_ = html.escape(case.id)
     decision = "refer" if case.decision == "refer" else "pass"
     source = f'<div class="source">{html.escape(case.source)}</div>' if case.source else ""
+    reason = f'<span class="reason">{html.escape(case.reason)}</span>' if case.reason else ""
+    lower = "" if case.jaccard_lower is None else f', at least <b class="lower">{case.jaccard_lower:.3f}</b>'
     return (
         f'<article class="case {decision}" data-decision="{decision}" data-id="{id_}">'
         f'<header><span class="id">{id_}</span>'
-        f'<span class="decision">{decision}</span>'
+        f'<span class="decision">{decision}</span>{reason}'
         f'<span>predicted Jaccard <b class="quality">{case.predicted_jaccard:.3f}</b> '
-        f"(threshold {case.threshold:g})</span>"
+        f"(threshold {case.threshold:g}){lower}</span>"
         f"<span>mean uncertainty {case.mean_uncertainty:.4f}</span></header>"
         f'<div class="panels">{_figure(case.image, "image", case.id)}'
         f"{_figure(case.overlay, 'segmentation', case.id)}"
