@@ -78,8 +78,8 @@ def test_train_refuses_an_unfit_model_and_force_marks_it(tmp_path, monkeypatch):
     config = json.loads((tmp_path / "m" / "bundle.json").read_text())
     assert config["gate"]["fitness"]["fit"] is False and config["gate"]["fitness"]["forced"] is True
     Image.fromarray(np.full((20, 20, 3), 128, np.uint8)).save(tmp_path / "x.png")
-    predicted = CliRunner().invoke(cli, ["predict", "--model", str(tmp_path / "m"), "--out",
-                                         str(tmp_path / "o"), "--quiet", str(tmp_path / "x.png")])  # fmt: skip
+    predict = ["predict", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "o"), "--quiet"]
+    predicted = CliRunner().invoke(cli, [*predict, str(tmp_path / "x.png")])
     assert predicted.exit_code == 0 and predicted.stderr.startswith("warning: this model failed its fitness")
 
 
