@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from scipy.stats import beta
 
-from segqc.calibration import conformal_margin, guaranteed_threshold
+from segqc.calibration import guaranteed_threshold
 from segqc.errors import SegQCError
+from segqc.gate import conformal_margin
 
 
 def _draw(rng: np.random.Generator, n: int, failure_share: float = 0.3) -> tuple[np.ndarray, np.ndarray]:

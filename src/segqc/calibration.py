@@ -158,21 +158,3 @@ def guaranteed_threshold(
         "min_failures_needed": needed,
         "n_referred": int(referred.sum()),
     }
-
-
-def conformal_margin(predicted: np.ndarray, true: np.ndarray, confidence: float) -> dict:
-    """Split-conformal margin for a per-image lower bound of the true Jaccard.
-
-    With residuals r = predicted - true on n held-out images, ``margin`` is their ceil((n + 1) C)-th
-    smallest value; for a new exchangeable image, ``true >= predicted - margin`` with probability at
-    least C (Vovk et al., 2005; Angelopoulos & Bates, 2021). With too few images for C the margin is
-    1.0 (the bound is 0, which is always true) and ``guaranteed`` is false.
-    """
-    if not 0.0 < confidence < 1.0:
-        raise SegQCError(f"confidence must be in (0, 1), got {confidence}")
-    residuals = np.sort(np.asarray(predicted, np.float64) - np.asarray(true, np.float64))
-    n = residuals.size
-    k = math.ceil((n + 1) * confidence)
-    guaranteed = 0 < k <= n and bool(np.isfinite(residuals).all())
-    margin = float(residuals[k - 1]) if guaranteed else 1.0
-    return {"confidence": confidence, "margin": margin, "n_heldout": int(n), "guaranteed": guaranteed}

@@ -3,7 +3,7 @@
 An image passes only when (1) every number on the way is finite, (2) it looks like the training
 images (:mod:`segqc.ood`), and (3) g's predicted Jaccard is at least the threshold. Anything else is
 referred, with the reasons. Beside the point prediction, each image gets a split-conformal lower bound
-of its true Jaccard (:func:`segqc.calibration.conformal_margin`).
+of its true Jaccard (:func:`conformal_margin`).
 
 The gate's record in ``bundle.json`` / ``export.json`` (key ``gate``)::
 
@@ -113,6 +113,24 @@ class Gate:
         return cls(float(threshold), ood, conformal, fitness)
 
 
+def conformal_margin(predicted: np.ndarray, true: np.ndarray, confidence: float) -> dict:
+    """Split-conformal margin for a per-image lower bound of the true Jaccard.
+
+    With residuals r = predicted - true on n held-out images, ``margin`` is their ceil((n + 1) C)-th
+    smallest value; for a new exchangeable image, ``true >= predicted - margin`` with probability at
+    least C (Vovk et al., 2005; Angelopoulos & Bates, 2021). With too few images for C the margin is
+    1.0 (the bound is 0, which is always true) and ``guaranteed`` is false.
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    residuals = np.sort(np.asarray(predicted, np.float64) - np.asarray(true, np.float64))
+    n = residuals.size
+    k = math.ceil((n + 1) * confidence)
+    guaranteed = 0 < k <= n and bool(np.isfinite(residuals).all())
+    margin = float(residuals[k - 1]) if guaranteed else 1.0
+    return {"confidence": confidence, "margin": margin, "n_heldout": int(n), "guaranteed": guaranteed}
+
+
 def assess_fitness(
     predicted: np.ndarray, true: np.ndarray, threshold: float, failure_jaccard: float
 ) -> dict[str, Any]:
@@ -174,8 +192,6 @@ def fit_gate(
     """Learn the gate: the detector's Gaussian on the training images, its limit, the conformal margin
     and the fitness on held-out training images (``heldout`` with its true ``jaccard``; g's
     ``heldout_predicted``)."""
-    from segqc.calibration import conformal_margin
-
     features = image_features(train.images, train.masks, train.uncertainty)
     detector = OODDetector.fit(features, image_size=int(train.images.shape[1]))
     detector.calibrate(image_features(heldout.images, heldout.masks, heldout.uncertainty), ood_alpha)
