@@ -47,10 +47,21 @@ def half(data: bytes) -> bytes:
 #: Pillow identifies this header as EPS; decoding it would run Ghostscript.
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n"
 
+
 #: (case, file name, bytes, status, text the error must contain)
 # fmt: off
+def multi_frame(fmt: str) -> bytes:
+    """Two different frames in one file: the service must not silently assess only the first."""
+    frames = [Image.fromarray(random_rgb(20, 20, seed)) for seed in (0, 1)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format=fmt, save_all=True, append_images=frames[1:])
+    return buf.getvalue()
+
+
 REFUSED: list[tuple[str, str, Callable[[], bytes], int, str]] = [
     ("zero-byte", "empty.png", lambda: b"", 415, "empty"),
+    ("multi-frame-gif", "anim.gif", lambda: multi_frame("GIF"), 422, "2 frames"),
+    ("multi-page-tiff", "pages.tif", lambda: multi_frame("TIFF"), 422, "2 frames"),
     ("text-named-jpg", "notes.jpg", lambda: b"Patient notes: lesion, left arm.\n" * 20, 415, "not an image"),
     ("html-named-png", "index.png", lambda: b"<!DOCTYPE html><html></html>", 415, "not an image"),
     ("zip-archive", "images.zip", lambda: b"PK\x03\x04" + garbage(300), 415, "not an image"),
