@@ -49,6 +49,10 @@ def test_model_route_reports_the_bundle_and_limits(client, bundle):
     assert info["service"]["max_upload_bytes"] == MAX_UPLOAD
     assert info["service"]["max_pixels"] == MAX_PIXELS
     assert "PNG" in info["service"]["formats"] and "JPEG" in info["service"]["formats"]
+    # The gate, without its matrices: the tiny test model is unfit (forced), and says so.
+    assert info["gate"]["fitness"]["fit"] is False and "precision" not in info["gate"]["ood"]
+    assert info["gate"]["ood"]["limit"] == pytest.approx(bundle.gate.ood.limit)
+    assert info["manifest_sha256"] == bundle.manifest_sha256
 
 
 def test_assess_matches_the_library(client, bundle):
