@@ -357,3 +357,15 @@ def test_config_missing_a_key_refused(bundle_dir, tmp_path, no_server):
 
 def test_missing_bundle_folder_refused(tmp_path, no_server):
     _bad_bundle_fails_cleanly(tmp_path / "nowhere", "not found")
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "TIFF", "PNG", "WEBP"])
+def test_multi_frame_upload_is_refused_like_predict(client, fmt):
+    # predict lists a multi-frame file in errors.csv; the service used to assess its first frame alone.
+    frames = [Image.fromarray(np.full((20, 20, 3), v, np.uint8)) for v in (10, 200)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format=fmt, save_all=True, append_images=frames[1:])
+    response = post_image(client, f"anim.{fmt.lower()}", buf.getvalue())
+    assert response.status_code == 422, response.text
+    assert "holds 2 frames" in response.json()["detail"]
+    assert_healthy(client)

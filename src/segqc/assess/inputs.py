@@ -14,7 +14,7 @@ import numpy as np
 
 from segqc.assess.ids import assign_ids
 from segqc.assess.outputs import is_output_folder
-from segqc.data.readers import IMAGE_EXTENSIONS, open_image, to_rgb
+from segqc.data.readers import IMAGE_EXTENSIONS, open_image, single_frame, to_rgb
 from segqc.errors import DataError
 
 _GLOB_CHARS = frozenset("*?[")
@@ -145,15 +145,7 @@ def load_input(path: Path) -> InputImage:
 
 def _decode(source: Path | _Buffer, path: Path) -> np.ndarray:
     try:
-        img = open_image(source, str(path))
-        frames = getattr(img, "n_frames", 1)
-        if frames > 1:
-            # Fail closed: assessing only the first frame would pass images nobody looked at.
-            raise DataError(
-                f"{path}: holds {frames} frames (a multi-frame GIF, TIFF or similar); segqc assesses "
-                "single images: save each frame as its own file"
-            )
-        return to_rgb(img)
+        return to_rgb(single_frame(open_image(source, str(path)), str(path)))
     except DataError:
         raise
     except Exception as err:  # Pillow raises many types on corrupt files; one bad file must not stop a run

@@ -75,6 +75,20 @@ def open_image(
     return img
 
 
+def single_frame(img: Image.Image, name: str) -> Image.Image:
+    """``img`` if it holds one frame; a ``DataError`` for a multi-frame GIF, TIFF, APNG or WebP.
+
+    Fail closed: assessing only the first frame would pass images nobody looked at.
+    """
+    frames = getattr(img, "n_frames", 1)
+    if frames > 1:
+        raise DataError(
+            f"{name}: holds {frames} frames (a multi-frame GIF, TIFF or similar); segqc assesses "
+            "single images: save each frame as its own file"
+        )
+    return img
+
+
 def _open(path: Path, what: str) -> Image.Image:
     if not path.is_file():
         raise DataError(f"{path}: {what} file not found")

@@ -5,7 +5,8 @@ Bad input is always an :class:`~fastapi.HTTPException` with a 4xx status, never 
 * 413: the upload (or the request body) is over the size limit, or the image declares more pixels than
   allowed (checked on the header, before decoding);
 * 415: not an image (empty, text, unknown format) or a format the service does not accept;
-* 422: an accepted image format that cannot be decoded (truncated, corrupt).
+* 422: an accepted image format that cannot be decoded (truncated, corrupt), or an image of several
+  frames (an animation or a multi-page TIFF: as ``segqc predict``, never only the first frame).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image, UnidentifiedImageError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from segqc.data.readers import ImageTooLargeError, open_image, to_rgb
+from segqc.data.readers import ImageTooLargeError, open_image, single_frame, to_rgb
 from segqc.errors import DataError
 
 MiB = 1024 * 1024
@@ -55,6 +56,10 @@ def decode_upload(data: bytes, name: str, max_pixels: int) -> np.ndarray:
         raise HTTPException(413, str(err)) from None
     except DataError as err:
         raise HTTPException(422, f"{err} (a corrupt or truncated {fmt} file?)") from None
+    try:
+        single_frame(img, name)  # as `segqc predict`: never assess only the first frame of a stack
+    except DataError as err:
+        raise HTTPException(422, str(err)) from None
     try:
         rgb = to_rgb(img)
     except (OSError, ValueError, SyntaxError, TypeError, KeyError) as err:
