@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from pathlib import Path
 
@@ -185,3 +186,29 @@ def test_explicit_ids_are_checked(fake_model, tmp_path):
         run(fake_model, [b], tmp_path / "out", ids=["CASE-1"])
     with pytest.raises(DataError, match="listed twice"):
         run(fake_model, [a, tmp_path / "." / "a.png"], tmp_path / "out")
+
+
+def test_a_file_replaced_under_the_same_name_is_assessed_again(fake_model, tmp_path):
+    # A re-run used to skip by path alone: the new bytes were never looked at and kept the old "pass".
+    path = write_image(tmp_path / "in" / "scan.png", red=220)
+    out = tmp_path / "out"
+    run(fake_model, [path], out)
+    assert rows_of(out / "quality.csv")[0]["decision"] == "pass"
+    write_image(path, red=20)  # another image, same name
+    summary = run(fake_model, [path], out)
+    assert summary.assessed == ["scan"] and summary.skipped == []
+    (row,) = rows_of(out / "quality.csv")
+    assert row["decision"] == "refer" and row["input_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    audit = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
+    assert [r["decision"] for r in audit] == ["pass", "refer"]
+    assert run(fake_model, [path], out).skipped == ["scan"]  # unchanged now: skipped
+
+
+def test_a_model_with_another_gate_but_the_same_weights_is_another_model(fake_model, tmp_path):
+    # run.json compared only the weights and the threshold: a re-calibrated gate (e.g. a looser OOD
+    # limit) mixed its decisions with the earlier model's, which re-runs kept as "done".
+    out = tmp_path / "out"
+    run(fake_model, [write_image(tmp_path / "a.png")], out)
+    fake_model.manifest_sha256 = "e" * 64
+    with pytest.raises(SegQCError, match="holds the results of another model"):
+        run(fake_model, [write_image(tmp_path / "b.png")], out)
