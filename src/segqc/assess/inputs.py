@@ -6,6 +6,7 @@ import glob
 import hashlib
 import io
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,7 +133,12 @@ def load_input(path: Path) -> InputImage:
             carries the SHA-256 of the bytes as ``sha256`` when they could be read.
     """
     try:
-        data = path.read_bytes()
+        # Non-blocking open: a FIFO named like an image (reached by a glob) must not hang the run.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise DataError(f"{path}: not a regular file (a FIFO, device or socket); not an image")
+            data = fh.read()
     except OSError as err:
         raise DataError(f"{path}: cannot read file ({err.strerror or err})") from None
     digest = hashlib.sha256(data).hexdigest()
