@@ -104,3 +104,18 @@ def _error_of(path: Path) -> str:
     except DataError as err:
         return str(err)
     return "read"
+
+
+@pytest.mark.parametrize("fmt", ["ICO", "PCX", "TGA", "SGI", "DDS"])
+def test_only_the_service_formats_are_decoded(tmp_path, fmt):
+    # predict decoded any format Pillow knows (EPS runs Ghostscript) from a file named *.png; the
+    # service accepted 7. Both now decode the same ones.
+    from PIL import Image
+
+    from segqc.data.readers import INPUT_FORMATS
+
+    path = tmp_path / "scan.png"
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(path, format=fmt)
+    with pytest.raises(DataError, match="cannot identify image file"):
+        load_input(path)
+    assert fmt not in INPUT_FORMATS

@@ -15,7 +15,7 @@ import numpy as np
 
 from segqc.assess.ids import assign_ids
 from segqc.assess.outputs import is_output_folder
-from segqc.data.readers import IMAGE_EXTENSIONS, open_image, single_frame, to_rgb
+from segqc.data.readers import IMAGE_EXTENSIONS, INPUT_FORMATS, open_image, single_frame, to_rgb
 from segqc.errors import DataError
 
 _GLOB_CHARS = frozenset("*?[")
@@ -151,7 +151,7 @@ def load_input(path: Path) -> InputImage:
 
 def _decode(source: Path | _Buffer, path: Path) -> np.ndarray:
     try:
-        return to_rgb(single_frame(open_image(source, str(path)), str(path)))
+        return to_rgb(single_frame(open_image(source, str(path), formats=INPUT_FORMATS), str(path)))
     except DataError:
         raise
     except Exception as err:  # Pillow raises many types on corrupt files; one bad file must not stop a run

@@ -19,17 +19,15 @@ from fastapi.responses import JSONResponse
 from PIL import Image, UnidentifiedImageError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from segqc.data.readers import ImageTooLargeError, open_image, single_frame, to_rgb
+from segqc.data.readers import INPUT_FORMATS, ImageTooLargeError, open_image, single_frame, to_rgb
 from segqc.errors import DataError
 
 MiB = 1024 * 1024
 DEFAULT_MAX_UPLOAD_BYTES = 20 * MiB
 DEFAULT_MAX_PIXELS = 40_000_000
-#: Image formats the service decodes (Pillow names). Others (EPS, PSD, ...) are refused with 415
-#: before decoding: fewer decoders exposed to untrusted bytes.
-#: (Pillow's JPEG plugin also opens the MPO variant that cameras write.)
-Image.init()  # register every plugin now, so the ``formats=`` restriction below finds them
-FORMATS = tuple(f for f in ("PNG", "JPEG", "BMP", "TIFF", "GIF", "WEBP", "PPM") if f in Image.OPEN)
+#: Image formats the service decodes (Pillow names), the same as ``segqc predict``. Others (EPS, PSD,
+#: ...) are refused with 415 before decoding: fewer decoders exposed to untrusted bytes.
+FORMATS = INPUT_FORMATS
 #: Room for the multipart boundaries and part headers on top of the file itself.
 MULTIPART_OVERHEAD = 64 * 1024
 #: Signatures of accepted formats: a file that starts like one but that Pillow cannot identify is a
@@ -51,7 +49,7 @@ def decode_upload(data: bytes, name: str, max_pixels: int) -> np.ndarray:
         raise HTTPException(415, f"{name}: the file is empty (0 bytes); send an image")
     fmt = sniff_format(data, name, max_pixels)
     try:
-        img = open_image(io.BytesIO(data), name, max_pixels=max_pixels)
+        img = open_image(io.BytesIO(data), name, max_pixels=max_pixels, formats=FORMATS)
     except ImageTooLargeError as err:
         raise HTTPException(413, str(err)) from None
     except DataError as err:
