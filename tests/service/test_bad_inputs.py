@@ -369,3 +369,14 @@ def test_multi_frame_upload_is_refused_like_predict(client, fmt):
     assert response.status_code == 422, response.text
     assert "holds 2 frames" in response.json()["detail"]
     assert_healthy(client)
+
+
+@pytest.mark.parametrize(
+    ("name", "id_"),
+    [("\u202egnp.exe.png", "_gnp.exe"), ("=HYPERLINK(1).png", "_HYPERLINK(1)"), ("+1.png", "_1")],
+)
+def test_upload_ids_are_made_safe_like_predict_ids(client, name, id_):
+    # The id echoed the client's file name verbatim: bidi overrides, line breaks, formula starts.
+    response = post_image(client, name, encode(random_rgb(12, 12)))
+    assert response.status_code == 200, response.text
+    assert response.json()["id"] == id_

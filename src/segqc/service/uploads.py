@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image, UnidentifiedImageError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from segqc.assess.ids import safe_id
 from segqc.data.readers import INPUT_FORMATS, ImageTooLargeError, open_image, single_frame, to_rgb
 from segqc.errors import DataError
 
@@ -138,9 +139,10 @@ def upload_name(filename: str | None) -> str:
 
 
 def upload_id(name: str) -> str:
-    """Result id: the file name without its extension."""
+    """Result id: the file name without its extension, made safe as ``segqc predict`` makes its ids
+    (:func:`segqc.assess.ids.safe_id`: no control or bidi characters, no leading ``= + - @``)."""
     stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
-    return stem or "upload"
+    return safe_id(stem) if stem else "upload"
 
 
 def _size(n: int) -> str:
