@@ -5,12 +5,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from segqc.assess import QUALITY_COLUMNS, assess_files
+from segqc.assess import QUALITY_COLUMNS, assess_files, collect_inputs
 from segqc.assess.ids import path_digest
 from segqc.assess.outputs import LEGACY_QUALITY_COLUMNS
 from segqc.errors import DataError, SegQCError
@@ -212,3 +213,24 @@ def test_a_model_with_another_gate_but_the_same_weights_is_another_model(fake_mo
     fake_model.manifest_sha256 = "e" * 64
     with pytest.raises(SegQCError, match="holds the results of another model"):
         run(fake_model, [write_image(tmp_path / "b.png")], out)
+
+
+def test_symlink_loops_broken_links_and_fifos_are_reported_not_lost(fake_model, tmp_path):
+    # A glob matching a symlink loop crashed with a traceback (Path.resolve); in a folder, loops,
+    # broken links and FIFOs named like images were silently left out of both tables. (A broken
+    # link's source is where it points, as every source is the resolved path.)
+    folder = tmp_path / "in"
+    write_image(folder / "ok.png")
+    (folder / "a.png").symlink_to("b.png")
+    (folder / "b.png").symlink_to("a.png")
+    (folder / "broken.png").symlink_to("missing.png")
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(folder / "pipe.png")
+    for n, inputs in enumerate(([str(folder)], [str(folder / "*.png")])):
+        out = tmp_path / f"out{n}"
+        summary = run(fake_model, collect_inputs(inputs), out)
+        assert summary.assessed == ["ok"]
+        failed = {Path(e["source"]).name for e in rows_of(out / "errors.csv")}
+        assert failed == {"a.png", "b.png", "missing.png"} | (
+            {"pipe.png"} if hasattr(os, "mkfifo") else set()
+        )

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from segqc.assess.assess import Assessment, assess_images
 from segqc.assess.ids import assign_ids, id_key, safe_id
-from segqc.assess.inputs import collect_inputs, load_input, read_input
+from segqc.assess.inputs import collect_inputs, load_input, read_input, resolved
 from segqc.assess.lock import output_lock
 from segqc.assess.outputs import (
     AUDIT_FILE,
@@ -91,7 +91,7 @@ def _plan(
     errors: dict[str, dict[str, str]],
 ) -> tuple[list[str], list[str]]:
     """The resolved source and the id of each path; drops the folder's rows that the new ids replace."""
-    sources = [str(p.resolve()) for p in paths]  # absolute, so a re-run from elsewhere still matches
+    sources = [str(resolved(p)) for p in paths]  # absolute, so a re-run from elsewhere still matches
     if len(set(sources)) != len(sources):
         raise DataError("the same file is listed twice")
     here = set(sources)

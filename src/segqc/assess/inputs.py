@@ -25,6 +25,15 @@ def _is_image_name(name: str) -> bool:
     return Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def resolved(path: Path) -> Path:
+    """``path.resolve()``, or the absolute path when it cannot be resolved (a symlink loop, which
+    Python before 3.13 raises on): such an input is then listed, and fails to read as an error."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):
+        return Path(os.path.abspath(path))
+
+
 def collect_inputs(inputs: Sequence[str | Path], *, exclude: str | Path | None = None) -> list[Path]:
     """Image files named by ``inputs``: files, folders (searched recursively) and glob patterns.
 
@@ -33,7 +42,9 @@ def collect_inputs(inputs: Sequence[str | Path], *, exclude: str | Path | None =
     Patterns (``*``, ``?``, ``[...]``, ``**``) are expanded here too, for quoted patterns. A file
     reached twice is listed once. Anything under ``exclude`` (this run's output folder) or inside any
     ``segqc predict`` output folder (:func:`~segqc.assess.outputs.is_output_folder`: an earlier run's
-    masks and overlays are not patient images) is skipped.
+    masks and overlays are not patient images) is skipped. Entries named like images that are not
+    regular files (broken links, symlink loops, FIFOs) are listed too: reading them fails, so they
+    are reported in ``errors.csv`` rather than silently left out.
 
     Raises:
         DataError: an input is neither a file, a folder nor a pattern matching something, or it is
@@ -55,10 +66,10 @@ def collect_inputs(inputs: Sequence[str | Path], *, exclude: str | Path | None =
         return next((p for p in (resolved, *resolved.parents) if output_folder(p)), None)
 
     def add(path: Path, explicit: bool = False) -> None:
-        resolved = path.resolve()
-        folder = excluded(resolved.parent)
+        full = resolved(path)
+        folder = excluded(full.parent)
         if folder is None:
-            found.setdefault(resolved, path)
+            found.setdefault(full, path)
         elif explicit:
             raise DataError(f"{path}: lies in a segqc output folder ({folder}); not taken as an input")
 
@@ -74,8 +85,9 @@ def collect_inputs(inputs: Sequence[str | Path], *, exclude: str | Path | None =
             dirs[:] = [d for d in dirs if not d.startswith(".") and excluded((here / d).resolve()) is None]
             files += [here / n for n in names if not n.startswith(".") and _is_image_name(n)]
         for path in sorted(files):
-            if path.is_file():
-                add(path)
+            # Not only regular files: a broken link, a symlink loop or a FIFO named like an image is
+            # listed too, so that it is reported in errors.csv rather than silently left out.
+            add(path)
 
     for raw in inputs:
         path = Path(raw)
@@ -103,7 +115,7 @@ def unique_ids(paths: Sequence[Path]) -> list[str]:
     (ignoring case) with an earlier one, the stem plus ``-`` and 8 hex digits of the SHA-256 of its
     resolved path. See :mod:`segqc.assess.ids`.
     """
-    return assign_ids([str(p.resolve()) for p in paths], [p.stem for p in paths], {})
+    return assign_ids([str(resolved(p)) for p in paths], [p.stem for p in paths], {})
 
 
 class _Buffer(io.BytesIO):
