@@ -171,6 +171,9 @@ def test_predictor_shape_mismatch_is_refused(copy):
         (lambda c: c["gate"]["conformal"].update(margin="x"), "conformal.margin"),
         (lambda c: c.pop("gate"), "lacks the key 'gate'"),
         (lambda c: c["segmenter"]["params"].update(bogus=1), "invalid 'segmenter' settings"),
+        # The ONNX backend seeds its read-outs with int(pipeline.seed): a traceback before it was checked.
+        (lambda c: c.update(pipeline={"seed": "abc"}), "'pipeline.seed' must be a non-negative integer"),
+        (lambda c: c.update(pipeline={"seed": -1}), "'pipeline.seed' must be a non-negative integer"),
     ],
 )
 def test_bad_config_values(copy, edit, message):

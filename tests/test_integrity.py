@@ -122,3 +122,44 @@ def test_export_carries_the_gate_and_its_own_seal(model_dir, tmp_path, keys):
     (out / "export.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="manifest checksum mismatch"):
         load_model(out)
+
+
+def test_a_planted_export_beside_a_signed_bundle_is_refused(model_dir, tmp_path, keys):
+    # load_model opens export.json before bundle.json; the signature used to be checked on bundle.json,
+    # so an unsigned, re-sealed export dropped into a signed bundle's folder was loaded as "signed".
+    pytest.importorskip("onnxruntime")
+    from segqc.runtime.export import export_onnx
+
+    private, public = keys
+    sign_model(model_dir, private)
+    onnx = export_onnx(model_dir, tmp_path / "onnx", exporter="torchscript")
+    manifest = json.loads((onnx / "export.json").read_text())
+    manifest["gate"]["ood"]["limit"] = 1e5  # everything "in distribution"
+    (onnx / "export.json").write_text(json.dumps(seal(manifest)))
+    for file in onnx.glob("*.onnx"):
+        shutil.copy(file, model_dir / file.name)
+    shutil.copy(onnx / "export.json", model_dir / "export.json")
+    assert load_model(model_dir).gate.ood.limit == 1e5  # sealed: loads without a key
+    with pytest.raises(BundleError, match="signs 'bundle.json', but the model here is export.json"):
+        load_model(model_dir, trusted_key=public)
+    with pytest.raises(BundleError, match="signs 'bundle.json'"):
+        verify_signature(model_dir, public)
+
+
+def test_a_manifest_swapped_after_the_signature_check_is_refused(model_dir, keys, monkeypatch):
+    import segqc.integrity
+
+    private, public = keys
+    sign_model(model_dir, private)
+    real = segqc.integrity.verify_signature
+
+    def verify_then_swap(folder, key):
+        digest = real(folder, key)
+        config = json.loads((model_dir / "bundle.json").read_text())
+        config["gate"]["ood"]["limit"] = 1e5
+        (model_dir / "bundle.json").write_text(json.dumps(seal(config)))
+        return digest
+
+    monkeypatch.setattr(segqc.integrity, "verify_signature", verify_then_swap)
+    with pytest.raises(BundleError, match="changed after its signature was checked"):
+        load_model(model_dir, trusted_key=public)

@@ -61,15 +61,23 @@ class Gate:
         return bool(self.fitness.get("fit"))
 
     def decide(
-        self, images: np.ndarray, masks: np.ndarray, uncertainty: np.ndarray, quality: np.ndarray
+        self,
+        images: np.ndarray,
+        masks: np.ndarray,
+        uncertainty: np.ndarray,
+        quality: np.ndarray,
+        probs: np.ndarray | None = None,
     ) -> Verdict:
-        """Pass or refer ``(N, S, S, 3)`` images, given f's masks and maps and g's raw ``(N,)`` output."""
+        """Pass or refer ``(N, S, S, 3)`` images, given f's masks and maps and g's raw ``(N,)`` output
+        (and f's probabilities, when given: checked finite like the rest)."""
         quality = np.asarray(quality, np.float64)
         with np.errstate(invalid="ignore", over="ignore"):
             features = image_features(images, masks, uncertainty)
             distance = self.ood.distance(features)
         finite = np.isfinite(quality) & np.isfinite(uncertainty.reshape(len(quality), -1)).all(axis=1)
         finite &= np.isfinite(features).all(axis=1)
+        if probs is not None:  # NaN probabilities give an empty mask, not a NaN one: check them too
+            finite &= np.isfinite(np.asarray(probs).reshape(len(quality), -1)).all(axis=1)
         ood = ~(distance <= self.ood.limit)
         clipped = np.clip(np.nan_to_num(quality, nan=0.0), 0.0, 1.0)
         margin = float(self.conformal["margin"])

@@ -27,7 +27,8 @@ from segqc.utils import atomic_write, json_ready, write_json
 
 DIGEST_KEY = "manifest_sha256"
 SIGNATURE_FILE = "signature.json"
-MANIFESTS = ("bundle.json", "export.json")
+#: In the order :func:`segqc.runtime.load_model` looks for them: the one found first is the model.
+MANIFESTS = ("export.json", "bundle.json")
 _HINT = "signing needs the cryptography package: pip install cryptography"
 
 
@@ -71,7 +72,8 @@ def check_seal(config: dict[str, Any], file: Path) -> str:
 
 
 def manifest_file(model_dir: Path) -> Path:
-    """The manifest of a model folder (``bundle.json`` or ``export.json``)."""
+    """The manifest of a model folder: ``export.json``, else ``bundle.json``, as ``load_model`` picks it
+    (a signature must be checked on the manifest that is loaded, never on another one beside it)."""
     for name in MANIFESTS:
         if (model_dir / name).is_file():
             return model_dir / name
@@ -181,6 +183,10 @@ def verify_signature(model_dir: str | Path, trusted_key: str | Path) -> str:
     if not sig_file.is_file():
         raise BundleError(f"{folder}: model is not signed ({SIGNATURE_FILE} not found); refusing it")
     record = _read_json(sig_file)
+    if record.get("manifest", file.name) != file.name:
+        raise BundleError(
+            f"{sig_file}: signs {record.get('manifest')!r}, but the model here is {file.name}; refusing it"
+        )
     try:
         signature = base64.b64decode(str(record["signature"]), validate=True)
     except (KeyError, ValueError) as err:

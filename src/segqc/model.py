@@ -169,8 +169,9 @@ def check_manifest(config: dict[str, Any], file: Path) -> None:
     Checks: the manifest checksum (:mod:`segqc.integrity`), ``threshold`` in [0.01, 1) and equal to
     its rule's, ``failure_jaccard`` in (0, 1), ``image_size`` a multiple of 16 up to
     :data:`MAX_IMAGE_SIZE` and equal to the size the gate's statistics were learned at, ``method`` and
-    ``predictor`` names that agree with the pipeline, a finite positive ``uncertainty_vmax``, and the
-    gate (out-of-distribution detector, conformal margin, fitness).
+    ``predictor`` names that agree with the pipeline, a non-negative integer ``pipeline.seed``, a
+    finite positive ``uncertainty_vmax``, and the gate (out-of-distribution detector, conformal
+    margin, fitness).
     """
     from segqc.gate import Gate
     from segqc.integrity import check_seal
@@ -201,6 +202,9 @@ def check_manifest(config: dict[str, Any], file: Path) -> None:
                 raise BundleError(
                     f"{file}: '{key}' is {config[key]!r} but the model was trained with {pipeline[key]!r}"
                 )
+        seed = pipeline.get("seed")  # the default seed of stochastic read-outs
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+            raise BundleError(f"{file}: 'pipeline.seed' must be a non-negative integer, got {seed!r}")
     if config.get("uncertainty_vmax") is not None:
         _number(config, "uncertainty_vmax", 0.0, 1e6, file)
     try:

@@ -75,8 +75,8 @@ class _NonFinite:
 
     backend, config, threshold, image_size, method, uncertainty_vmax = "test", {}, 0.7, 16, "msp", None
 
-    def __init__(self, quality: float, uncertainty: float = 0.0) -> None:
-        self.quality, self.uncertainty = quality, uncertainty
+    def __init__(self, quality: float, uncertainty: float = 0.0, probs: float = 0.9) -> None:
+        self.quality, self.uncertainty, self.probs = quality, uncertainty, probs
         self.gate = accept_all_gate(self.threshold)
 
     def segment(self, images):
@@ -84,7 +84,7 @@ class _NonFinite:
 
         n, s = len(images), images.shape[1]
         return SegPrediction(
-            np.full((n, s, s), 0.9, np.float32),
+            np.full((n, s, s), self.probs, np.float32),
             np.ones((n, s, s), np.uint8),
             np.full((n, s, s), self.uncertainty, np.float32),
         )
@@ -101,3 +101,10 @@ def test_non_finite_values_are_referred(quality, uncertainty):
     (control,) = assess_images(_NonFinite(0.95), [image])
     assert control.decision == "pass" and control.reason == "ok"
     assert control.jaccard_lower == pytest.approx(0.85)
+
+
+def test_non_finite_probabilities_are_referred_even_with_a_finite_map_and_quality():
+    # f's probabilities were not checked: NaN probabilities (an empty mask) with a finite map passed.
+    image = np.zeros((20, 20, 3), np.uint8)
+    (result,) = assess_images(_NonFinite(0.95, 0.0, probs=np.nan), [image])
+    assert result.decision == "refer" and result.reason == "not finite" and result.jaccard_lower is None

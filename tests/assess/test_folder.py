@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from segqc.assess import QUALITY_COLUMNS, assess_files
+from segqc.assess import QUALITY_COLUMNS, assess_files, collect_inputs
 from segqc.assess.ids import path_digest
 from segqc.assess.outputs import LEGACY_QUALITY_COLUMNS
 from segqc.errors import DataError, SegQCError
@@ -185,3 +187,50 @@ def test_explicit_ids_are_checked(fake_model, tmp_path):
         run(fake_model, [b], tmp_path / "out", ids=["CASE-1"])
     with pytest.raises(DataError, match="listed twice"):
         run(fake_model, [a, tmp_path / "." / "a.png"], tmp_path / "out")
+
+
+def test_a_file_replaced_under_the_same_name_is_assessed_again(fake_model, tmp_path):
+    # A re-run used to skip by path alone: the new bytes were never looked at and kept the old "pass".
+    path = write_image(tmp_path / "in" / "scan.png", red=220)
+    out = tmp_path / "out"
+    run(fake_model, [path], out)
+    assert rows_of(out / "quality.csv")[0]["decision"] == "pass"
+    write_image(path, red=20)  # another image, same name
+    summary = run(fake_model, [path], out)
+    assert summary.assessed == ["scan"] and summary.skipped == []
+    (row,) = rows_of(out / "quality.csv")
+    assert row["decision"] == "refer" and row["input_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    audit = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
+    assert [r["decision"] for r in audit] == ["pass", "refer"]
+    assert run(fake_model, [path], out).skipped == ["scan"]  # unchanged now: skipped
+
+
+def test_a_model_with_another_gate_but_the_same_weights_is_another_model(fake_model, tmp_path):
+    # run.json compared only the weights and the threshold: a re-calibrated gate (e.g. a looser OOD
+    # limit) mixed its decisions with the earlier model's, which re-runs kept as "done".
+    out = tmp_path / "out"
+    run(fake_model, [write_image(tmp_path / "a.png")], out)
+    fake_model.manifest_sha256 = "e" * 64
+    with pytest.raises(SegQCError, match="holds the results of another model"):
+        run(fake_model, [write_image(tmp_path / "b.png")], out)
+
+
+def test_symlink_loops_broken_links_and_fifos_are_reported_not_lost(fake_model, tmp_path):
+    # A glob matching a symlink loop crashed with a traceback (Path.resolve); in a folder, loops,
+    # broken links and FIFOs named like images were silently left out of both tables. (A broken
+    # link's source is where it points, as every source is the resolved path.)
+    folder = tmp_path / "in"
+    write_image(folder / "ok.png")
+    (folder / "a.png").symlink_to("b.png")
+    (folder / "b.png").symlink_to("a.png")
+    (folder / "broken.png").symlink_to("missing.png")
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(folder / "pipe.png")
+    for n, inputs in enumerate(([str(folder)], [str(folder / "*.png")])):
+        out = tmp_path / f"out{n}"
+        summary = run(fake_model, collect_inputs(inputs), out)
+        assert summary.assessed == ["ok"]
+        failed = {Path(e["source"]).name for e in rows_of(out / "errors.csv")}
+        assert failed == {"a.png", "b.png", "missing.png"} | (
+            {"pipe.png"} if hasattr(os, "mkfifo") else set()
+        )

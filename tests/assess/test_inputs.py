@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 
 import pytest
 
 from segqc.assess import collect_inputs, unique_ids
+from segqc.assess.inputs import load_input
 from segqc.errors import DataError
 from tests.conftest import write_rgb
 
@@ -79,3 +82,40 @@ def test_multi_frame_files_are_refused(tmp_path):
         assert len(info.value.sha256) == 64  # the bytes were read: the audit log can name them
     single = load_input(write_rgb(tmp_path / "one.tif", fmt="TIFF"))
     assert single.rgb.shape == (30, 40, 3) and len(single.sha256) == 64
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX FIFOs")
+def test_a_fifo_named_like_an_image_is_an_error_not_a_hang(tmp_path):
+    # A glob matches a FIFO called scan.png; reading it used to block for ever (no writer).
+    fifo = tmp_path / "in" / "scan.png"
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    (path,) = collect_inputs([str(tmp_path / "in" / "*.png")])
+    result: list = []
+    worker = threading.Thread(target=lambda: result.append(_error_of(path)), daemon=True)
+    worker.start()
+    worker.join(10)
+    assert result and "not a regular file" in result[0]
+
+
+def _error_of(path: Path) -> str:
+    try:
+        load_input(path)
+    except DataError as err:
+        return str(err)
+    return "read"
+
+
+@pytest.mark.parametrize("fmt", ["ICO", "PCX", "TGA", "SGI", "DDS"])
+def test_only_the_service_formats_are_decoded(tmp_path, fmt):
+    # predict decoded any format Pillow knows (EPS runs Ghostscript) from a file named *.png; the
+    # service accepted 7. Both now decode the same ones.
+    from PIL import Image
+
+    from segqc.data.readers import INPUT_FORMATS
+
+    path = tmp_path / "scan.png"
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(path, format=fmt)
+    with pytest.raises(DataError, match="cannot identify image file"):
+        load_input(path)
+    assert fmt not in INPUT_FORMATS

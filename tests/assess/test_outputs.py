@@ -28,7 +28,7 @@ def test_csv_text_cells_neutralised_numbers_kept(tmp_path):
     row = {
         "id": "=HYPERLINK(\"http://x\")", "predicted_jaccard": "0.500000", "decision": "refer",
         "reason": "-x", "jaccard_lower": "-0.125000", "threshold": "0.5", "mean_uncertainty": "0.1",
-        "source": "@evil",
+        "source": "@evil", "input_sha256": "ab" * 32,
     }  # fmt: skip
     write_csv(tmp_path / "q.csv", QUALITY_COLUMNS, [row])
     text = (tmp_path / "q.csv").read_text()

@@ -115,7 +115,7 @@ def test_predict_mixed_folder(model, inputs, tmp_path):
     rows = read_csv(out / "quality.csv")
     assert list(rows[0]) == [
         "id", "predicted_jaccard", "decision", "reason", "jaccard_lower", "threshold", "mean_uncertainty",
-        "source",
+        "source", "input_sha256",
     ]  # fmt: skip
     assert {r["id"] for r in rows} == set(GOOD)
     for row in rows:

@@ -368,3 +368,26 @@ def test_config_missing_a_key_refused(bundle_dir, tmp_path, no_server):
 
 def test_missing_bundle_folder_refused(tmp_path, no_server):
     _bad_bundle_fails_cleanly(tmp_path / "nowhere", "not found")
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "TIFF", "PNG", "WEBP"])
+def test_multi_frame_upload_is_refused_like_predict(client, fmt):
+    # predict lists a multi-frame file in errors.csv; the service used to assess its first frame alone.
+    frames = [Image.fromarray(np.full((20, 20, 3), v, np.uint8)) for v in (10, 200)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format=fmt, save_all=True, append_images=frames[1:])
+    response = post_image(client, f"anim.{fmt.lower()}", buf.getvalue())
+    assert response.status_code == 422, response.text
+    assert "holds 2 frames" in response.json()["detail"]
+    assert_healthy(client)
+
+
+@pytest.mark.parametrize(
+    ("name", "id_"),
+    [("\u202egnp.exe.png", "_gnp.exe"), ("=HYPERLINK(1).png", "_HYPERLINK(1)"), ("+1.png", "_1")],
+)
+def test_upload_ids_are_made_safe_like_predict_ids(client, name, id_):
+    # The id echoed the client's file name verbatim: bidi overrides, line breaks, formula starts.
+    response = post_image(client, name, encode(random_rgb(12, 12)))
+    assert response.status_code == 200, response.text
+    assert response.json()["id"] == id_

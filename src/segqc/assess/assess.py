@@ -117,7 +117,7 @@ def assess_images(
         small = np.stack([resize_image(np.ascontiguousarray(image), size) for image in batch])
         pred = model.segment(small)
         quality = model.predict_quality(QualitySamples(small, pred.mask, pred.uncertainty))
-        verdict = gate.decide(small, pred.mask, pred.uncertainty, quality)
+        verdict = gate.decide(small, pred.mask, pred.uncertainty, quality, pred.probs)
         for j, image in enumerate(batch):
             h, w = image.shape[:2]
             # Resize probabilities, not the mask, so borders stay smooth at high resolution.

@@ -7,6 +7,7 @@ Works with any loaded :class:`~segqc.runtime.Model`; imports no torch itself.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 import uuid
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 
 from segqc.assess.assess import Assessment, assess_images
 from segqc.assess.ids import assign_ids, id_key, safe_id
-from segqc.assess.inputs import collect_inputs, load_input, read_input
+from segqc.assess.inputs import collect_inputs, load_input, read_input, resolved
 from segqc.assess.lock import output_lock
 from segqc.assess.outputs import (
     AUDIT_FILE,
@@ -28,6 +29,7 @@ from segqc.assess.outputs import (
     LEGACY_QUALITY_COLUMNS,
     OUTPUT_DIRS,
     QUALITY_COLUMNS,
+    UNHASHED_QUALITY_COLUMNS,
     check_output_folder,
     check_run_file,
     clean_temporaries,
@@ -89,7 +91,7 @@ def _plan(
     errors: dict[str, dict[str, str]],
 ) -> tuple[list[str], list[str]]:
     """The resolved source and the id of each path; drops the folder's rows that the new ids replace."""
-    sources = [str(p.resolve()) for p in paths]  # absolute, so a re-run from elsewhere still matches
+    sources = [str(resolved(p)) for p in paths]  # absolute, so a re-run from elsewhere still matches
     if len(set(sources)) != len(sources):
         raise DataError("the same file is listed twice")
     here = set(sources)
@@ -144,7 +146,8 @@ def assess_files(
     folder and a file keeps its id in every run (:mod:`segqc.assess.ids`). Every file is written to a
     temporary file and renamed, and the tables are rewritten after each batch, so an interrupted run
     leaves only complete files. A re-run skips the images already in ``quality.csv`` whose three
-    images exist. One run at a time holds the folder (:mod:`segqc.assess.lock`).
+    images exist and whose file still has the recorded ``input_sha256`` (a replaced file is redone).
+    One run at a time holds the folder (:mod:`segqc.assess.lock`).
 
     Args:
         model: a loaded model (:func:`segqc.runtime.load_model`).
@@ -181,13 +184,14 @@ def _assess_locked(
         reason = err.strerror or err
         raise SegQCError(f"{out / AUDIT_FILE}: cannot append to the audit log ({reason})") from None
     quality_csv, errors_csv = out / "quality.csv", out / "errors.csv"
-    rows = {r["id"]: r for r in read_csv(quality_csv, QUALITY_COLUMNS, [LEGACY_QUALITY_COLUMNS])}
+    legacy = [LEGACY_QUALITY_COLUMNS, UNHASHED_QUALITY_COLUMNS]
+    rows = {r["id"]: r for r in read_csv(quality_csv, QUALITY_COLUMNS, legacy)}
     old_errors = {r["source"] or r["id"]: r for r in read_csv(errors_csv, ERROR_COLUMNS)}
     sources, ids = _plan(out, paths, ids, rows, old_errors)
     todo, skipped = [], []
     for k, (id_, source) in enumerate(zip(ids, sources)):
         row = rows.get(id_)
-        if row is not None and row["source"] == source and done(out, id_):
+        if row is not None and row["source"] == source and done(out, id_) and _unchanged(row, paths[k]):
             skipped.append(id_)
             old_errors.pop(source, None)
         else:
@@ -234,7 +238,7 @@ def _assess_locked(
                 write_png(out / "masks" / f"{a.id}.png", a.mask * np.uint8(255))
                 write_png(out / "uncertainty" / f"{a.id}.png", uncertainty_rgb)
                 write_png(out / "overlays" / f"{a.id}.png", overlay)
-                rows[a.id] = {**_format_row(a), "source": sources[k]}
+                rows[a.id] = {**_format_row(a), "source": sources[k], "input_sha256": digest}
                 old_errors.pop(sources[k], None)
                 assessed.append(a.id)
                 if report:
@@ -263,6 +267,18 @@ def _assess_locked(
             f"{model.threshold:g}" + (f" ({rule})" if rule else ""),
         )
     return summary
+
+
+def _unchanged(row: dict[str, Any], path: Path) -> bool:
+    """Whether ``path`` still holds the bytes its row was decided on: a file replaced under the same
+    name is assessed again, never shown with the decision on the old bytes. Rows written before
+    ``input_sha256`` existed have no fingerprint and are taken as they are."""
+    if not row.get("input_sha256"):
+        return True
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest() == row["input_sha256"]
+    except OSError:
+        return False  # redone: this run records why it cannot be read now
 
 
 def _format_row(a: Assessment) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import glob
 import hashlib
 import io
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 
 from segqc.assess.ids import assign_ids
 from segqc.assess.outputs import is_output_folder
-from segqc.data.readers import IMAGE_EXTENSIONS, open_image, to_rgb
+from segqc.data.readers import IMAGE_EXTENSIONS, INPUT_FORMATS, open_image, single_frame, to_rgb
 from segqc.errors import DataError
 
 _GLOB_CHARS = frozenset("*?[")
@@ -22,6 +23,15 @@ _GLOB_CHARS = frozenset("*?[")
 
 def _is_image_name(name: str) -> bool:
     return Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def resolved(path: Path) -> Path:
+    """``path.resolve()``, or the absolute path when it cannot be resolved (a symlink loop, which
+    Python before 3.13 raises on): such an input is then listed, and fails to read as an error."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):
+        return Path(os.path.abspath(path))
 
 
 def collect_inputs(inputs: Sequence[str | Path], *, exclude: str | Path | None = None) -> list[Path]:
@@ -32,7 +42,9 @@ def collect_inputs(inputs: Sequence[str | Path], *, exclude: str | Path | None =
     Patterns (``*``, ``?``, ``[...]``, ``**``) are expanded here too, for quoted patterns. A file
     reached twice is listed once. Anything under ``exclude`` (this run's output folder) or inside any
     ``segqc predict`` output folder (:func:`~segqc.assess.outputs.is_output_folder`: an earlier run's
-    masks and overlays are not patient images) is skipped.
+    masks and overlays are not patient images) is skipped. Entries named like images that are not
+    regular files (broken links, symlink loops, FIFOs) are listed too: reading them fails, so they
+    are reported in ``errors.csv`` rather than silently left out.
 
     Raises:
         DataError: an input is neither a file, a folder nor a pattern matching something, or it is
@@ -54,10 +66,10 @@ def collect_inputs(inputs: Sequence[str | Path], *, exclude: str | Path | None =
         return next((p for p in (resolved, *resolved.parents) if output_folder(p)), None)
 
     def add(path: Path, explicit: bool = False) -> None:
-        resolved = path.resolve()
-        folder = excluded(resolved.parent)
+        full = resolved(path)
+        folder = excluded(full.parent)
         if folder is None:
-            found.setdefault(resolved, path)
+            found.setdefault(full, path)
         elif explicit:
             raise DataError(f"{path}: lies in a segqc output folder ({folder}); not taken as an input")
 
@@ -73,8 +85,9 @@ def collect_inputs(inputs: Sequence[str | Path], *, exclude: str | Path | None =
             dirs[:] = [d for d in dirs if not d.startswith(".") and excluded((here / d).resolve()) is None]
             files += [here / n for n in names if not n.startswith(".") and _is_image_name(n)]
         for path in sorted(files):
-            if path.is_file():
-                add(path)
+            # Not only regular files: a broken link, a symlink loop or a FIFO named like an image is
+            # listed too, so that it is reported in errors.csv rather than silently left out.
+            add(path)
 
     for raw in inputs:
         path = Path(raw)
@@ -102,7 +115,7 @@ def unique_ids(paths: Sequence[Path]) -> list[str]:
     (ignoring case) with an earlier one, the stem plus ``-`` and 8 hex digits of the SHA-256 of its
     resolved path. See :mod:`segqc.assess.ids`.
     """
-    return assign_ids([str(p.resolve()) for p in paths], [p.stem for p in paths], {})
+    return assign_ids([str(resolved(p)) for p in paths], [p.stem for p in paths], {})
 
 
 class _Buffer(io.BytesIO):
@@ -132,7 +145,12 @@ def load_input(path: Path) -> InputImage:
             carries the SHA-256 of the bytes as ``sha256`` when they could be read.
     """
     try:
-        data = path.read_bytes()
+        # Non-blocking open: a FIFO named like an image (reached by a glob) must not hang the run.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise DataError(f"{path}: not a regular file (a FIFO, device or socket); not an image")
+            data = fh.read()
     except OSError as err:
         raise DataError(f"{path}: cannot read file ({err.strerror or err})") from None
     digest = hashlib.sha256(data).hexdigest()
@@ -145,15 +163,7 @@ def load_input(path: Path) -> InputImage:
 
 def _decode(source: Path | _Buffer, path: Path) -> np.ndarray:
     try:
-        img = open_image(source, str(path))
-        frames = getattr(img, "n_frames", 1)
-        if frames > 1:
-            # Fail closed: assessing only the first frame would pass images nobody looked at.
-            raise DataError(
-                f"{path}: holds {frames} frames (a multi-frame GIF, TIFF or similar); segqc assesses "
-                "single images: save each frame as its own file"
-            )
-        return to_rgb(img)
+        return to_rgb(single_frame(open_image(source, str(path), formats=INPUT_FORMATS), str(path)))
     except DataError:
         raise
     except Exception as err:  # Pillow raises many types on corrupt files; one bad file must not stop a run

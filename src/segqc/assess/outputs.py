@@ -27,10 +27,12 @@ if TYPE_CHECKING:
 #: Columns of ``quality.csv``, one row per assessed image.
 QUALITY_COLUMNS = (
     "id", "predicted_jaccard", "decision", "reason", "jaccard_lower", "threshold", "mean_uncertainty",
-    "source",
+    "source", "input_sha256",
 )  # fmt: skip
 #: ``quality.csv`` as written before ``reason`` and ``jaccard_lower``: still read (they come back empty).
 LEGACY_QUALITY_COLUMNS = ("id", "predicted_jaccard", "decision", "threshold", "mean_uncertainty", "source")
+#: ``quality.csv`` as written before ``input_sha256``: still read (it comes back empty).
+UNHASHED_QUALITY_COLUMNS = QUALITY_COLUMNS[:-1]
 #: Columns of ``quality.csv`` that hold numbers: written as numbers, never quoted or escaped.
 NUMERIC_COLUMNS = frozenset({"predicted_jaccard", "jaccard_lower", "threshold", "mean_uncertainty"})
 #: Columns of ``errors.csv``, one row per input that could not be assessed.
@@ -188,7 +190,14 @@ def check_run_file(out: Path, model: Model) -> None:
             raise SegQCError(f"{run_file}: cannot read ({err})") from None
         if not isinstance(previous, dict):
             raise SegQCError(f"{run_file}: not a segqc predict run file")
-        if previous.get("weights_sha256") != weights or previous.get("threshold") != model.threshold:
+        # The manifest digest covers the whole gate (a re-calibrated detector with the same weights
+        # and threshold is another model); folders written before it was recorded compare the rest.
+        other_manifest = previous.get("model_sha256", model.manifest_sha256) != model.manifest_sha256
+        if (
+            other_manifest
+            or previous.get("weights_sha256") != weights
+            or previous.get("threshold") != model.threshold
+        ):
             raise SegQCError(
                 f"{out} holds the results of another model ({previous.get('model')}); "
                 "choose another --out folder, or delete this one"

@@ -97,15 +97,16 @@ def predict(
         uncertainty/<id>.png  uncertainty heat map
         overlays/<id>.png     mask drawn over the image
         quality.csv           id, predicted_jaccard, decision (pass/refer), reason,
-                              jaccard_lower, threshold, mean_uncertainty, source
+                              jaccard_lower, threshold, mean_uncertainty, source,
+                              input_sha256
         errors.csv            id, source, reason for inputs that could not be assessed
         audit.jsonl           one JSON line per decision or error (appended, never rewritten)
         report.html           a page for a reviewer, referrals first
     The id is the file stem, made safe as a file name (odd characters become '_', long names are
     cut and end in a hash). An input whose stem is already taken in OUT by another file gets '-'
     and 8 hex digits of a hash of its path appended; a file keeps its id in every run into OUT.
-    OUT accumulates: re-running skips the images already done and adds new ones, each once. One
-    run at a time may use OUT; a second is refused.
+    OUT accumulates: re-running skips the images already done (unless the file changed) and adds
+    new ones, each once. One run at a time may use OUT; a second is refused.
     \b
     Exit codes: 0 all assessed, 3 some inputs could not be read (see errors.csv; the
     others were assessed), 1 an error such as a bad model folder, 2 bad usage.

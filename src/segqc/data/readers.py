@@ -28,6 +28,11 @@ ISIC2017_SPLITS = {
 }
 _ISIC_IMAGE = re.compile(r"^(ISIC_\d+)\.jpg$", re.IGNORECASE)
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, UnidentifiedImageError)
+Image.init()  # register every plugin now, so that ``formats=`` restrictions find them
+#: Image formats (Pillow names) decoded from untrusted inputs by ``segqc predict`` and ``segqc serve``;
+#: others (EPS, which runs Ghostscript, PSD, ICO, ...) are refused: fewer decoders exposed.
+#: (Pillow's JPEG plugin also opens the MPO variant that cameras write.)
+INPUT_FORMATS = tuple(f for f in ("PNG", "JPEG", "BMP", "TIFF", "GIF", "WEBP", "PPM") if f in Image.OPEN)
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,11 @@ class ImageTooLargeError(DataError):
 
 
 def open_image(
-    source: str | Path | BinaryIO, name: str, what: str = "image", max_pixels: int | None = None
+    source: str | Path | BinaryIO,
+    name: str,
+    what: str = "image",
+    max_pixels: int | None = None,
+    formats: tuple[str, ...] | None = None,
 ) -> Image.Image:
     """Open and fully decode an image file or stream, with clear errors naming ``name``.
 
@@ -54,13 +63,15 @@ def open_image(
         what: ``"image"`` or ``"mask"``, for the messages.
         max_pixels: refuse images declaring more pixels than this, before decoding them.
             Defaults to Pillow's decompression-bomb limit.
+        formats: the Pillow formats to try (e.g. :data:`INPUT_FORMATS`); another format is a
+            ``DataError``. Defaults to every format Pillow knows.
     """
     limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     try:
         with warnings.catch_warnings():
             # Pillow warns (rather than fails) between 1x and 2x its pixel limit: treat both as bombs.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(source)
+            img = Image.open(source, formats=formats)
             if limit and img.width * img.height > limit:
                 raise ImageTooLargeError(
                     f"{name}: {what} declares {img.width}x{img.height} pixels, more than the limit of {limit}"
@@ -72,6 +83,20 @@ def open_image(
         raise
     except _DECODE_ERRORS as err:
         raise DataError(f"{name}: cannot read {what} ({type(err).__name__}: {err})") from None
+    return img
+
+
+def single_frame(img: Image.Image, name: str) -> Image.Image:
+    """``img`` if it holds one frame; a ``DataError`` for a multi-frame GIF, TIFF, APNG or WebP.
+
+    Fail closed: assessing only the first frame would pass images nobody looked at.
+    """
+    frames = getattr(img, "n_frames", 1)
+    if frames > 1:
+        raise DataError(
+            f"{name}: holds {frames} frames (a multi-frame GIF, TIFF or similar); segqc assesses "
+            "single images: save each frame as its own file"
+        )
     return img
 
 

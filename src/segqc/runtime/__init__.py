@@ -38,10 +38,19 @@ def load_model(
             by that key.
     """
     folder = Path(path)
+    signed = None
     if trusted_key is not None:
         from segqc.integrity import verify_signature
 
-        verify_signature(folder, trusted_key)
+        signed = verify_signature(folder, trusted_key)
+    model = _load(folder, device=device, threads=threads, seed=seed)
+    if signed is not None and model.manifest_sha256 != signed:  # the folder changed while it was read
+        raise BundleError(f"{folder}: the manifest changed after its signature was checked; refusing it")
+    return model
+
+
+def _load(folder: Path, *, device: str, threads: int | None, seed: int | None) -> Model:
+    # The same order as segqc.integrity.MANIFESTS: a signature is checked on the manifest loaded here.
     if (folder / "export.json").is_file():
         from segqc.runtime.onnx_backend import load_onnx_model
 

@@ -5,7 +5,8 @@ Bad input is always an :class:`~fastapi.HTTPException` with a 4xx status, never 
 * 413: the upload (or the request body) is over the size limit, or the image declares more pixels than
   allowed (checked on the header, before decoding);
 * 415: not an image (empty, text, unknown format) or a format the service does not accept;
-* 422: an accepted image format that cannot be decoded (truncated, corrupt).
+* 422: an accepted image format that cannot be decoded (truncated, corrupt), or an image of several
+  frames (an animation or a multi-page TIFF: as ``segqc predict``, never only the first frame).
 """
 
 from __future__ import annotations
@@ -18,17 +19,16 @@ from fastapi.responses import JSONResponse
 from PIL import Image, UnidentifiedImageError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from segqc.data.readers import ImageTooLargeError, open_image, to_rgb
+from segqc.assess.ids import safe_id
+from segqc.data.readers import INPUT_FORMATS, ImageTooLargeError, open_image, single_frame, to_rgb
 from segqc.errors import DataError
 
 MiB = 1024 * 1024
 DEFAULT_MAX_UPLOAD_BYTES = 20 * MiB
 DEFAULT_MAX_PIXELS = 40_000_000
-#: Image formats the service decodes (Pillow names). Others (EPS, PSD, ...) are refused with 415
-#: before decoding: fewer decoders exposed to untrusted bytes.
-#: (Pillow's JPEG plugin also opens the MPO variant that cameras write.)
-Image.init()  # register every plugin now, so the ``formats=`` restriction below finds them
-FORMATS = tuple(f for f in ("PNG", "JPEG", "BMP", "TIFF", "GIF", "WEBP", "PPM") if f in Image.OPEN)
+#: Image formats the service decodes (Pillow names), the same as ``segqc predict``. Others (EPS, PSD,
+#: ...) are refused with 415 before decoding: fewer decoders exposed to untrusted bytes.
+FORMATS = INPUT_FORMATS
 #: Room for the multipart boundaries and part headers on top of the file itself.
 MULTIPART_OVERHEAD = 64 * 1024
 #: Signatures of accepted formats: a file that starts like one but that Pillow cannot identify is a
@@ -50,11 +50,15 @@ def decode_upload(data: bytes, name: str, max_pixels: int) -> np.ndarray:
         raise HTTPException(415, f"{name}: the file is empty (0 bytes); send an image")
     fmt = sniff_format(data, name, max_pixels)
     try:
-        img = open_image(io.BytesIO(data), name, max_pixels=max_pixels)
+        img = open_image(io.BytesIO(data), name, max_pixels=max_pixels, formats=FORMATS)
     except ImageTooLargeError as err:
         raise HTTPException(413, str(err)) from None
     except DataError as err:
         raise HTTPException(422, f"{err} (a corrupt or truncated {fmt} file?)") from None
+    try:
+        single_frame(img, name)  # as `segqc predict`: never assess only the first frame of a stack
+    except DataError as err:
+        raise HTTPException(422, str(err)) from None
     try:
         rgb = to_rgb(img)
     except (OSError, ValueError, SyntaxError, TypeError, KeyError) as err:
@@ -140,9 +144,10 @@ def upload_name(filename: str | None) -> str:
 
 
 def upload_id(name: str) -> str:
-    """Result id: the file name without its extension."""
+    """Result id: the file name without its extension, made safe as ``segqc predict`` makes its ids
+    (:func:`segqc.assess.ids.safe_id`: no control or bidi characters, no leading ``= + - @``)."""
     stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
-    return stem or "upload"
+    return safe_id(stem) if stem else "upload"
 
 
 def _size(n: int) -> str:
