@@ -70,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     lower = np.array([np.nan if r.jaccard_lower is None else r.jaccard_lower for r in results])
     bounded = ~np.isnan(lower)
     reasons = collections.Counter(r.reason for r in results)
+    # The same gate with the fixed threshold 0.7 instead of the model's own: what the rule costs.
+    q = np.array([r.predicted_jaccard for r in results])
+    unsafe = np.array([r.reason.startswith(("not finite", OUT_OF_DISTRIBUTION)) for r in results])
+    referred_fixed = unsafe | (q < failure_jaccard)
 
     probes = make_probes(args.probe_size)
     probe_results = assess_images(model, list(probes.values()), list(probes))
@@ -120,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
             "guaranteed_recall": rule.get("target_recall") if "confidence" in rule else None,
             "guarantee_confidence": rule.get("confidence"),
             "reasons": dict(reasons.most_common()),
+            "fixed_threshold": {
+                "threshold": failure_jaccard,
+                "failure_recall": float(referred_fixed[failed].mean()) if failed.any() else None,
+                "referral_rate": float(referred_fixed.mean()),
+            },
         },
         "cost": {"features_ms_per_image": 1000 * feature_s / 64, "f_ms_per_image": 1000 * seg_s / 64},
         "fitness": gate.fitness,
@@ -154,6 +163,9 @@ def render(report: dict) -> str:
         + (f">= {ref['guaranteed_recall']:g} with probability {ref['guarantee_confidence']:g} |"
            if ref["guaranteed_recall"] is not None else "(no guarantee asked) |"),
         f"| referral rate | {_pct(ref['referral_rate'])} | |",
+        f"| the same gate at the fixed threshold {ref['fixed_threshold']['threshold']:g}: failure recall, "
+        f"referral rate | {_pct(ref['fixed_threshold']['failure_recall'])}, "
+        f"{_pct(ref['fixed_threshold']['referral_rate'])} | |",
         f"| passed images that are not failures | {_pct(ref['pass_precision'])} | |",
         f"| cost of the gate's statistics | {report['cost']['features_ms_per_image']:.2f} ms/image "
         f"(f: {report['cost']['f_ms_per_image']:.1f} ms/image) | |",

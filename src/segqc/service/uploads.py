@@ -85,7 +85,6 @@ def probe_upload(data: bytes, name: str, max_pixels: int) -> tuple[str, int, int
     try:
         with Image.open(io.BytesIO(data), formats=FORMATS) as probe:
             fmt, width, height = str(probe.format), probe.width, probe.height
-            frames = getattr(probe, "n_frames", 1)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         detail = f"{name}: image is too large to decode safely ({err}); the limit here is {max_pixels} pixels"
         raise HTTPException(413, detail) from None
@@ -95,10 +94,6 @@ def probe_upload(data: bytes, name: str, max_pixels: int) -> tuple[str, int, int
         detail = f"{name}: cannot read the image header ({type(err).__name__}: {err})"
         raise HTTPException(422, detail) from None
     else:
-        if frames > 1:  # fail closed, as predict: only the first frame would be assessed
-            raise HTTPException(
-                422, f"{name}: holds {frames} frames (a multi-frame GIF, TIFF or similar); send one image"
-            )
         # Checked here, on the header, as well as in open_image: never decode an oversized image.
         if width * height > max_pixels:
             raise HTTPException(
