@@ -115,7 +115,8 @@ class TTA(UncertaintyMethod):
         total = None
         for start in range(0, len(self._views), per_call):
             views = self._views[start : start + per_call]
-            stacked = np.concatenate([transform(v, images) for v in views])  # (k n, S, S, 3), view-major
+            # (k n, S, S, 3), view-major; C order, as onnxruntime wants it (concatenate keeps a view's layout)
+            stacked = np.ascontiguousarray(np.concatenate([transform(v, images) for v in views]))
             probs = run("f", {"images": stacked})[0][:, 1]  # (k n, S, S) foreground
             for i, v in enumerate(views):
                 back = undo(v, probs[i * n : (i + 1) * n])
