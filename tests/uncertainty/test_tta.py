@@ -103,6 +103,16 @@ def test_chunks_give_the_same_read_out(max_batch, calls):
     np.testing.assert_allclose(chunked[1], whole[1], atol=1e-6)
 
 
+def test_by_default_a_call_holds_about_2_16_pixels():
+    """The predict batch's budget (``pixel_batch``): at 128 px, 4 images per call, so 2 views of 2."""
+    runner = FakeRunner(box_blur)
+    tta_read_out(runner, random_images(2, size=128))
+    assert runner.calls == [4, 4, 4, 4]
+    runner = FakeRunner(box_blur)
+    tta_read_out(runner, random_images(5, size=128))  # more images than the budget: one view at a time
+    assert runner.calls == [5] * 8
+
+
 def test_one_view_is_msp_and_all_views_the_explicit_loop():
     torch.manual_seed(0)
     net = create_method("msp").build(base_width=4).eval()
@@ -139,5 +149,6 @@ def test_views_settings_passes_and_training_key():
     again = create_method("tta", **method.get_params())  # the settings a bundle stores, read back
     assert again._views == method._views
     assert create_method("tta").training_key() == create_method("msp").training_key()  # msp's f, trained once
-    with pytest.raises(SegQCError, match="max_batch"):
-        create_method("tta", max_batch=0)
+    for bad in (0, True):
+        with pytest.raises(SegQCError, match="max_batch"):
+            create_method("tta", max_batch=bad)

@@ -7,9 +7,10 @@ square's symmetry group, each view's foreground probability is transformed back 
 
     p = 1/V sum_v T_v^-1 f(T_v x)[1],    z = H(p) = -p ln p - (1 - p) ln(1 - p)  in [0, ln 2].
 
-The views of a batch are stacked along the batch axis and run through the one graph ``f`` in as few
-calls as ``max_batch`` allows. Nothing is drawn at random, so the method is deterministic; all of it
-is NumPy in ``read_out``, so both backends share it.
+The views of a batch are stacked along the batch axis and run through the one graph ``f``, as many
+views per call as ``max_batch`` allows (by default, the cache-friendly batch of a CPU). Nothing is
+drawn at random, so the method is deterministic; all of it is NumPy in ``read_out``, so both backends
+share it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from segqc.errors import SegQCError
-from segqc.postprocess import binary_entropy
+from segqc.postprocess import binary_entropy, pixel_batch
 from segqc.uncertainty.base import Runner, UncertaintyMethod, register_method
 from segqc.uncertainty.msp import MaxSoftmax
 
@@ -86,14 +87,18 @@ class TTA(UncertaintyMethod):
     Args:
         views: which views of :data:`VIEWS`: a count ``1..8`` (the first ones) or a list of names
             (or one comma-separated string of them). ``1`` is ``msp``'s prediction. Defaults to 8 (all).
-        max_batch: most images (views x batch images) in one call of f; bounds memory. At least one
-            view of the batch is always run at a time. Defaults to 128 (8 views of a CPU batch of
-            16 images at 64 px in one call).
+        max_batch: most images (views x batch images) in one call of f; bounds memory and keeps the
+            activations in the caches. At least one view of the batch is always run at a time.
+            Defaults to about 2**16 pixels per call (``postprocess.pixel_batch``): on a CPU all 8 views
+            of a 16-image batch at 64 px in one call cost 10.4x one pass, one view per call 8.1x
+            (``benchmarks/bench_methods_cost.py``); a GPU may gain from more.
     """
 
-    def __init__(self, *, views: int | str | Sequence[str] = len(VIEWS), max_batch: int = 128) -> None:
-        if max_batch < 1:
-            raise SegQCError(f"max_batch must be at least 1, got {max_batch}")
+    def __init__(
+        self, *, views: int | str | Sequence[str] = len(VIEWS), max_batch: int | None = None
+    ) -> None:
+        if max_batch is not None and (isinstance(max_batch, bool) or max_batch < 1):
+            raise SegQCError(f"max_batch must be at least 1 (or null: by pixels), got {max_batch}")
         self._views = parse_views(views)
         self.views = list(views) if isinstance(views, tuple) else views  # stored as given, JSON-able
         self.max_batch = max_batch
@@ -111,7 +116,8 @@ class TTA(UncertaintyMethod):
         self, run: Runner, images: np.ndarray, rng: np.random.Generator, layout: Mapping[str, Any]
     ) -> tuple[np.ndarray, np.ndarray]:
         n = len(images)
-        per_call = max(1, self.max_batch // max(n, 1))
+        limit = self.max_batch or pixel_batch(*images.shape[1:3])
+        per_call = max(1, limit // max(n, 1))  # views per call of f
         total = None
         for start in range(0, len(self._views), per_call):
             views = self._views[start : start + per_call]
