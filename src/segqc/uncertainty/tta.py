@@ -89,15 +89,15 @@ class TTA(UncertaintyMethod):
             (or one comma-separated string of them). ``1`` is ``msp``'s prediction. Defaults to 8 (all).
         max_batch: most images (views x batch images) in one call of f; bounds memory and keeps the
             activations in the caches. At least one view of the batch is always run at a time.
-            Defaults to about 2**16 pixels per call (``postprocess.pixel_batch``): on a CPU all 8 views
-            of a 16-image batch at 64 px in one call cost 10.4x one pass, one view per call 8.1x
-            (``benchmarks/bench_methods_cost.py``); a GPU may gain from more.
+            Defaults to about 2**16 pixels per call (``postprocess.pixel_batch``): on a CPU, all 8
+            views of a 16-image batch in one call cost 9-11x one pass of f, one view per call 7.5-8.2x
+            (``docs/performance.md``, "Cost of the uncertainty methods"); a GPU may gain from more.
     """
 
     def __init__(
         self, *, views: int | str | Sequence[str] = len(VIEWS), max_batch: int | None = None
     ) -> None:
-        if max_batch is not None and (isinstance(max_batch, bool) or max_batch < 1):
+        if max_batch is not None and (type(max_batch) is not int or max_batch < 1):
             raise SegQCError(f"max_batch must be at least 1 (or null: by pixels), got {max_batch}")
         self._views = parse_views(views)
         self.views = list(views) if isinstance(views, tuple) else views  # stored as given, JSON-able
