@@ -318,6 +318,29 @@ def test_msp_and_mcdropout_train_the_same_f(tiny_data):
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def test_tta_reads_out_msps_f_and_the_ensemble_trains_its_own(tmp_path):
+    """One f per training key: tta's is msp's; the ensemble's key holds K but not the map."""
+    cfg = SMALL.replace(
+        methods=["msp", "tta", "ensemble"], quality_train="paper", method_params={"ensemble": {"members": 2}}
+    )
+    assert training_key("tta") == training_key("msp") != training_key("ensemble", {"members": 2})
+    assert training_key("ensemble", {"map": "mutual_information"}) == training_key("ensemble")
+    labels = list(plan_digests(cfg, tmp_path))
+    assert [u for u in labels if u.startswith("f-")] == [
+        f"f-{training_key('msp')}-s0-full",
+        "f-ensemble-k2-s0-full",
+    ]
+    assert {u for u in labels if u.startswith("pred-")} == {
+        f"pred-{m}-s0-{w}" for m in ("msp", "tta", "ensemble") for w in ("test", "train")
+    }
+    assert {u for u in labels if u.startswith("g-")} == {
+        "g-msp-s0",
+        "g-tta-s0",
+        "g-ensemble-s0",
+        "g-no-uncertainty-s0",
+    }
+
+
 def test_config_validation():
     with pytest.raises(UnknownNameError, match="unknown uncertainty method 'nope'"):
         ExperimentConfig(methods=["nope"])

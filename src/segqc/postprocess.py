@@ -1,10 +1,10 @@
 """NumPy post-processing of f's outputs, shared by every backend (PyTorch and ONNX Runtime).
 
-What happens between the networks and a decision, outside any graph: batching, the mean and entropy
-of sampled probabilities (stochastic uncertainty methods), foreground probability to mask, and the
-bilinear resize of maps back to an image's own resolution. This module imports no torch, so the ONNX
-Runtime backend runs without it; the PyTorch backend uses the same functions, so both agree by
-construction.
+What happens between the networks and a decision, outside any graph: batching, the mean, entropy and
+mutual information of sampled probabilities (MC dropout, ensembles, test-time augmentation, or samples
+of an external model), foreground probability to mask, and the bilinear resize of maps back to an
+image's own resolution. This module imports no torch, so the ONNX Runtime backend runs without it;
+the PyTorch backend uses the same functions, so both agree by construction.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from segqc.errors import SegQCError
 from segqc.types import SegPrediction
 
 #: A pixel is foreground when its foreground probability is above this.
@@ -35,12 +36,67 @@ def probs_to_mask(probs: np.ndarray) -> np.ndarray:
     return (np.asarray(probs) > MASK_THRESHOLD).astype(np.uint8)
 
 
+def _p_log_p(p: np.ndarray) -> np.ndarray:
+    """``p ln p`` element-wise with ``0 ln 0 = 0``, float32."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0).astype(np.float32)
+
+
 def entropy(probs: np.ndarray, axis: int = 1) -> np.ndarray:
     """Shannon entropy in nats along ``axis``, ``-sum_c p_c ln p_c`` with ``0 ln 0 = 0``, float32."""
-    p = np.asarray(probs, dtype=np.float32)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0).astype(np.float32)
-    return np.maximum(-terms.sum(axis), 0.0)
+    return np.maximum(-_p_log_p(np.asarray(probs, dtype=np.float32)).sum(axis), 0.0)
+
+
+def binary_entropy(probs: np.ndarray) -> np.ndarray:
+    """Entropy in nats of a foreground probability ``p`` (two classes, ``p`` and ``1 - p``), element-wise,
+    in ``[0, ln 2]``, float32. Equals :func:`entropy` of the two-channel probabilities."""
+    p = np.clip(np.asarray(probs, dtype=np.float32), 0.0, 1.0)
+    return np.maximum(-(_p_log_p(p) + _p_log_p(1.0 - p)), 0.0)
+
+
+#: Maps of a stack of probability samples (:func:`combine_samples`).
+SAMPLE_MAPS = ("entropy", "mutual_information")
+
+
+def combine_samples(
+    samples: np.ndarray, axis: int = 1, uncertainty: str = "entropy"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean foreground probability of a stack of samples and its uncertainty map, float32.
+
+    For any source of samples of f's foreground probability along ``axis`` (ensemble members, views of
+    test-time augmentation, dropout samples, or samples precomputed by an external model), e.g.
+    ``(N, K, S, S)`` with ``axis=1``.
+
+    Args:
+        samples: foreground probabilities in ``[0, 1]``, ``K >= 1`` samples along ``axis``.
+        axis: the sample axis.
+        uncertainty: ``"entropy"``: the binary entropy of the mean, ``H(mean)`` (total uncertainty);
+            ``"mutual_information"``: ``H(mean) - mean_k H(p_k)`` (Depeweg et al. 2018: the part due to
+            disagreement between samples, epistemic), clamped to ``[0, H(mean)]`` against rounding.
+    Returns:
+        ``(mean, map)``, each with ``axis`` removed.
+    """
+    if uncertainty not in SAMPLE_MAPS:
+        raise SegQCError(f"the map must be one of {', '.join(SAMPLE_MAPS)}, got {uncertainty!r}")
+    p = np.asarray(samples, dtype=np.float32)
+    mean = p.mean(axis, dtype=np.float32)
+    total = binary_entropy(mean)
+    if uncertainty == "entropy":
+        return mean, total
+    return mean, mutual_information(p, axis, total=total)
+
+
+def mutual_information(samples: np.ndarray, axis: int = 1, *, total: np.ndarray | None = None) -> np.ndarray:
+    """Mutual information in nats between the prediction and the sample, ``H(mean_k p_k) - mean_k H(p_k)``,
+    of foreground probability samples along ``axis``; in ``[0, H(mean)]``, float32.
+
+    ``total``: ``binary_entropy`` of the mean, if the caller has it already.
+    """
+    p = np.asarray(samples, dtype=np.float32)
+    if total is None:
+        total = binary_entropy(p.mean(axis, dtype=np.float32))
+    expected = binary_entropy(p).mean(axis, dtype=np.float32)
+    return np.clip(total - expected, 0.0, total)
 
 
 def upsample_probs(probs: np.ndarray, height: int, width: int) -> np.ndarray:

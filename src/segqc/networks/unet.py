@@ -3,7 +3,8 @@
 Four down-sampling levels, two 3x3 conv + BatchNorm + ReLU per block. Element-wise dropout
 (p=0.5 by default, as in Bayesian SegNet) sits on the central blocks only: after the bottleneck
 block and after the first decoder block. Everything before the first dropout is deterministic,
-which MC dropout exploits (``encode`` once, ``decode`` T times).
+which MC dropout exploits (``encode`` once, ``decode`` T times). :class:`UNetEnsemble` holds several
+U-Nets side by side (deep ensembles).
 """
 
 from __future__ import annotations
@@ -84,3 +85,28 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.decode(self.encode(x))
+
+
+class UNetEnsemble(nn.Module):
+    """``members`` U-Nets with the same settings, trained together, each with its own initialisation.
+
+    The members are built one after the other from torch's global generator, so they start from
+    different weights, and the same ones under the same seed (``Segmenter.fit`` seeds it first).
+    Other arguments as :class:`UNet`. Output ``(N, members, out_channels, H, W)``.
+    """
+
+    def __init__(
+        self,
+        members: int,
+        in_channels: int = 3,
+        out_channels: int = 2,
+        base_width: int = 16,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(
+            UNet(in_channels, out_channels, base_width, dropout) for _ in range(members)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.stack([member(x) for member in self.members], dim=1)

@@ -1,0 +1,93 @@
+"""Deep ensembles (Lakshminarayanan et al. 2017, "Simple and Scalable Predictive Uncertainty
+Estimation using Deep Ensembles").
+
+f is ``K`` U-Nets, each from its own random initialisation, trained together in one module with one
+optimiser on the same batches; the loss is the mean of the members' cross-entropies (so each member
+gets the gradient of its own loss, scaled by ``1/K``). At test time the graph ``f`` outputs every
+member's foreground probability ``p_k`` and the NumPy read-out combines them
+(:func:`segqc.postprocess.combine_samples`)::
+
+    p = 1/K sum_k p_k,    z = H(p)                          (map="entropy", in [0, ln 2]), or
+                          z = H(p) - 1/K sum_k H(p_k)       (map="mutual_information", Depeweg et al. 2018)
+
+with ``H`` the binary entropy in nats. The mutual information keeps only the members' disagreement
+(epistemic uncertainty); both maps read the same trained ensemble.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from segqc.errors import SegQCError
+from segqc.postprocess import SAMPLE_MAPS, combine_samples
+from segqc.types import Graph
+from segqc.uncertainty.base import NUM_CLASSES, Runner, UncertaintyMethod, register_method
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from segqc.networks.unet import UNetEnsemble
+
+
+def member_probs(output: Tensor) -> Tensor:
+    """``(N, K, 2, H, W)`` member logits -> ``(N, K, H, W)`` member foreground probabilities."""
+    import torch
+
+    return torch.softmax(output[:, :, :NUM_CLASSES], dim=2)[:, :, 1]
+
+
+@register_method("ensemble")
+class DeepEnsemble(UncertaintyMethod):
+    """Mean foreground probability of ``members`` U-Nets; uncertainty is its entropy or the mutual
+    information between prediction and member (nats).
+
+    Args:
+        members: ensemble size K. Defaults to 5 (the paper's).
+        map: ``"entropy"`` (total uncertainty) or ``"mutual_information"`` (the members' disagreement).
+            A read-out setting only: both maps share one trained ensemble. Defaults to ``"entropy"``.
+    """
+
+    def __init__(self, *, members: int = 5, map: str = "entropy") -> None:
+        if isinstance(members, bool) or not isinstance(members, int) or members < 1:
+            raise SegQCError(f"members must be an integer of at least 1, got {members!r}")
+        if map not in SAMPLE_MAPS:
+            raise SegQCError(f"map must be one of {', '.join(SAMPLE_MAPS)}, got {map!r}")
+        self.members = members
+        self.map = map
+
+    def training_key(self) -> str:
+        return f"ensemble-k{self.members}"  # not the map: it does not change training
+
+    def passes(self) -> float:
+        return float(self.members)
+
+    # -- torch side --------------------------------------------------------------------------------
+    def build(self, *, in_channels: int = 3, base_width: int = 16, dropout: float = 0.5) -> UNetEnsemble:
+        from segqc.networks.unet import UNetEnsemble
+
+        return UNetEnsemble(self.members, in_channels, NUM_CLASSES, base_width, dropout)
+
+    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        """Mean over members of each member's pixel-wise cross-entropy; ``output`` is ``(N, K, 2, H, W)``."""
+        import torch
+        import torch.nn.functional as F
+
+        return torch.stack([F.cross_entropy(output[:, k], target) for k in range(output.shape[1])]).mean()
+
+    def graphs(
+        self, net: nn.Module, normalize: nn.Module, images: Tensor
+    ) -> tuple[dict[str, Graph], dict[str, Any]]:
+        from segqc.networks.graphs import HeadGraph
+
+        graph = Graph(HeadGraph(normalize, net, member_probs), ["images"], ["member_probs"], (images,))
+        return {"f": graph}, {"members": self.members}
+
+    # -- read-out side (NumPy, every backend) --------------------------------------------------------
+    def read_out(
+        self, run: Runner, images: np.ndarray, rng: np.random.Generator, layout: Mapping[str, Any]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        (probs,) = run("f", {"images": images})  # (N, K, S, S)
+        return combine_samples(probs, axis=1, uncertainty=self.map)
