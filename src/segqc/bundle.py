@@ -2,7 +2,9 @@
 
 A bundle folder holds::
 
-    f.safetensors   weights of f (the U-Net of the uncertainty method)
+    f.safetensors   weights of f (the U-Net of the uncertainty method), or, for an external f
+                    (``segqc train --segmenter MODEL.onnx``), ``segmenter.onnx``: a copy of that model,
+                    with its SPEC in ``bundle.json`` (``segmenter.external``)
     g.safetensors   weights of g (the quality CNN)
     bundle.json     everything else: configs, threshold, the gate (out-of-distribution detector,
                     conformal margin, fitness), provenance, sha256 of both weight files, and the
@@ -40,6 +42,7 @@ from torch import Tensor
 
 from segqc.engine import is_main_process
 from segqc.errors import BundleError, SegQCError, UnknownNameError
+from segqc.external import EXTERNAL_FILE, ExternalSegmenter, load_external_segmenter
 from segqc.gate import Gate, gate_summary
 from segqc.integrity import SIGNATURE_FILE, seal
 from segqc.model import ManifestModel, check_manifest, check_normalisation, read_manifest_json, self_test
@@ -60,6 +63,13 @@ REQUIRED_KEYS: tuple[tuple[str, ...], ...] = (
     ("predictor_config",), ("predictor_config", "params"),
     ("sha256",), ("sha256", WEIGHT_FILES["segmenter"]), ("sha256", WEIGHT_FILES["predictor"]),
 )  # fmt: skip
+#: The same for a bundle whose f is an external ONNX model (``segmenter.external`` in ``bundle.json``).
+EXTERNAL_REQUIRED_KEYS: tuple[tuple[str, ...], ...] = (
+    ("format",), ("method",), ("predictor",), ("image_size",), ("threshold",), ("gate",),
+    ("segmenter",), ("segmenter", "params"), ("segmenter", "external"), ("segmenter", "external", "spec"),
+    ("predictor_config",), ("predictor_config", "params"),
+    ("sha256",), ("sha256", EXTERNAL_FILE), ("sha256", WEIGHT_FILES["predictor"]),
+)  # fmt: skip
 
 
 @dataclass
@@ -73,7 +83,7 @@ class Bundle(ManifestModel):
         path: the bundle folder.
     """
 
-    segmenter: Segmenter
+    segmenter: Segmenter | ExternalSegmenter
     predictor: QualityPredictor
     config: dict[str, Any]
     path: Path
@@ -120,7 +130,7 @@ def _sha256(data: bytes) -> str:
 
 def save_bundle(
     out_dir: str | Path,
-    segmenter: Segmenter,
+    segmenter: Segmenter | ExternalSegmenter,
     predictor: QualityPredictor,
     *,
     image_size: int,
@@ -136,7 +146,8 @@ def save_bundle(
 
     Args:
         out_dir: the bundle folder.
-        segmenter: fitted f.
+        segmenter: fitted f: segqc's own (weights saved as ``f.safetensors``) or an external ONNX model
+            (copied as ``segmenter.onnx``, its SPEC in ``bundle.json``).
         predictor: fitted g, of a registered predictor that supports ``state()``.
         image_size: side of the square images f and g were trained on.
         gate: the gate's record (:meth:`segqc.gate.Gate.to_config`), checked before anything is written.
@@ -157,14 +168,21 @@ def save_bundle(
         raise SegQCError(f"invalid gate: {err}") from None
     if not is_main_process():  # under torchrun, rank 0 writes
         return out
-    f_tensors, f_config = segmenter.state()
     g_tensors, g_config = predictor.state()
+    blobs = {WEIGHT_FILES["predictor"]: save_tensors(g_tensors, metadata={"format": str(BUNDLE_FORMAT)})}
+    if isinstance(segmenter, ExternalSegmenter):
+        f_config, stale = segmenter.config(), WEIGHT_FILES["segmenter"]
+        blobs[EXTERNAL_FILE] = segmenter.model.blob
+    else:
+        f_tensors, f_config = segmenter.state()
+        stale = EXTERNAL_FILE
+        blobs[WEIGHT_FILES["segmenter"]] = save_tensors(f_tensors, metadata={"format": str(BUNDLE_FORMAT)})
     sums = {}
-    for tensors, name in ((f_tensors, WEIGHT_FILES["segmenter"]), (g_tensors, WEIGHT_FILES["predictor"])):
-        blob = save_tensors(tensors, metadata={"format": str(BUNDLE_FORMAT)})
+    for name, blob in blobs.items():
         with atomic_write(out / name) as fh:
             fh.write(blob)
         sums[name] = _sha256(blob)
+    (out / stale).unlink(missing_ok=True)  # f of a bundle replaced here, of the other kind
     config: dict[str, Any] = {
         "threshold_rule": {"kind": "fixed", "description": f"fixed {threshold:g}"},
         **(extra or {}),
@@ -187,8 +205,12 @@ def save_bundle(
     return out
 
 
+def _is_external(config: dict[str, Any]) -> bool:
+    return isinstance(config.get("segmenter"), dict) and "external" in config["segmenter"]
+
+
 def _missing_key(config: dict[str, Any]) -> str | None:
-    for key_path in REQUIRED_KEYS:
+    for key_path in EXTERNAL_REQUIRED_KEYS if _is_external(config) else REQUIRED_KEYS:
         node: Any = config
         for part in key_path:
             if not isinstance(node, dict) or part not in node:
@@ -231,16 +253,26 @@ def load_bundle(model_dir: str | Path, *, device: str | None = None, seed: int |
         raise BundleError(f"{config_path}: 'segmenter' and 'segmenter.params' must be JSON objects")
     if segmenter_config["params"].get("method", config["method"]) != config["method"]:
         raise BundleError(f"{config_path}: 'method' and 'segmenter.params.method' disagree")
-    check_normalisation(segmenter_config["mean"], segmenter_config["std"], config_path)
     if not isinstance(config["sha256"], dict):
         raise BundleError(f"{config_path}: 'sha256' must be a JSON object")
+    external = _is_external(config)
+    if not external:
+        check_normalisation(segmenter_config["mean"], segmenter_config["std"], config_path)
 
-    tensors = {role: _read_weights(path, name, config["sha256"][name]) for role, name in WEIGHT_FILES.items()}
-    segmenter = _restore(
-        lambda: Segmenter.from_state(tensors["segmenter"], config["segmenter"]),
-        path / WEIGHT_FILES["segmenter"],
-        "segmenter",
-    )
+    roles = {"predictor": WEIGHT_FILES["predictor"]}
+    if not external:
+        roles["segmenter"] = WEIGHT_FILES["segmenter"]
+    tensors = {role: _read_weights(path, name, config["sha256"][name]) for role, name in roles.items()}
+    if external:
+        segmenter: Segmenter | ExternalSegmenter = load_external_segmenter(
+            path, config, config_path, device=device or "auto"
+        )
+    else:
+        segmenter = _restore(
+            lambda: Segmenter.from_state(tensors["segmenter"], config["segmenter"]),
+            path / WEIGHT_FILES["segmenter"],
+            "segmenter",
+        )
     predictor = _restore(
         lambda: PREDICTORS.get(config["predictor"]).from_state(
             tensors["predictor"], config["predictor_config"]

@@ -28,14 +28,16 @@ class ConvNet(nn.Module):
         return self.conv(x)
 
 
-class DarkSpot(nn.Module):
-    """A fixed "model" that finds the darker-than-average parts of an image: two-channel logits."""
+def trained_unet(size: int) -> tuple[nn.Module, dict]:
+    """A small U-Net trained on other synthetic images than the tests use, as a plain PyTorch module
+    (normalised NCHW input -> two-channel logits), with the SPEC that feeds it."""
+    from segqc.data.dataset import SegData
+    from segqc.data.synthetic import make_synthetic
+    from segqc.segmenter import Segmenter
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        grey = x.mean(dim=1, keepdim=True)
-        grey = nn.functional.avg_pool2d(grey, 3, stride=1, padding=1)
-        score = 12.0 * (grey.mean(dim=(2, 3), keepdim=True) - grey) - 0.6
-        return torch.cat([-score / 2, score / 2], dim=1)
+    seg = Segmenter("msp", base_width=8, epochs=20, device="cpu", progress=False, seed=1)
+    seg.fit(SegData(*make_synthetic(160, size, seed=6)))  # ~10 s
+    return seg.model_.eval(), {"mean": seg.mean_, "std": seg.std_}
 
 
 class Squeeze(nn.Module):

@@ -6,7 +6,13 @@ uncertainty methods' ``read_out`` works on it). No torch on this path. See ``doc
 """
 
 from segqc.external.onnx_model import ExternalOnnxModel
-from segqc.external.runner import EXTERNAL_FILE, ExternalRunner, ExternalSegmenter, external_method
+from segqc.external.runner import (
+    EXTERNAL_FILE,
+    ExternalRunner,
+    ExternalSegmenter,
+    external_method,
+    load_external_segmenter,
+)
 from segqc.external.spec import ExternalSpec
 
 __all__ = [
@@ -16,4 +22,5 @@ __all__ = [
     "ExternalSegmenter",
     "ExternalSpec",
     "external_method",
+    "load_external_segmenter",
 ]

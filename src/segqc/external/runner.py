@@ -10,13 +10,16 @@ refused. ``ExternalSegmenter`` is f for training, bundles and export: ``predict`
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from segqc.errors import SegQCError
+from segqc.errors import BundleError, SegQCError
 from segqc.external.onnx_model import ExternalOnnxModel
+from segqc.external.spec import ExternalSpec
 from segqc.postprocess import pixel_batch, segment_batches
 from segqc.types import SegPrediction
 from segqc.uncertainty import METHODS, UncertaintyMethod, create_method
@@ -112,3 +115,45 @@ class ExternalSegmenter:
             "params": {"method": self.method, "method_params": self.method_params or {}, "seed": self.seed},
             "external": {"file": EXTERNAL_FILE, "spec": self.model.spec.to_dict(), "source": self.source},
         }
+
+
+def load_external_segmenter(
+    path: Path, config: dict[str, Any], manifest: Path, *, device: str = "auto", threads: int | None = None
+) -> ExternalSegmenter:
+    """f of a bundle or an export whose f is an external ONNX model: ``segmenter.onnx`` in ``path``,
+    checked against ``config["sha256"]``, fed as the SPEC in ``config["segmenter"]["external"]`` says.
+
+    Raises:
+        BundleError: the file is missing or changed, the section is malformed, or the model does not
+            fit its SPEC (named after ``manifest``).
+    """
+    file = Path(path) / EXTERNAL_FILE
+    if not file.is_file():
+        raise BundleError(f"{file}: external segmentation model not found")
+    blob = file.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != (config.get("sha256") or {}).get(EXTERNAL_FILE):
+        raise BundleError(
+            f"{file}: checksum mismatch (the file differs from the one this model was saved with)"
+        )
+    section = config.get("segmenter") or {}
+    external, params = section.get("external"), section.get("params")
+    if not isinstance(external, dict) or not isinstance(params, dict):
+        raise BundleError(f"{manifest}: 'segmenter.external' and 'segmenter.params' must be JSON objects")
+    seed = params.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise BundleError(f"{manifest}: 'segmenter.params.seed' must be an integer >= 0, got {seed!r}")
+    try:
+        spec = ExternalSpec.from_dict(external.get("spec"), f"{manifest}: segmenter.external.spec")
+        model = ExternalOnnxModel(
+            blob, spec, int(config["image_size"]), source=str(file), device=device, threads=threads
+        )
+        return ExternalSegmenter(
+            model, str(config["method"]), method_params=config.get("method_params") or None, seed=seed,
+            source=str(external.get("source") or EXTERNAL_FILE),
+        )  # fmt: skip
+    except BundleError:
+        raise
+    except SegQCError as err:
+        raise BundleError(str(err)) from None
+    except TypeError as err:  # method settings that the method does not take
+        raise BundleError(f"{manifest}: {err}") from None
