@@ -5,6 +5,8 @@ An export folder holds::
     <role>.onnx   f's graphs, as its uncertainty method declares them (``UncertaintyMethod.graphs``):
                   ``f.onnx`` (uint8 images (N, H, W, 3) -> probs (N, 2, H, W), uncertainty (N, H, W))
                   for a deterministic method; e.g. ``f_encode.onnx`` + ``f_decode.onnx`` for mcdropout
+    segmenter.onnx  instead of f's graphs, when f is an external model (``segqc train --segmenter``): the
+                  user's own ONNX file, fed as its SPEC (``segmenter.external`` in export.json) says
     g.onnx        g: images (N, H, W, 3) uint8, masks (N, H, W) uint8, uncertainty (N, H, W) float32
                   -> quality (N,), the predicted Jaccard
     export.json   method and its settings, the graphs with their input and output names, the method's
