@@ -25,6 +25,7 @@ from segqc.data.splits import DataSource, load_train_test
 from segqc.engine import barrier
 from segqc.errors import SegQCError
 from segqc.external import ExternalOnnxModel, ExternalSegmenter, ExternalSpec
+from segqc.external.predictions import PrecomputedSegmenter, PredictionFolder, image_shape
 from segqc.gate import DEFAULT_BOUND_CONFIDENCE, fit_gate
 from segqc.metrics import dice, jaccard, quality_metrics
 from segqc.ood import DEFAULT_ALPHA
@@ -85,6 +86,25 @@ def external_segmenter(
     return ExternalSegmenter(
         onnx, cfg.method, method_params=cfg.method_params, seed=cfg.seed, source=file.name
     )
+
+
+def precomputed_segmenter(
+    folder: PredictionFolder, data: DataSource, cfg: PipelineConfig
+) -> PrecomputedSegmenter:
+    """f as precomputed outputs in ``folder``, looked up by image id; each map is checked against the
+    size of its image file when ``data`` is a data folder."""
+    shape_of = None
+    if isinstance(data, (str, Path)):
+        from segqc.data.readers import find_pairs
+
+        pairs = find_pairs(data)
+
+        def shape_of(id_: str) -> tuple[int, int] | None:
+            pair = pairs.get(id_)
+            return None if pair is None else image_shape(pair.image)
+
+    return PrecomputedSegmenter(folder, folder.folder_kind(), image_size=cfg.image_size, shape_of=shape_of,
+                                seed=cfg.seed)  # fmt: skip
 
 
 def fit_segmenter(cfg: PipelineConfig, data: SegData, *, progress: bool = True) -> Segmenter:
@@ -224,7 +244,7 @@ def train_bundle(
     ood_alpha: float = DEFAULT_ALPHA,
     force: bool = False,
     predictor: str = "uncertainty",
-    segmenter: Segmenter | ExternalSegmenter | None = None,
+    segmenter: Segmenter | ExternalSegmenter | PrecomputedSegmenter | None = None,
     progress: bool = True,
 ) -> Bundle:
     """Train f and g, learn the gate, check the model is fit for its job, and save it as a bundle.
@@ -261,8 +281,9 @@ def train_bundle(
             to 0.01.
         force: write a model that fails its fitness check (marked unfit). Defaults to False.
         predictor: quality predictor name. Defaults to ``"uncertainty"``.
-        segmenter: an already fitted f (e.g. :func:`external_segmenter`, a model from outside segqc):
-            kept fixed, only g and the gate are trained; its ``method`` must be ``cfg.method``.
+        segmenter: an already fitted f (e.g. :func:`external_segmenter`, a model from outside segqc, or
+            a :class:`~segqc.external.predictions.PrecomputedSegmenter` of its outputs, looked up by
+            image id): kept fixed, only g and the gate are trained; its ``method`` must be ``cfg.method``.
             Defaults to training segqc's own f.
         progress: show progress bars. Defaults to True.
 
@@ -286,9 +307,9 @@ def train_bundle(
 
     if segmenter is None:
         segmenter = fit_segmenter(cfg, train, progress=progress)
-    train_samples = quality_samples(train, segmenter.predict(train.images))
+    train_samples = quality_samples(train, segment(segmenter, train))
     g = fit_predictor(predictor, cfg, train_samples, progress=progress)
-    cal_samples = quality_samples(calibration, segmenter.predict(calibration.images))
+    cal_samples = quality_samples(calibration, segment(segmenter, calibration))
     cal_predicted = g.predict(cal_samples)
 
     extra: dict[str, Any] = {
@@ -343,15 +364,22 @@ def train_bundle(
     return load_bundle(out, device=cfg.device)
 
 
+def segment(segmenter: Segmenter | ExternalSegmenter | PrecomputedSegmenter, data: SegData) -> SegPrediction:
+    """f's outputs on ``data``: run on its images, or (precomputed outputs) looked up by its ids."""
+    if isinstance(segmenter, PrecomputedSegmenter):
+        return segmenter.predict_data(data)
+    return segmenter.predict(data.images)
+
+
 def evaluate(
-    segmenter: Segmenter | ExternalSegmenter,
+    segmenter: Segmenter | ExternalSegmenter | PrecomputedSegmenter,
     predictor: QualityPredictor,
     test: SegData,
     threshold: float,
     failure_jaccard: float,
 ) -> dict[str, Any]:
     """Segmentation, quality-prediction and referral metrics of a bundle's models on labelled images."""
-    pred = segmenter.predict(test.images)
+    pred = segment(segmenter, test)
     samples = quality_samples(test, pred)
     predicted, true = predictor.predict(samples), samples.jaccard
     referred, failed = predicted < threshold, true < failure_jaccard

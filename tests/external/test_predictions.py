@@ -140,3 +140,85 @@ def test_samples_need_an_entropy_model(fit_bundle_dir, tmp_path):
     assert result.exit_code == EXIT_PARTIAL
     reason = _rows(tmp_path / "out" / "errors.csv")["a"]["reason"]
     assert "samples per image give the map of mcdropout" in reason and "'msp'" in reason
+
+
+def _write_maps(data_dir: Path, maps: Path, *, samples: int = 0, seed: int = 0) -> None:
+    """A noisy copy of each ground-truth mask, as the outputs of a model that is sometimes wrong."""
+    rng = np.random.default_rng(seed)
+    maps.mkdir()
+    for file in sorted((data_dir / "masks").glob("*.png")):
+        truth = np.asarray(Image.open(file), np.float32) / 255
+        id_ = file.stem
+        shift = int(rng.integers(0, 6))  # some masks badly off
+        p = np.clip(0.1 + 0.8 * np.roll(truth, shift, axis=1) + rng.normal(0, 0.1, truth.shape), 0, 1)
+        if samples:
+            for k in range(samples):
+                np.save(
+                    maps / f"{id_}_s{k}.npy",
+                    np.clip(p + rng.normal(0, 0.1, p.shape), 0, 1).astype(np.float32),
+                )
+        else:
+            Image.fromarray((p * 255).round().astype(np.uint8)).save(maps / f"{id_}.png")
+
+
+def test_train_and_predict_on_precomputed_outputs(tmp_path):
+    from segqc.cli.export import export
+    from segqc.cli.train import train
+    from segqc.data.synthetic import write_synthetic
+
+    data = tmp_path / "data"
+    write_synthetic(data, 60, 32, seed=2)
+    maps = tmp_path / "maps"
+    _write_maps(data, maps)
+    out = tmp_path / "model"
+    args = ["--data", str(data), "--predictions", str(maps), "--out", str(out), "--image-size", "32",
+            "--quality-epochs", "2", "--device", "cpu", "--quiet", "--force"]  # fmt: skip
+    result = CliRunner().invoke(train, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["bundle.json", "g.safetensors"]
+    model = load_model(out, device="cpu")
+    assert model.method == "msp" and model.config["segmenter"]["precomputed"]["kind"] == "single"
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for file in sorted((data / "images").glob("*.png"))[:3]:
+        (inputs / file.name).write_bytes(file.read_bytes())
+    run = CliRunner().invoke(predict, ["--model", str(out), str(inputs), "--out", str(tmp_path / "p"),
+                                       "--predictions", str(maps), "--quiet"])  # fmt: skip
+    assert run.exit_code == 0, run.output
+    assert len(_rows(tmp_path / "p" / "quality.csv")) == 3
+    run = CliRunner().invoke(predict, ["--model", str(out), str(inputs), "--out", str(tmp_path / "q")])
+    assert run.exit_code == 2 and "has no f to run" in run.output
+    run = CliRunner().invoke(export, ["--model", str(out), "--out", str(tmp_path / "e")])
+    assert run.exit_code == 1 and "cannot export to ONNX" in run.output
+
+    samples = tmp_path / "samples"
+    _write_maps(data, samples, samples=3)
+    args = ["--data", str(data), "--predictions", str(samples), "--out", str(tmp_path / "m2"), "--image-size",
+            "32", "--quality-epochs", "1", "--device", "cpu", "--quiet", "--force"]  # fmt: skip
+    result = CliRunner().invoke(train, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert load_model(tmp_path / "m2", device="cpu").method == "mcdropout"
+    result = CliRunner().invoke(train, [*args[:-2], "--method", "msp"])
+    assert result.exit_code == 2 and "give 'mcdropout' maps" in result.output
+
+
+def test_train_refuses_a_bad_or_missing_map(tmp_path):
+    from segqc.cli.train import train
+    from segqc.data.synthetic import write_synthetic
+
+    data = tmp_path / "data"
+    write_synthetic(data, 20, 32, seed=2)
+    maps = tmp_path / "maps"
+    _write_maps(data, maps)
+    first = sorted(maps.glob("*.png"))[0]
+    good = first.read_bytes()
+    Image.fromarray(np.zeros((16, 32), np.uint8)).save(first)
+    args = ["--data", str(data), "--predictions", str(maps), "--out", str(tmp_path / "m"),
+            "--image-size", "32", "--quiet", "--force"]  # fmt: skip
+    result = CliRunner().invoke(train, args)
+    assert result.exit_code == 1 and f"{first.name}: prediction of shape (16, 32)" in result.output
+    first.write_bytes(good)
+    first.unlink()
+    result = CliRunner().invoke(train, args)
+    assert result.exit_code == 1 and f"no prediction for {first.stem!r}" in result.output

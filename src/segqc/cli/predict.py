@@ -150,6 +150,11 @@ def predict(
         raise BundleError(
             f"{model}: --backend {backend} but the folder is {kind}; without --backend the folder decides"
         )
+    if predictions is None and getattr(getattr(loaded, "segmenter", None), "precomputed", False):
+        raise click.UsageError(
+            f"{model} was trained on precomputed outputs and has no f to run: give them with "
+            "--predictions DIR"
+        )
     try:
         paths = collect_inputs(inputs, exclude=out)
     except DataError as err:

@@ -74,6 +74,15 @@ def _recall_help(threshold: float) -> str:
         help="With --segmenter: SPEC.json saying how to feed it (input size, layout, channel order, "
         "scale, mean, std) and read its output (logits or probabilities, foreground channel).",
     ),
+    click.option(
+        "--predictions",
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        default=None,
+        help="Instead of f, precomputed outputs of your model on the --data images: <id>.png/.npy "
+        "foreground probabilities at the image's own size, or samples <id>_s<k>.npy; trains only g and the "
+        "gate (the method follows: msp for one map, mcdropout's entropy map for samples); the bundle then "
+        "needs `segqc predict --predictions` (docs/your-model.md).",
+    ),
     training_options(),
 )
 def train(
@@ -87,6 +96,7 @@ def train(
     force: bool,
     segmenter_file: Path | None,
     segmenter_spec: Path | None,
+    predictions: Path | None,
     quiet: bool,
     **settings: Any,
 ) -> None:
@@ -104,8 +114,21 @@ def train(
         segqc train --segmenter unet.onnx --segmenter-spec SPEC.json --data mydata --out qc-model
     """
     from segqc.config import PipelineConfig
-    from segqc.training import external_segmenter, train_bundle
+    from segqc.training import external_segmenter, precomputed_segmenter, train_bundle
 
+    folder = None
+    if predictions is not None:
+        from segqc.external.predictions import MAP_METHODS, PredictionFolder
+
+        if segmenter_file is not None:
+            raise click.UsageError("--predictions and --segmenter exclude each other")
+        if data is None:
+            raise click.UsageError("--predictions needs --data (the maps are looked up by its image ids)")
+        folder = PredictionFolder(predictions)
+        implied = MAP_METHODS[folder.folder_kind()][0]
+        if method is not None and method != implied:
+            raise click.UsageError(f"--predictions in {predictions} give {implied!r} maps, not {method!r}")
+        method = implied
     cfg = PipelineConfig().replace(method=method, method_params=method_params or None, **settings)
     check_method(cfg.method, cfg.method_params)
     if confidence is not None and target_failure_recall is None:
@@ -113,6 +136,8 @@ def train(
     if segmenter_spec is not None and segmenter_file is None:
         raise click.UsageError("--segmenter-spec needs --segmenter")
     segmenter = None if segmenter_file is None else external_segmenter(segmenter_file, segmenter_spec, cfg)
+    if folder is not None:
+        segmenter = precomputed_segmenter(folder, data, cfg)
     bundle = train_bundle(
         data, protocol, cfg, out, target_failure_recall=target_failure_recall, confidence=confidence,
         force=force, segmenter=segmenter, progress=not quiet,

@@ -17,13 +17,16 @@ NumPy and Pillow only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from segqc.errors import DataError
-from segqc.postprocess import entropy
+from segqc.errors import DataError, SegQCError
+from segqc.postprocess import entropy, probs_to_mask, upsample_probs
+from segqc.types import SegPrediction
 
 #: Which methods' maps each kind of precomputed output reproduces (what g was trained on).
 MAP_METHODS = {"single": ("msp",), "samples": ("mcdropout",)}
@@ -68,8 +71,13 @@ class PredictionFolder:
             return None
         return "single" if files[0].name in (f"{id_}.npy", f"{id_}.png") else "samples"
 
-    def load(self, id_: str, shape: tuple[int, int]) -> np.ndarray:
-        """The maps of ``id_`` as ``(K, H, W)`` float32 in [0, 1]; ``shape`` is the image's own ``(H, W)``.
+    def folder_kind(self) -> str:
+        """``"samples"`` when the folder holds sample files (``*_s0.npy``), else ``"single"``."""
+        return "samples" if any(self.folder.glob("*_s0.npy")) else "single"
+
+    def load(self, id_: str, shape: tuple[int, int] | None) -> np.ndarray:
+        """The maps of ``id_`` as ``(K, H, W)`` float32 in [0, 1]; ``shape`` is the image's own ``(H, W)``
+        (``None``: any, the same for every sample).
 
         Raises:
             DataError: no map for ``id_``, or a file that cannot be read, has another size than the
@@ -80,10 +88,13 @@ class PredictionFolder:
             raise DataError(
                 f"no prediction for {id_!r} in {self.folder} ({id_}.png, {id_}.npy or {id_}_s0.npy)"
             )
-        return np.stack([_read(file, tuple(shape)) for file in files])
+        maps = [_read(file, None if shape is None else tuple(shape)) for file in files]
+        if len({m.shape for m in maps}) > 1:
+            raise DataError(f"{files[0]}: the samples of {id_!r} differ in size")
+        return np.stack(maps)
 
 
-def _read(file: Path, shape: tuple[int, ...]) -> np.ndarray:
+def _read(file: Path, shape: tuple[int, ...] | None) -> np.ndarray:
     if file.suffix == ".npy":
         try:
             array = np.load(file, allow_pickle=False)
@@ -107,7 +118,9 @@ def _read(file: Path, shape: tuple[int, ...]) -> np.ndarray:
         except (OSError, SyntaxError, ValueError) as err:
             raise DataError(f"{file}: cannot read the prediction ({err})") from None
     array = np.asarray(array, np.float32)
-    if array.shape != shape:
+    if (shape is None and array.ndim != 2) or (shape is not None and array.shape != shape):
+        if shape is None:
+            raise DataError(f"{file}: a prediction must be a 2-d (H, W) map, got shape {array.shape}")
         raise DataError(
             f"{file}: prediction of shape {array.shape}, but its image is {shape[0]}x{shape[1]} (height x "
             "width): a map must have its image's own size"
@@ -128,3 +141,90 @@ def check_method(kind: str, method: str) -> None:
             f"predictions with {what} give the map of {', '.join(MAP_METHODS[kind])}, but this model's g was "
             f"trained on {method!r} maps; use a model trained with --method {MAP_METHODS[kind][0]}"
         )
+
+
+def image_shape(path: str | Path) -> tuple[int, int]:
+    """``(H, W)`` of an image file as segqc reads it (EXIF rotation applied), from its header only."""
+    with Image.open(path) as img:
+        width, height = img.size
+        orientation = img.getexif().get(0x0112, 1)
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+
+
+class PrecomputedSegmenter:
+    """f as precomputed outputs (``segqc train --predictions DIR``): at training the maps of the
+    training images, looked up by id; in a loaded bundle nothing to run (``predict`` needs the maps,
+    ``segqc predict --predictions``).
+
+    Args:
+        folder: the maps, or ``None`` in a loaded bundle.
+        kind: ``"single"`` (one map per image) or ``"samples"``; sets ``method``, the method whose map
+            the maps give (:data:`MAP_METHODS`).
+        image_size: the model's square size S; maps are turned into a mask and an uncertainty map at
+            their own size, then resized to S, as ``segqc predict --predictions`` does.
+        shape_of: the original ``(H, W)`` of an image by id, to check each map against; ``None``
+            accepts any size.
+        seed: recorded in the bundle.
+    """
+
+    precomputed = True
+
+    def __init__(
+        self,
+        folder: PredictionFolder | None,
+        kind: str,
+        *,
+        image_size: int,
+        shape_of: Callable[[str], tuple[int, int] | None] | None = None,
+        seed: int = 0,
+    ) -> None:
+        if kind not in MAP_METHODS:
+            raise SegQCError(
+                f"kind of precomputed outputs must be one of {', '.join(MAP_METHODS)}, got {kind!r}"
+            )
+        self.folder, self.kind, self.image_size, self.shape_of, self.seed = (
+            folder,
+            kind,
+            image_size,
+            shape_of,
+            seed,
+        )
+        self.method, self.method_params = MAP_METHODS[kind][0], None
+        self.device = "cpu"
+        self.rng_ = np.random.default_rng(seed)
+
+    def predict(self, images: np.ndarray, **_: Any) -> SegPrediction:
+        raise SegQCError(
+            "this model was trained on precomputed outputs of a segmentation model and has no f to run: "
+            "give the outputs with --predictions DIR"
+        )
+
+    def predict_data(self, data: Any) -> SegPrediction:
+        """The maps of ``data.ids`` (a ``SegData``) at ``image_size``: what g sees."""
+        if self.folder is None:
+            return self.predict(data.images)
+        size = self.image_size
+        probs, maps = [], []
+        for id_ in data.ids:
+            kind = self.folder.kind(id_)
+            if kind is not None and kind != self.kind:
+                raise DataError(
+                    f"{self.folder.folder}: {id_!r} has {kind} predictions, the others {self.kind}"
+                )
+            shape = self.shape_of(id_) if self.shape_of is not None else None
+            p, z = two_class_map(self.folder.load(id_, shape))
+            probs.append(upsample_probs(p[None], size, size)[0])
+            maps.append(upsample_probs(z[None], size, size)[0])
+        if not probs:
+            empty = np.zeros((0, size, size), np.float32)
+            return SegPrediction(empty, empty.astype(np.uint8), empty)
+        fg = np.stack(probs).astype(np.float32)
+        return SegPrediction(fg, probs_to_mask(fg), np.stack(maps).astype(np.float32))
+
+    def config(self) -> dict[str, Any]:
+        """The bundle's ``segmenter`` section."""
+        source = None if self.folder is None else self.folder.folder.name
+        return {
+            "params": {"method": self.method, "method_params": {}, "seed": self.seed},
+            "precomputed": {"kind": self.kind, "source": source},
+        }

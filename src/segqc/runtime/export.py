@@ -175,6 +175,11 @@ def export_onnx(
             raise SegQCError(ONNX_HINT) from None
     bundle = model if isinstance(model, Bundle) else load_bundle(model, device="cpu")
     segmenter, predictor = bundle.segmenter, bundle.predictor
+    if getattr(segmenter, "precomputed", False):
+        raise BundleError(
+            f"{bundle.path}: cannot export to ONNX: this model was trained on precomputed outputs and has "
+            "no f (use segqc predict --predictions on the bundle itself)"
+        )
     external = isinstance(segmenter, ExternalSegmenter)
     if not external:
         segmenter.model_.cpu().eval()
