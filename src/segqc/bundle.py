@@ -2,7 +2,9 @@
 
 A bundle folder holds::
 
-    f.safetensors   weights of f (the U-Net of the uncertainty method)
+    f.safetensors   weights of f (the U-Net of the uncertainty method), or, for an external f
+                    (``segqc train --segmenter MODEL.onnx``), ``segmenter.onnx``: a copy of that model,
+                    with its SPEC in ``bundle.json`` (``segmenter.external``)
     g.safetensors   weights of g (the quality CNN)
     bundle.json     everything else: configs, threshold, the gate (out-of-distribution detector,
                     conformal margin, fitness), provenance, sha256 of both weight files, and the
@@ -40,6 +42,8 @@ from torch import Tensor
 
 from segqc.engine import is_main_process
 from segqc.errors import BundleError, SegQCError, UnknownNameError
+from segqc.external import EXTERNAL_FILE, ExternalSegmenter, load_external_segmenter
+from segqc.external.predictions import PrecomputedSegmenter
 from segqc.gate import Gate, gate_summary
 from segqc.integrity import SIGNATURE_FILE, seal
 from segqc.model import ManifestModel, check_manifest, check_normalisation, read_manifest_json, self_test
@@ -60,6 +64,20 @@ REQUIRED_KEYS: tuple[tuple[str, ...], ...] = (
     ("predictor_config",), ("predictor_config", "params"),
     ("sha256",), ("sha256", WEIGHT_FILES["segmenter"]), ("sha256", WEIGHT_FILES["predictor"]),
 )  # fmt: skip
+#: The same for a bundle whose f is an external ONNX model (``segmenter.external`` in ``bundle.json``).
+EXTERNAL_REQUIRED_KEYS: tuple[tuple[str, ...], ...] = (
+    ("format",), ("method",), ("predictor",), ("image_size",), ("threshold",), ("gate",),
+    ("segmenter",), ("segmenter", "params"), ("segmenter", "external"), ("segmenter", "external", "spec"),
+    ("predictor_config",), ("predictor_config", "params"),
+    ("sha256",), ("sha256", EXTERNAL_FILE), ("sha256", WEIGHT_FILES["predictor"]),
+)  # fmt: skip
+#: The same for a bundle whose g was trained on precomputed outputs (``segmenter.precomputed``): no f.
+PRECOMPUTED_REQUIRED_KEYS: tuple[tuple[str, ...], ...] = (
+    ("format",), ("method",), ("predictor",), ("image_size",), ("threshold",), ("gate",),
+    ("segmenter",), ("segmenter", "params"), ("segmenter", "precomputed"),
+    ("segmenter", "precomputed", "kind"), ("predictor_config",), ("predictor_config", "params"),
+    ("sha256",), ("sha256", WEIGHT_FILES["predictor"]),
+)  # fmt: skip
 
 
 @dataclass
@@ -73,7 +91,7 @@ class Bundle(ManifestModel):
         path: the bundle folder.
     """
 
-    segmenter: Segmenter
+    segmenter: Segmenter | ExternalSegmenter | PrecomputedSegmenter
     predictor: QualityPredictor
     config: dict[str, Any]
     path: Path
@@ -120,7 +138,7 @@ def _sha256(data: bytes) -> str:
 
 def save_bundle(
     out_dir: str | Path,
-    segmenter: Segmenter,
+    segmenter: Segmenter | ExternalSegmenter | PrecomputedSegmenter,
     predictor: QualityPredictor,
     *,
     image_size: int,
@@ -136,7 +154,9 @@ def save_bundle(
 
     Args:
         out_dir: the bundle folder.
-        segmenter: fitted f.
+        segmenter: fitted f: segqc's own (weights saved as ``f.safetensors``) or an external ONNX model
+            (copied as ``segmenter.onnx``, its SPEC in ``bundle.json``), or precomputed outputs (no f:
+            the bundle then needs them at predict, ``--predictions``).
         predictor: fitted g, of a registered predictor that supports ``state()``.
         image_size: side of the square images f and g were trained on.
         gate: the gate's record (:meth:`segqc.gate.Gate.to_config`), checked before anything is written.
@@ -157,14 +177,24 @@ def save_bundle(
         raise SegQCError(f"invalid gate: {err}") from None
     if not is_main_process():  # under torchrun, rank 0 writes
         return out
-    f_tensors, f_config = segmenter.state()
     g_tensors, g_config = predictor.state()
+    blobs = {WEIGHT_FILES["predictor"]: save_tensors(g_tensors, metadata={"format": str(BUNDLE_FORMAT)})}
+    if isinstance(segmenter, PrecomputedSegmenter):
+        f_config, stale = segmenter.config(), [WEIGHT_FILES["segmenter"], EXTERNAL_FILE]
+    elif isinstance(segmenter, ExternalSegmenter):
+        f_config, stale = segmenter.config(), [WEIGHT_FILES["segmenter"]]
+        blobs[EXTERNAL_FILE] = segmenter.model.blob
+    else:
+        f_tensors, f_config = segmenter.state()
+        stale = [EXTERNAL_FILE]
+        blobs[WEIGHT_FILES["segmenter"]] = save_tensors(f_tensors, metadata={"format": str(BUNDLE_FORMAT)})
     sums = {}
-    for tensors, name in ((f_tensors, WEIGHT_FILES["segmenter"]), (g_tensors, WEIGHT_FILES["predictor"])):
-        blob = save_tensors(tensors, metadata={"format": str(BUNDLE_FORMAT)})
+    for name, blob in blobs.items():
         with atomic_write(out / name) as fh:
             fh.write(blob)
         sums[name] = _sha256(blob)
+    for name in stale:  # f of a bundle replaced here, of another kind
+        (out / name).unlink(missing_ok=True)
     config: dict[str, Any] = {
         "threshold_rule": {"kind": "fixed", "description": f"fixed {threshold:g}"},
         **(extra or {}),
@@ -187,8 +217,21 @@ def save_bundle(
     return out
 
 
+def _is_external(config: dict[str, Any]) -> bool:
+    return isinstance(config.get("segmenter"), dict) and "external" in config["segmenter"]
+
+
+def _is_precomputed(config: dict[str, Any]) -> bool:
+    return isinstance(config.get("segmenter"), dict) and "precomputed" in config["segmenter"]
+
+
 def _missing_key(config: dict[str, Any]) -> str | None:
-    for key_path in REQUIRED_KEYS:
+    keys = REQUIRED_KEYS
+    if _is_external(config):
+        keys = EXTERNAL_REQUIRED_KEYS
+    elif _is_precomputed(config):
+        keys = PRECOMPUTED_REQUIRED_KEYS
+    for key_path in keys:
         node: Any = config
         for part in key_path:
             if not isinstance(node, dict) or part not in node:
@@ -231,16 +274,27 @@ def load_bundle(model_dir: str | Path, *, device: str | None = None, seed: int |
         raise BundleError(f"{config_path}: 'segmenter' and 'segmenter.params' must be JSON objects")
     if segmenter_config["params"].get("method", config["method"]) != config["method"]:
         raise BundleError(f"{config_path}: 'method' and 'segmenter.params.method' disagree")
-    check_normalisation(segmenter_config["mean"], segmenter_config["std"], config_path)
     if not isinstance(config["sha256"], dict):
         raise BundleError(f"{config_path}: 'sha256' must be a JSON object")
+    external, precomputed = _is_external(config), _is_precomputed(config)
+    own = not external and not precomputed
+    if own:
+        check_normalisation(segmenter_config["mean"], segmenter_config["std"], config_path)
 
-    tensors = {role: _read_weights(path, name, config["sha256"][name]) for role, name in WEIGHT_FILES.items()}
-    segmenter = _restore(
-        lambda: Segmenter.from_state(tensors["segmenter"], config["segmenter"]),
-        path / WEIGHT_FILES["segmenter"],
-        "segmenter",
-    )
+    roles = {"predictor": WEIGHT_FILES["predictor"]}
+    if own:
+        roles["segmenter"] = WEIGHT_FILES["segmenter"]
+    tensors = {role: _read_weights(path, name, config["sha256"][name]) for role, name in roles.items()}
+    if precomputed:
+        segmenter = _precomputed(config, config_path)
+    elif external:
+        segmenter = load_external_segmenter(path, config, config_path, device=device or "auto")
+    else:
+        segmenter = _restore(
+            lambda: Segmenter.from_state(tensors["segmenter"], config["segmenter"]),
+            path / WEIGHT_FILES["segmenter"],
+            "segmenter",
+        )
     predictor = _restore(
         lambda: PREDICTORS.get(config["predictor"]).from_state(
             tensors["predictor"], config["predictor_config"]
@@ -248,12 +302,28 @@ def load_bundle(model_dir: str | Path, *, device: str | None = None, seed: int |
         path / WEIGHT_FILES["predictor"],
         "predictor_config",
     )
-    segmenter.device = predictor.device = device or "auto"  # type: ignore[attr-defined]
+    segmenter.device = predictor.device = device or "auto"  # type: ignore[union-attr]
     bundle = Bundle(segmenter, predictor, config, path)
     self_test(bundle, config_path)
     # The self-test drew from the generator of stochastic read-outs: start it afresh at the seed.
     segmenter.rng_ = np.random.default_rng(segmenter.seed if seed is None else seed)
     return bundle
+
+
+def _precomputed(config: dict[str, Any], config_path: Path) -> PrecomputedSegmenter:
+    section, params = config["segmenter"]["precomputed"], config["segmenter"]["params"]
+    kind, seed = section.get("kind") if isinstance(section, dict) else None, params.get("seed", 0)
+    try:
+        segmenter = PrecomputedSegmenter(
+            None, str(kind), image_size=int(config["image_size"]), seed=int(seed or 0)
+        )
+    except (SegQCError, TypeError, ValueError) as err:
+        raise BundleError(f"{config_path}: invalid 'segmenter.precomputed' ({err})") from None
+    if segmenter.method != config["method"]:
+        raise BundleError(
+            f"{config_path}: precomputed {kind} maps are {segmenter.method!r} maps, not {config['method']!r}"
+        )
+    return segmenter
 
 
 def _read_weights(path: Path, name: str, expected_sha: Any) -> dict[str, Tensor]:

@@ -241,7 +241,11 @@ def self_test(model: Model, file: Path) -> None:
     image[disc] *= 0.5
     images = image.astype(np.uint8)[None]
     try:
-        pred = model.segment(images)
+        if getattr(getattr(model, "segmenter", None), "precomputed", False):  # no f: g on a plain map
+            fg = np.where(disc, 0.9, 0.1).astype(np.float32)[None]
+            pred = SegPrediction(fg, (fg > 0.5).astype(np.uint8), np.full_like(fg, 0.1))
+        else:
+            pred = model.segment(images)
         quality = np.asarray(model.predict_quality(QualitySamples(images, pred.mask, pred.uncertainty)))
     except Exception as err:  # any failure of a loaded model on a plain image is a broken model
         raise BundleError(

@@ -24,6 +24,8 @@ from segqc.data.dataset import SegData
 from segqc.data.splits import DataSource, load_train_test
 from segqc.engine import barrier
 from segqc.errors import SegQCError
+from segqc.external import ExternalOnnxModel, ExternalSegmenter, ExternalSpec
+from segqc.external.predictions import PrecomputedSegmenter, PredictionFolder, image_shape
 from segqc.gate import DEFAULT_BOUND_CONFIDENCE, fit_gate
 from segqc.metrics import dice, jaccard, quality_metrics
 from segqc.ood import DEFAULT_ALPHA
@@ -62,6 +64,47 @@ def make_predictor(name: str, cfg: PipelineConfig, *, progress: bool = True) -> 
     params = {k: v for k, v in params.items() if k in cls_params}
     params.update(cfg.predictor_params.get(name, {}))
     return create_predictor(name, **params)
+
+
+def external_segmenter(
+    model: str | Path, spec: str | Path | ExternalSpec | None, cfg: PipelineConfig
+) -> ExternalSegmenter:
+    """f as an external ONNX model (already trained): fed ``cfg.image_size`` images as ``spec`` (a
+    SPEC.json file, a parsed spec, or None for the defaults) says, read out by ``cfg.method``.
+
+    Raises:
+        SegQCError: the file cannot be read or run, does not fit the SPEC, or the method needs f's
+            insides (``UncertaintyMethod.external_ok``).
+    """
+    file = Path(model)
+    try:
+        blob = file.read_bytes()
+    except OSError as err:
+        raise SegQCError(f"{file}: cannot read the segmentation model ({err.strerror or err})") from None
+    parsed = spec if isinstance(spec, ExternalSpec) else ExternalSpec.load(spec)
+    onnx = ExternalOnnxModel(blob, parsed, cfg.image_size, source=str(file), device=cfg.device)
+    return ExternalSegmenter(
+        onnx, cfg.method, method_params=cfg.method_params, seed=cfg.seed, source=file.name
+    )
+
+
+def precomputed_segmenter(
+    folder: PredictionFolder, data: DataSource, cfg: PipelineConfig
+) -> PrecomputedSegmenter:
+    """f as precomputed outputs in ``folder``, looked up by image id; each map is checked against the
+    size of its image file when ``data`` is a data folder."""
+    shape_of = None
+    if isinstance(data, (str, Path)):
+        from segqc.data.readers import find_pairs
+
+        pairs = find_pairs(data)
+
+        def shape_of(id_: str) -> tuple[int, int] | None:
+            pair = pairs.get(id_)
+            return None if pair is None else image_shape(pair.image)
+
+    return PrecomputedSegmenter(folder, folder.folder_kind(), image_size=cfg.image_size, shape_of=shape_of,
+                                seed=cfg.seed)  # fmt: skip
 
 
 def fit_segmenter(cfg: PipelineConfig, data: SegData, *, progress: bool = True) -> Segmenter:
@@ -201,6 +244,7 @@ def train_bundle(
     ood_alpha: float = DEFAULT_ALPHA,
     force: bool = False,
     predictor: str = "uncertainty",
+    segmenter: Segmenter | ExternalSegmenter | PrecomputedSegmenter | None = None,
     progress: bool = True,
 ) -> Bundle:
     """Train f and g, learn the gate, check the model is fit for its job, and save it as a bundle.
@@ -237,6 +281,10 @@ def train_bundle(
             to 0.01.
         force: write a model that fails its fitness check (marked unfit). Defaults to False.
         predictor: quality predictor name. Defaults to ``"uncertainty"``.
+        segmenter: an already fitted f (e.g. :func:`external_segmenter`, a model from outside segqc, or
+            a :class:`~segqc.external.predictions.PrecomputedSegmenter` of its outputs, looked up by
+            image id): kept fixed, only g and the gate are trained; its ``method`` must be ``cfg.method``.
+            Defaults to training segqc's own f.
         progress: show progress bars. Defaults to True.
 
     Raises:
@@ -247,16 +295,21 @@ def train_bundle(
         raise SegQCError(f"target failure recall must be in (0, 1], got {target_failure_recall}")
     if confidence is not None and target_failure_recall is None:
         raise SegQCError("a confidence needs a target failure recall (--target-failure-recall)")
+    if segmenter is not None and segmenter.method != cfg.method:
+        raise SegQCError(
+            f"the given segmenter is read out by {segmenter.method!r}, the settings say {cfg.method!r}"
+        )
     start = time.perf_counter()
     train, test, info = load_train_test(data, protocol, size=cfg.image_size, seed=cfg.seed)
     if test is not None and len(test) == 0:
         test = None
     train, calibration = hold_out(train, cfg.seed)
 
-    segmenter = fit_segmenter(cfg, train, progress=progress)
-    train_samples = quality_samples(train, segmenter.predict(train.images))
+    if segmenter is None:
+        segmenter = fit_segmenter(cfg, train, progress=progress)
+    train_samples = quality_samples(train, segment(segmenter, train))
     g = fit_predictor(predictor, cfg, train_samples, progress=progress)
-    cal_samples = quality_samples(calibration, segmenter.predict(calibration.images))
+    cal_samples = quality_samples(calibration, segment(segmenter, calibration))
     cal_predicted = g.predict(cal_samples)
 
     extra: dict[str, Any] = {
@@ -311,11 +364,22 @@ def train_bundle(
     return load_bundle(out, device=cfg.device)
 
 
+def segment(segmenter: Segmenter | ExternalSegmenter | PrecomputedSegmenter, data: SegData) -> SegPrediction:
+    """f's outputs on ``data``: run on its images, or (precomputed outputs) looked up by its ids."""
+    if isinstance(segmenter, PrecomputedSegmenter):
+        return segmenter.predict_data(data)
+    return segmenter.predict(data.images)
+
+
 def evaluate(
-    segmenter: Segmenter, predictor: QualityPredictor, test: SegData, threshold: float, failure_jaccard: float
+    segmenter: Segmenter | ExternalSegmenter | PrecomputedSegmenter,
+    predictor: QualityPredictor,
+    test: SegData,
+    threshold: float,
+    failure_jaccard: float,
 ) -> dict[str, Any]:
     """Segmentation, quality-prediction and referral metrics of a bundle's models on labelled images."""
-    pred = segmenter.predict(test.images)
+    pred = segment(segmenter, test)
     samples = quality_samples(test, pred)
     predicted, true = predictor.predict(samples), samples.jaccard
     referred, failed = predicted < threshold, true < failure_jaccard

@@ -14,8 +14,9 @@ import numpy as np
 
 from segqc.data.readers import resize_image
 from segqc.errors import DataError
+from segqc.external.predictions import two_class_map
 from segqc.postprocess import probs_to_mask, upsample_probs
-from segqc.types import QualitySamples
+from segqc.types import QualitySamples, SegPrediction
 
 if TYPE_CHECKING:
     from segqc.runtime import Model
@@ -83,6 +84,7 @@ def assess_images(
     ids: Sequence[str] | None = None,
     *,
     batch_size: int = 16,
+    probabilities: Sequence[np.ndarray] | None = None,
 ) -> list[Assessment]:
     """Segment images with f, predict the quality of each segmentation with g, decide pass or refer.
 
@@ -97,12 +99,18 @@ def assess_images(
         images: ``(H, W, 3)`` uint8 RGB images, each of any size.
         ids: one id per image. Defaults to ``"0"``, ``"1"``, ...
         batch_size: images per forward pass. Defaults to 16.
+        probabilities: precomputed outputs of f instead of running it: per image a ``(K, H, W)``
+            float array of foreground probabilities in [0, 1] at the image's own size (K = 1: one
+            map; K > 1: samples of a stochastic model). The mask and map at the image's size come from
+            them (:func:`segqc.external.predictions.two_class_map`), g and the gate see them resized
+            to ``image_size``. Defaults to none (f runs).
 
     Returns:
         One :class:`Assessment` per image, in order.
 
     Raises:
-        DataError: an image is not an ``(H, W, 3)`` uint8 array, or ``ids`` has the wrong length.
+        DataError: an image is not an ``(H, W, 3)`` uint8 array, ``ids`` or ``probabilities`` has the
+            wrong length, or a probability array does not fit its image.
     """
     ids = [str(i) for i in range(len(images))] if ids is None else [str(i) for i in ids]
     if len(ids) != len(images):
@@ -110,19 +118,33 @@ def assess_images(
     if batch_size < 1:
         raise DataError(f"batch size must be at least 1, got {batch_size}")
     checked = [_check_image(image, id_) for image, id_ in zip(images, ids)]
+    given = None
+    if probabilities is not None:
+        if len(probabilities) != len(images):
+            raise DataError(f"got {len(images)} images but {len(probabilities)} probability arrays")
+        given = [_check_probabilities(p, image, id_) for p, image, id_ in zip(probabilities, checked, ids)]
     size, threshold, gate = model.image_size, model.threshold, model.gate
     out: list[Assessment] = []
     for start in range(0, len(checked), batch_size):
         batch = checked[start : start + batch_size]
         small = np.stack([resize_image(np.ascontiguousarray(image), size) for image in batch])
-        pred = model.segment(small)
+        full = None if given is None else [two_class_map(p) for p in given[start : start + batch_size]]
+        if full is None:
+            pred = model.segment(small)
+        else:  # f's outputs given: g and the gate see them at the model's size, as they would f's
+            fg = np.stack([upsample_probs(p[None], size, size)[0] for p, _ in full])
+            z = np.stack([upsample_probs(u[None], size, size)[0] for _, u in full])
+            pred = SegPrediction(fg, probs_to_mask(fg), z.astype(np.float32))
         quality = model.predict_quality(QualitySamples(small, pred.mask, pred.uncertainty))
         verdict = gate.decide(small, pred.mask, pred.uncertainty, quality, pred.probs)
         for j, image in enumerate(batch):
             h, w = image.shape[:2]
-            # Resize probabilities, not the mask, so borders stay smooth at high resolution.
-            probs = upsample_probs(pred.probs[j : j + 1], h, w)[0]
-            uncertainty = upsample_probs(pred.uncertainty[j : j + 1], h, w)[0].astype(np.float32)
+            if full is not None:  # given at the image's own size
+                probs, uncertainty = full[j]
+            else:
+                # Resize probabilities, not the mask, so borders stay smooth at high resolution.
+                probs = upsample_probs(pred.probs[j : j + 1], h, w)[0]
+                uncertainty = upsample_probs(pred.uncertainty[j : j + 1], h, w)[0].astype(np.float32)
             out.append(
                 Assessment(
                     id=ids[start + j],
@@ -137,3 +159,17 @@ def assess_images(
                 )
             )
     return out
+
+
+def _check_probabilities(probs: Any, image: np.ndarray, id_: str) -> np.ndarray:
+    p = np.asarray(probs, dtype=np.float32)
+    if p.ndim == 2:
+        p = p[None]
+    if p.ndim != 3 or len(p) < 1 or p.shape[1:] != image.shape[:2]:
+        raise DataError(
+            f"{id_}: precomputed probabilities of shape {np.shape(probs)} do not fit the image "
+            f"{image.shape[0]}x{image.shape[1]}: expected (K, {image.shape[0]}, {image.shape[1]})"
+        )
+    if not np.isfinite(p).all() or p.min() < 0 or p.max() > 1:
+        raise DataError(f"{id_}: precomputed probabilities must be finite and in [0, 1]")
+    return p

@@ -40,6 +40,7 @@ from segqc.assess.outputs import (
 )
 from segqc.audit import AuditLog
 from segqc.errors import DataError, SegQCError
+from segqc.external.predictions import PredictionFolder, check_method
 
 if TYPE_CHECKING:
     from segqc.assess.review_page import ReviewCase
@@ -132,6 +133,7 @@ def assess_files(
     batch_size: int = 16,
     progress: bool = True,
     report: bool = True,
+    predictions: PredictionFolder | None = None,
 ) -> PredictSummary:
     """Assess image files and write the results under ``out_dir``.
 
@@ -157,6 +159,9 @@ def assess_files(
         batch_size: images decoded and assessed together. Defaults to 16.
         progress: show a progress bar. Defaults to True.
         report: write ``report.html``. Defaults to True.
+        predictions: precomputed outputs of f, looked up by each image's id
+            (:mod:`segqc.external.predictions`); f is then not run. An image without its map, or with a
+            map of the wrong size, range or kind, goes to ``errors.csv``. Defaults to none (f runs).
 
     Raises:
         SegQCError: ``out_dir`` cannot be written, another run is using it
@@ -166,12 +171,12 @@ def assess_files(
     """
     out = check_output_folder(out_dir)
     with output_lock(out):
-        return _assess_locked(model, paths, out, ids, batch_size, progress, report)
+        return _assess_locked(model, paths, out, ids, batch_size, progress, report, predictions)
 
 
 def _assess_locked(
     model: Model, paths: Sequence[Path], out: Path, ids: Sequence[str] | None, batch_size: int,
-    progress: bool, report: bool,
+    progress: bool, report: bool, predictions: PredictionFolder | None = None,
 ) -> PredictSummary:  # fmt: skip
     from segqc.assess.review_page import ReviewCase, thumbnail, write_review_page
     from segqc.visualize import heatmap, mask_overlay
@@ -211,10 +216,19 @@ def _assess_locked(
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
             began = time.perf_counter()
-            images, digests, good = [], [], []
+            images, digests, good, maps = [], [], [], []
             for k in chunk:
                 try:
                     loaded = load_input(paths[k])
+                    if predictions is not None:
+                        try:
+                            kind = predictions.kind(ids[k])
+                            if kind is not None:
+                                check_method(kind, model.method)
+                            maps.append(predictions.load(ids[k], loaded.rgb.shape[:2]))
+                        except DataError as err:
+                            err.sha256 = loaded.sha256  # type: ignore[attr-defined]
+                            raise
                 except DataError as err:
                     error = {"id": ids[k], "source": sources[k], "reason": str(err)}
                     errors.append(error)
@@ -226,7 +240,10 @@ def _assess_locked(
                 images.append(loaded.rgb)
                 digests.append(loaded.sha256)
                 good.append(k)
-            results = assess_images(model, images, [ids[k] for k in good], batch_size=batch_size)
+            given = maps if predictions is not None else None
+            results = assess_images(
+                model, images, [ids[k] for k in good], batch_size=batch_size, probabilities=given
+            )
             latency = (time.perf_counter() - began) * 1000 / max(len(chunk), 1)
             for k, rgb, digest, a in zip(good, images, digests, results):
                 # Logged before the decision reaches quality.csv: no decision is ever shown unlogged.

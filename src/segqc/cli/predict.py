@@ -67,6 +67,14 @@ MANIFESTS = {"torch": "bundle.json", "onnx": "export.json"}
         help="Ed25519 public key (PEM): use the model only if it carries a valid signature by this key "
         "(`segqc sign`).",
     ),
+    click.option(
+        "--predictions",
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        default=None,
+        help="Precomputed outputs of your segmentation model instead of running f: <id>.png (8/16-bit "
+        "grey) or <id>.npy (float) foreground probabilities at the image's own size, or samples "
+        "<id>_s0.npy, <id>_s1.npy, ...; an image without its map goes to errors.csv (docs/your-model.md).",
+    ),
     click.option("--no-report", is_flag=True, help="Do not write report.html."),
     quiet_option(),
 )
@@ -80,6 +88,7 @@ def predict(
     seed: int | None,
     backend: str | None,
     trusted_key: Path | None,
+    predictions: Path | None,
     no_report: bool,
     quiet: bool,
 ) -> None:
@@ -119,6 +128,7 @@ def predict(
     Example:
         segqc predict --model model scans/ extra.png --out results
         segqc predict --model model-onnx scans/ --out results
+        segqc predict --model model scans/ --predictions my-model-outputs/ --out results
     """
     from segqc.assess import assess_files, collect_inputs
     from segqc.errors import DataError
@@ -140,6 +150,11 @@ def predict(
         raise BundleError(
             f"{model}: --backend {backend} but the folder is {kind}; without --backend the folder decides"
         )
+    if predictions is None and getattr(getattr(loaded, "segmenter", None), "precomputed", False):
+        raise click.UsageError(
+            f"{model} was trained on precomputed outputs and has no f to run: give them with "
+            "--predictions DIR"
+        )
     try:
         paths = collect_inputs(inputs, exclude=out)
     except DataError as err:
@@ -148,7 +163,11 @@ def predict(
         raise click.BadParameter(
             "no image files found (.jpg .jpeg .png .bmp .tif .tiff)", param_hint="INPUTS"
         )
-    options = {"batch_size": batch_size} if batch_size is not None else {}
+    options: dict = {"batch_size": batch_size} if batch_size is not None else {}
+    if predictions is not None:
+        from segqc.external.predictions import PredictionFolder
+
+        options["predictions"] = PredictionFolder(predictions)
     # --out was checked when parsed; assess_files checks it again, holds it and refuses a busy one.
     summary = assess_files(loaded, paths, out, progress=not quiet, report=not no_report, **options)
     n_ref = summary.n_referred

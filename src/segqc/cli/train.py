@@ -59,6 +59,30 @@ def _recall_help(threshold: float) -> str:
         help="Write the bundle even if it fails its fitness check (g constant, or no held-out failure "
         "referred); it is marked unfit and predict and serve warn about it.",
     ),
+    click.option(
+        "--segmenter",
+        "segmenter_file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        default=None,
+        help="Your own segmentation model as an ONNX file: segqc keeps it fixed, runs it on the training "
+        "images and trains only g and the gate; the bundle stores a copy (docs/your-model.md).",
+    ),
+    click.option(
+        "--segmenter-spec",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        default=None,
+        help="With --segmenter: SPEC.json saying how to feed it (input size, layout, channel order, "
+        "scale, mean, std) and read its output (logits or probabilities, foreground channel).",
+    ),
+    click.option(
+        "--predictions",
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        default=None,
+        help="Instead of f, precomputed outputs of your model on the --data images: <id>.png/.npy "
+        "foreground probabilities at the image's own size, or samples <id>_s<k>.npy; trains only g and the "
+        "gate (the method follows: msp for one map, mcdropout's entropy map for samples); the bundle then "
+        "needs `segqc predict --predictions` (docs/your-model.md).",
+    ),
     training_options(),
 )
 def train(
@@ -70,30 +94,53 @@ def train(
     target_failure_recall: float | None,
     confidence: float | None,
     force: bool,
+    segmenter_file: Path | None,
+    segmenter_spec: Path | None,
+    predictions: Path | None,
     quiet: bool,
     **settings: Any,
 ) -> None:
     """Train f and g and save them as a model bundle for `segqc predict`.
 
     The bundle folder holds f.safetensors, g.safetensors and bundle.json (settings, threshold,
-    checksums, versions, training ids and, when a test split exists, test metrics).
+    checksums, versions, training ids and, when a test split exists, test metrics). With
+    --segmenter, f is your own ONNX model (copied as segmenter.onnx) and only g is trained.
 
     \b
     Example:
         segqc train --out model
         segqc train --data ../shared/data/isic2017 --protocol split.json --out isic-model \\
             --image-size 128 --target-failure-recall 0.9
+        segqc train --segmenter unet.onnx --segmenter-spec SPEC.json --data mydata --out qc-model
     """
     from segqc.config import PipelineConfig
-    from segqc.training import train_bundle
+    from segqc.training import external_segmenter, precomputed_segmenter, train_bundle
 
+    folder = None
+    if predictions is not None:
+        from segqc.external.predictions import MAP_METHODS, PredictionFolder
+
+        if segmenter_file is not None:
+            raise click.UsageError("--predictions and --segmenter exclude each other")
+        if data is None:
+            raise click.UsageError("--predictions needs --data (the maps are looked up by its image ids)")
+        folder = PredictionFolder(predictions)
+        implied = MAP_METHODS[folder.folder_kind()][0]
+        if method is not None and method != implied:
+            raise click.UsageError(f"--predictions in {predictions} give {implied!r} maps, not {method!r}")
+        method = implied
     cfg = PipelineConfig().replace(method=method, method_params=method_params or None, **settings)
     check_method(cfg.method, cfg.method_params)
     if confidence is not None and target_failure_recall is None:
         raise click.UsageError("--confidence needs --target-failure-recall")
+    if segmenter_spec is not None and segmenter_file is None:
+        raise click.UsageError("--segmenter-spec needs --segmenter")
+    segmenter = None if segmenter_file is None else external_segmenter(segmenter_file, segmenter_spec, cfg)
+    if folder is not None:
+        segmenter = precomputed_segmenter(folder, data, cfg)
     bundle = train_bundle(
         data, protocol, cfg, out, target_failure_recall=target_failure_recall, confidence=confidence,
-        force=force, progress=not quiet,
+        force=force, segmenter=segmenter, progress=not quiet,
     )  # fmt: skip
     rule = bundle.config.get("threshold_rule", {})
     click.echo(f"threshold {bundle.threshold:g}: {rule.get('description', '')}")

@@ -38,6 +38,7 @@ from torch import nn
 from segqc.bundle import Bundle, load_bundle
 from segqc.data.synthetic import make_synthetic
 from segqc.errors import BundleError, SegQCError
+from segqc.external import EXTERNAL_FILE, ExternalSegmenter
 from segqc.integrity import SIGNATURE_FILE, seal
 from segqc.networks.graphs import Normalize
 from segqc.runtime.onnx_backend import (
@@ -174,7 +175,14 @@ def export_onnx(
             raise SegQCError(ONNX_HINT) from None
     bundle = model if isinstance(model, Bundle) else load_bundle(model, device="cpu")
     segmenter, predictor = bundle.segmenter, bundle.predictor
-    segmenter.model_.cpu().eval()
+    if getattr(segmenter, "precomputed", False):
+        raise BundleError(
+            f"{bundle.path}: cannot export to ONNX: this model was trained on precomputed outputs and has "
+            "no f (use segqc predict --predictions on the bundle itself)"
+        )
+    external = isinstance(segmenter, ExternalSegmenter)
+    if not external:
+        segmenter.model_.cpu().eval()
     segmenter.device = "cpu"  # the parity reference runs where the export traced
     if "device" in predictor.get_params():
         predictor.device = "cpu"
@@ -192,18 +200,23 @@ def export_onnx(
         g_graph = predictor.graph((x, torch.from_numpy(pred.mask), torch.from_numpy(pred.uncertainty)))
     except NotImplementedError as err:
         raise BundleError(f"{bundle.path}: cannot export to ONNX: {err}") from None
-    normalize = Normalize(segmenter.mean_, segmenter.std_)
-    graphs, layout = segmenter.method_.graphs(segmenter.model_, normalize, x)
+    if external:  # f is the user's own ONNX model: copied as it is, with its SPEC in the manifest
+        graphs, layout = {}, {}
+        files = {EXTERNAL_FILE: segmenter.model.blob}
+    else:
+        normalize = Normalize(segmenter.mean_, segmenter.std_)
+        graphs, layout = segmenter.method_.graphs(segmenter.model_, normalize, x)
+        files = {}
     graphs = {**graphs, QUALITY_ROLE: g_graph}
-    blobs = {
-        role: _export_graph(g.module, g.example, g.inputs, g.outputs, opset=opset, exporter=exporter)
-        for role, g in graphs.items()
-    }
+    for role, g in graphs.items():
+        files[graph_file(role)] = _export_graph(
+            g.module, g.example, g.inputs, g.outputs, opset=opset, exporter=exporter
+        )
     sums = {}
-    for role, blob in blobs.items():
-        with atomic_write(out / graph_file(role)) as fh:
+    for name, blob in files.items():
+        with atomic_write(out / name) as fh:
             fh.write(blob)
-        sums[graph_file(role)] = hashlib.sha256(blob).hexdigest()
+        sums[name] = hashlib.sha256(blob).hexdigest()
     for stale in out.glob("*.onnx"):
         if stale.name not in sums:
             stale.unlink()
@@ -233,7 +246,11 @@ def export_onnx(
         },
         # Baked into the graphs; listed so that a reader knows what the graphs compute.
         "normalisation": {
-            "f": {"mean": list(segmenter.mean_), "std": list(segmenter.std_), "scale": "x / 255"},
+            "f": (
+                {"spec": segmenter.model.spec.to_dict()}
+                if external
+                else {"mean": list(segmenter.mean_), "std": list(segmenter.std_), "scale": "x / 255"}
+            ),
             "g": {k: v for k, v in config["predictor_config"].items() if k != "params"},
         },
         "opset": opset,
@@ -244,6 +261,7 @@ def export_onnx(
             "manifest_sha256": bundle.manifest_sha256,
             "created": config.get("created"),
         },
+        **({"segmenter": segmenter.config()} if external else {}),
         "versions": _versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "sha256": sums,

@@ -5,6 +5,8 @@ An export folder holds::
     <role>.onnx   f's graphs, as its uncertainty method declares them (``UncertaintyMethod.graphs``):
                   ``f.onnx`` (uint8 images (N, H, W, 3) -> probs (N, 2, H, W), uncertainty (N, H, W))
                   for a deterministic method; e.g. ``f_encode.onnx`` + ``f_decode.onnx`` for mcdropout
+    segmenter.onnx  instead of f's graphs, when f is an external model (``segqc train --segmenter``): the
+                  user's own ONNX file, fed as its SPEC (``segmenter.external`` in export.json) says
     g.onnx        g: images (N, H, W, 3) uint8, masks (N, H, W) uint8, uncertainty (N, H, W) float32
                   -> quality (N,), the predicted Jaccard
     export.json   method and its settings, the graphs with their input and output names, the method's
@@ -34,10 +36,11 @@ from typing import Any
 import numpy as np
 
 from segqc.errors import BundleError, SegQCError, UnknownNameError
+from segqc.external import load_external_segmenter
 from segqc.gate import gate_summary
 from segqc.model import ManifestModel, check_manifest, read_manifest_json, self_test
 from segqc.postprocess import batches, segment_batches
-from segqc.types import QualitySamples, SegPrediction
+from segqc.types import QualitySamples, Runner, SegPrediction
 from segqc.uncertainty import UncertaintyMethod, create_method
 
 #: Version of the export layout; :func:`load_onnx_model` refuses other versions.
@@ -79,7 +82,7 @@ class OnnxSegmenter:
     """
 
     def __init__(
-        self, runner: OnnxRunner, method: UncertaintyMethod, layout: Mapping[str, Any], *, seed: int = 0
+        self, runner: Runner, method: UncertaintyMethod, layout: Mapping[str, Any], *, seed: int = 0
     ) -> None:
         self.runner, self.method_, self.layout = runner, method, layout
         self.rng_ = np.random.default_rng(seed)
@@ -195,7 +198,9 @@ def read_manifest(export_dir: str | Path) -> dict[str, Any]:
         if key not in config:
             raise BundleError(f"{file}: export manifest lacks the key {key!r}")
     graphs = config["graphs"]
-    ok = isinstance(graphs, dict) and QUALITY_ROLE in graphs and len(graphs) >= 2
+    external = isinstance(config.get("segmenter"), dict) and "external" in config["segmenter"]
+    # f is the method's graphs, or (external) segmenter.onnx, outside 'graphs'
+    ok = isinstance(graphs, dict) and QUALITY_ROLE in graphs and len(graphs) >= (1 if external else 2)
     ok = ok and all(
         isinstance(role, str) and _ROLE.match(role) and isinstance(spec, dict)
         and spec.get("file") == graph_file(role)
@@ -265,7 +270,10 @@ def load_onnx_model(
     if seed is None:
         seed = int((config.get("pipeline") or {}).get("seed", 0) or 0)
     f_graphs = {role: spec for role, spec in config["graphs"].items() if role != QUALITY_ROLE}
-    runner = OnnxRunner({role: sessions[role] for role in f_graphs}, f_graphs)
+    runner: Runner = OnnxRunner({role: sessions[role] for role in f_graphs}, f_graphs)
+    if "segmenter" in config:  # f is an external model (segmenter.onnx), fed as its SPEC says
+        external = load_external_segmenter(path, config, path / MANIFEST, device=device, threads=threads)
+        runner, method = external.runner, external.method_
     segmenter = OnnxSegmenter(runner, method, config.get("layout") or {}, seed=seed)
     predictor = OnnxQualityPredictor(sessions[QUALITY_ROLE], str(config.get("predictor", "")))
     model = OnnxModel(segmenter, predictor, config, path)

@@ -46,6 +46,10 @@ class UncertaintyMethod(ABC):
     extra_channels: ClassVar[int] = 0
     #: Whether ``read_out`` draws random numbers (then two unseeded read-outs differ).
     stochastic: ClassVar[bool] = False
+    #: Whether ``read_out`` works on an external segmentation model (``segqc.external``): true when it
+    #: runs only the ``f`` graph (images -> probs, uncertainty), which an external model answers.
+    #: Methods that need f's insides (dropout layers, extra output channels, other graphs) set False.
+    external_ok: ClassVar[bool] = True
 
     def get_params(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}

@@ -50,6 +50,10 @@ class DeepEnsemble(UncertaintyMethod):
             A read-out setting only: both maps share one trained ensemble. Defaults to ``"entropy"``.
     """
 
+    # Its graph gives every member's probabilities, which one external model cannot; an external
+    # ensemble gives its members' outputs as samples (``--predictions DIR`` with ``<id>_s<k>.npy``).
+    external_ok = False
+
     def __init__(self, *, members: int = 5, map: str = "entropy") -> None:
         if isinstance(members, bool) or not isinstance(members, int) or members < 1:
             raise SegQCError(f"members must be an integer of at least 1, got {members!r}")

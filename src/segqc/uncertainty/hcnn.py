@@ -41,6 +41,8 @@ class Heteroscedastic(UncertaintyMethod):
         samples: noise samples T per pixel in the training loss. Defaults to 100.
     """
 
+    external_ok = False  # needs f's insides, which an external model does not expose
+
     extra_channels = 1
 
     def __init__(self, *, samples: int = 100) -> None:

@@ -40,6 +40,8 @@ class LearnedConfidence(UncertaintyMethod):
     The current weight is ``lambda_`` (training state, reset by each new method instance, not saved).
     """
 
+    external_ok = False  # needs f's insides, which an external model does not expose
+
     extra_channels = 1
 
     def __init__(self, *, hints: str = "image", budget: float = 0.3, lambda_init: float = 0.1) -> None:

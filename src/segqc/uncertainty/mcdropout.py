@@ -41,6 +41,8 @@ class MCDropout(UncertaintyMethod):
             equals ``Segmenter.predict``'s batch size; a GPU may gain from more. Defaults to 32.
     """
 
+    external_ok = False  # needs f's insides, which an external model does not expose
+
     stochastic = True
 
     def __init__(self, *, samples: int = 20, max_batch: int = 32) -> None:

@@ -1,0 +1,230 @@
+"""Precomputed outputs of a segmentation model: a folder of foreground-probability maps, one per image id.
+
+Layout of the folder (``segqc predict --predictions DIR``)::
+
+    <id>.png          one map, greyscale 8-bit (0..255 -> 0..1) or 16-bit (0..65535 -> 0..1)
+    <id>.npy          one map, a float (H, W) array in [0, 1]
+    <id>_s0.npy ...   K samples of a stochastic model, k = 0..K-1 (float (H, W) arrays in [0, 1])
+
+``<id>`` is the image's id (in ``segqc predict``: the id of its row in ``quality.csv``, normally the file
+stem). A map has the image's own size ``H x W`` (what a model run on the original image gives); segqc
+resizes it (bilinear) to the model's square size for g and the gate, as it does the image. The
+uncertainty map comes from the maps: one map, ``1 - max(p, 1 - p)`` (the ``msp`` map); K samples, the
+entropy (nats) of their mean (the ``mcdropout`` map). g judges maps of the kind it was trained on, so
+one map needs a model whose method is ``msp`` and samples one whose map is an entropy of a mean.
+NumPy and Pillow only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from segqc.errors import DataError, SegQCError
+from segqc.postprocess import entropy, probs_to_mask, upsample_probs
+from segqc.types import SegPrediction
+
+#: Which methods' maps each kind of precomputed output reproduces (what g was trained on).
+MAP_METHODS = {"single": ("msp",), "samples": ("mcdropout",)}
+#: Slack on values outside [0, 1] (float rounding); they are clipped.
+SLACK = 1e-5
+MAX_SAMPLES = 1000
+
+
+def two_class_map(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(K, H, W)`` foreground probabilities -> foreground probability ``(H, W)`` and uncertainty
+    ``(H, W)``: for K = 1 ``1 - max(p, 1 - p)``, else the entropy of the mean (nats), float32."""
+    samples = np.asarray(samples, np.float32)
+    p = samples.mean(0)
+    if len(samples) == 1:
+        return p, (1.0 - np.maximum(p, 1.0 - p)).astype(np.float32)
+    return p, entropy(np.stack([1.0 - p, p]), axis=0)
+
+
+class PredictionFolder:
+    """The maps in ``folder``, looked up by image id (see the module docstring)."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise DataError(f"{self.folder}: predictions folder not found")
+
+    def files(self, id_: str) -> list[Path]:
+        """The files of ``id_``: one map, or its samples in order; empty when there are none."""
+        single = [f for f in (self.folder / f"{id_}.npy", self.folder / f"{id_}.png") if f.is_file()]
+        samples = []
+        while len(samples) < MAX_SAMPLES and (self.folder / f"{id_}_s{len(samples)}.npy").is_file():
+            samples.append(self.folder / f"{id_}_s{len(samples)}.npy")
+        if len(single) + bool(samples) > 1:
+            found = ", ".join(f.name for f in [*single, *samples[:1]])
+            raise DataError(f"{self.folder}: several predictions for {id_!r} ({found}); keep one kind")
+        return single or samples
+
+    def kind(self, id_: str) -> str | None:
+        """``"single"`` (one map), ``"samples"`` or ``None`` (nothing for ``id_``)."""
+        files = self.files(id_)
+        if not files:
+            return None
+        return "single" if files[0].name in (f"{id_}.npy", f"{id_}.png") else "samples"
+
+    def folder_kind(self) -> str:
+        """``"samples"`` when the folder holds sample files (``*_s0.npy``), else ``"single"``."""
+        return "samples" if any(self.folder.glob("*_s0.npy")) else "single"
+
+    def load(self, id_: str, shape: tuple[int, int] | None) -> np.ndarray:
+        """The maps of ``id_`` as ``(K, H, W)`` float32 in [0, 1]; ``shape`` is the image's own ``(H, W)``
+        (``None``: any, the same for every sample).
+
+        Raises:
+            DataError: no map for ``id_``, or a file that cannot be read, has another size than the
+                image, or values outside [0, 1] (each naming the file).
+        """
+        files = self.files(id_)
+        if not files:
+            raise DataError(
+                f"no prediction for {id_!r} in {self.folder} ({id_}.png, {id_}.npy or {id_}_s0.npy)"
+            )
+        maps = [_read(file, None if shape is None else tuple(shape)) for file in files]
+        if len({m.shape for m in maps}) > 1:
+            raise DataError(f"{files[0]}: the samples of {id_!r} differ in size")
+        return np.stack(maps)
+
+
+def _read(file: Path, shape: tuple[int, ...] | None) -> np.ndarray:
+    if file.suffix == ".npy":
+        try:
+            array = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise DataError(f"{file}: cannot read the prediction ({err})") from None
+        if not np.issubdtype(array.dtype, np.floating):
+            raise DataError(f"{file}: a .npy prediction must hold floats in [0, 1], got {array.dtype}")
+    else:
+        try:
+            with Image.open(file) as img:
+                img.load()
+                mode = img.mode
+                if mode in ("L", "1"):
+                    array = np.asarray(img.convert("L"), np.float32) / 255.0
+                elif mode.startswith("I"):  # 16-bit greyscale
+                    array = np.asarray(img, np.float32) / 65535.0
+                else:
+                    raise DataError(
+                        f"{file}: a PNG prediction must be greyscale (8 or 16 bit), got mode {mode}"
+                    )
+        except (OSError, SyntaxError, ValueError) as err:
+            raise DataError(f"{file}: cannot read the prediction ({err})") from None
+    array = np.asarray(array, np.float32)
+    if (shape is None and array.ndim != 2) or (shape is not None and array.shape != shape):
+        if shape is None:
+            raise DataError(f"{file}: a prediction must be a 2-d (H, W) map, got shape {array.shape}")
+        raise DataError(
+            f"{file}: prediction of shape {array.shape}, but its image is {shape[0]}x{shape[1]} (height x "
+            "width): a map must have its image's own size"
+        )
+    if not np.isfinite(array).all() or array.min() < -SLACK or array.max() > 1 + SLACK:
+        raise DataError(
+            f"{file}: prediction values must be probabilities in [0, 1], got [{np.nanmin(array):.3g}, "
+            f"{np.nanmax(array):.3g}]{' with non-finite values' if not np.isfinite(array).all() else ''}"
+        )
+    return np.clip(array, 0.0, 1.0)
+
+
+def check_method(kind: str, method: str) -> None:
+    """A ``DataError`` when the model's g was trained on another kind of map than ``kind`` gives."""
+    if method not in MAP_METHODS[kind]:
+        what = "one map per image" if kind == "single" else "samples per image"
+        raise DataError(
+            f"predictions with {what} give the map of {', '.join(MAP_METHODS[kind])}, but this model's g was "
+            f"trained on {method!r} maps; use a model trained with --method {MAP_METHODS[kind][0]}"
+        )
+
+
+def image_shape(path: str | Path) -> tuple[int, int]:
+    """``(H, W)`` of an image file as segqc reads it (EXIF rotation applied), from its header only."""
+    with Image.open(path) as img:
+        width, height = img.size
+        orientation = img.getexif().get(0x0112, 1)
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+
+
+class PrecomputedSegmenter:
+    """f as precomputed outputs (``segqc train --predictions DIR``): at training the maps of the
+    training images, looked up by id; in a loaded bundle nothing to run (``predict`` needs the maps,
+    ``segqc predict --predictions``).
+
+    Args:
+        folder: the maps, or ``None`` in a loaded bundle.
+        kind: ``"single"`` (one map per image) or ``"samples"``; sets ``method``, the method whose map
+            the maps give (:data:`MAP_METHODS`).
+        image_size: the model's square size S; maps are turned into a mask and an uncertainty map at
+            their own size, then resized to S, as ``segqc predict --predictions`` does.
+        shape_of: the original ``(H, W)`` of an image by id, to check each map against; ``None``
+            accepts any size.
+        seed: recorded in the bundle.
+    """
+
+    precomputed = True
+
+    def __init__(
+        self,
+        folder: PredictionFolder | None,
+        kind: str,
+        *,
+        image_size: int,
+        shape_of: Callable[[str], tuple[int, int] | None] | None = None,
+        seed: int = 0,
+    ) -> None:
+        if kind not in MAP_METHODS:
+            raise SegQCError(
+                f"kind of precomputed outputs must be one of {', '.join(MAP_METHODS)}, got {kind!r}"
+            )
+        self.folder, self.kind, self.image_size, self.shape_of, self.seed = (
+            folder,
+            kind,
+            image_size,
+            shape_of,
+            seed,
+        )
+        self.method, self.method_params = MAP_METHODS[kind][0], None
+        self.device = "cpu"
+        self.rng_ = np.random.default_rng(seed)
+
+    def predict(self, images: np.ndarray, **_: Any) -> SegPrediction:
+        raise SegQCError(
+            "this model was trained on precomputed outputs of a segmentation model and has no f to run: "
+            "give the outputs with --predictions DIR"
+        )
+
+    def predict_data(self, data: Any) -> SegPrediction:
+        """The maps of ``data.ids`` (a ``SegData``) at ``image_size``: what g sees."""
+        if self.folder is None:
+            return self.predict(data.images)
+        size = self.image_size
+        probs, maps = [], []
+        for id_ in data.ids:
+            kind = self.folder.kind(id_)
+            if kind is not None and kind != self.kind:
+                raise DataError(
+                    f"{self.folder.folder}: {id_!r} has {kind} predictions, the others {self.kind}"
+                )
+            shape = self.shape_of(id_) if self.shape_of is not None else None
+            p, z = two_class_map(self.folder.load(id_, shape))
+            probs.append(upsample_probs(p[None], size, size)[0])
+            maps.append(upsample_probs(z[None], size, size)[0])
+        if not probs:
+            empty = np.zeros((0, size, size), np.float32)
+            return SegPrediction(empty, empty.astype(np.uint8), empty)
+        fg = np.stack(probs).astype(np.float32)
+        return SegPrediction(fg, probs_to_mask(fg), np.stack(maps).astype(np.float32))
+
+    def config(self) -> dict[str, Any]:
+        """The bundle's ``segmenter`` section."""
+        source = None if self.folder is None else self.folder.folder.name
+        return {
+            "params": {"method": self.method, "method_params": {}, "seed": self.seed},
+            "precomputed": {"kind": self.kind, "source": source},
+        }

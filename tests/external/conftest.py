@@ -1,0 +1,64 @@
+"""Tiny plain PyTorch networks exported to ONNX: stand-ins for a user's own segmentation model."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+
+class ConvNet(nn.Module):
+    """One 3x3 convolution with fixed random weights; ``nhwc`` takes and gives channels last."""
+
+    def __init__(self, out_channels: int, *, nhwc: bool = False, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = nn.Conv2d(3, out_channels, 3, padding=1)
+        self.nhwc = nhwc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.nhwc:
+            return self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self.conv(x)
+
+
+def trained_unet(size: int) -> tuple[nn.Module, dict]:
+    """A small U-Net trained on other synthetic images than the tests use, as a plain PyTorch module
+    (normalised NCHW input -> two-channel logits), with the SPEC that feeds it."""
+    from segqc.data.dataset import SegData
+    from segqc.data.synthetic import make_synthetic
+    from segqc.segmenter import Segmenter
+
+    seg = Segmenter("msp", base_width=8, epochs=20, device="cpu", progress=False, seed=1)
+    seg.fit(SegData(*make_synthetic(160, size, seed=6)))  # ~10 s
+    return seg.model_.eval(), {"mean": seg.mean_, "std": seg.std_}
+
+
+class Squeeze(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)[:, 0]
+
+
+def export(net: nn.Module, path: Path, shape: tuple[int, ...], *, dynamic_size: bool = False) -> Path:
+    """``net`` as an ONNX file (legacy exporter: fast) with a dynamic batch axis (and H, W)."""
+    net.eval()
+    axes = {0: "batch"}
+    if dynamic_size:
+        axes.update({1: "h", 2: "w"} if shape[-1] == 3 else {2: "h", 3: "w"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notices
+        torch.onnx.export(
+        net, (torch.rand(shape),), str(path), dynamo=False, input_names=["input"], output_names=["output"],
+        dynamic_axes={"input": axes, "output": {0: "batch"}}, opset_version=17,
+    )  # fmt: skip
+    return path

@@ -1,0 +1,156 @@
+"""g trained on an external ONNX model with the CLI, then predict, serve and export on it."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from segqc.bundle import load_bundle
+from segqc.cli.export import export
+from segqc.cli.predict import predict
+from segqc.cli.train import train
+from segqc.data.synthetic import write_synthetic
+from segqc.external import ExternalSegmenter
+from segqc.runtime import load_model
+from tests.conftest import run_without_torch
+from tests.external.conftest import ConvNet, trained_unet
+from tests.external.conftest import export as export_net
+
+S = 32
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ext-data")
+    write_synthetic(root, 100, S, seed=5)
+    return root
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(data_dir, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ext-model")
+    net, spec_data = trained_unet(S)
+    model = export_net(net, root / "my unet.onnx", (1, 3, S, S), dynamic_size=True)
+    spec = root / "SPEC.json"
+    spec.write_text(json.dumps(spec_data))
+    out = root / "bundle"
+    args = ["--segmenter", str(model), "--segmenter-spec", str(spec), "--method", "msp",
+            "--data", str(data_dir), "--out", str(out), "--image-size", str(S), "--quality-epochs", "6",
+            "--device", "cpu", "--quiet"]  # fmt: skip
+    result = CliRunner().invoke(train, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "wrote" in result.output
+    return out
+
+
+def test_bundle_holds_the_model_and_its_spec(bundle_dir):
+    config = json.loads((bundle_dir / "bundle.json").read_text())
+    assert sorted(p.name for p in bundle_dir.iterdir()) == ["bundle.json", "g.safetensors", "segmenter.onnx"]
+    external = config["segmenter"]["external"]
+    assert external["source"] == "my unet.onnx" and external["spec"]["scale"] == 255
+    assert config["gate"]["fitness"]["fit"]
+    assert set(config["sha256"]) == {"segmenter.onnx", "g.safetensors"}
+    bundle = load_bundle(bundle_dir, device="cpu")
+    assert isinstance(bundle.segmenter, ExternalSegmenter) and bundle.method == "msp"
+    seg = config["test_metrics"]["segmentation"]
+    assert 0.5 < seg["jaccard_mean"] < 0.95 and seg["failure_rate"] > 0, seg  # it segments, not perfectly
+
+
+def test_tampered_model_is_refused(bundle_dir, tmp_path):
+    import shutil
+
+    from segqc.errors import BundleError
+
+    copy = Path(shutil.copytree(bundle_dir, tmp_path / "b"))
+    blob = bytearray((copy / "segmenter.onnx").read_bytes())
+    blob[-4:] = b"\0\0\0\0"
+    (copy / "segmenter.onnx").write_bytes(bytes(blob))
+    with pytest.raises(BundleError, match="segmenter.onnx: checksum mismatch"):
+        load_model(copy, device="cpu")
+
+
+def _rows(folder: Path) -> dict[str, dict[str, str]]:
+    with open(folder / "quality.csv", newline="", encoding="utf-8") as fh:
+        return {row["id"]: row for row in csv.DictReader(fh)}
+
+
+def test_predict_serve_and_export(bundle_dir, data_dir, tmp_path):
+    images = sorted((data_dir / "images").glob("*.png"))[:6]
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for file in images:
+        (inputs / file.name).write_bytes(file.read_bytes())
+    runner = CliRunner()
+    result = runner.invoke(predict, ["--model", str(bundle_dir), str(inputs), "--out", str(tmp_path / "p"),
+                                     "--device", "cpu", "--quiet"], catch_exceptions=False)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    torch_rows = _rows(tmp_path / "p")
+    assert len(torch_rows) == 6
+
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+
+    from segqc.service import create_app
+
+    with TestClient(create_app(bundle_dir)) as client:
+        answer = client.post(
+            "/v1/assess", files={"file": (images[0].name, images[0].read_bytes(), "image/png")}
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["predicted_jaccard"] == pytest.approx(
+            float(torch_rows[images[0].stem]["predicted_jaccard"]), abs=1e-5
+        )
+        assert client.get("/v1/model").json()["method"] == "msp"
+
+    out = tmp_path / "onnx"
+    args = ["--model", str(bundle_dir), "--out", str(out), "--exporter", "torchscript"]
+    result = runner.invoke(export, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.glob("*.onnx")) == ["g.onnx", "segmenter.onnx"]
+    assert (out / "segmenter.onnx").read_bytes() == (bundle_dir / "segmenter.onnx").read_bytes()
+    manifest = json.loads((out / "export.json").read_text())
+    assert manifest["parity"]["passed"] and manifest["segmenter"]["external"]["spec"]["scale"] == 255
+
+    # predict on the export where torch cannot be imported: the same answers
+    script = """
+        from click.testing import CliRunner
+        from segqc.cli.predict import predict
+        args = ["--model", sys.argv[1], sys.argv[2], "--out", sys.argv[3], "--quiet"]
+        r = CliRunner().invoke(predict, args)
+        torch_modules = [m for m in sys.modules if m == "torch" or m.startswith("torch.")]
+        print("RESULT", json.dumps({"code": r.exit_code, "torch": torch_modules, "out": r.output[-500:]}))
+    """
+    result_json, output = run_without_torch(script, str(out), str(inputs), str(tmp_path / "q"))
+    assert result_json["code"] == 0 and result_json["torch"] == [], output
+    onnx_rows = _rows(tmp_path / "q")
+    for key, row in torch_rows.items():
+        assert float(onnx_rows[key]["predicted_jaccard"]) == pytest.approx(
+            float(row["predicted_jaccard"]), abs=1e-4
+        )
+        assert onnx_rows[key]["decision"] == row["decision"]
+
+
+def test_methods_that_need_f_insides_are_refused(data_dir, tmp_path):
+    model = export_net(ConvNet(2), tmp_path / "m.onnx", (1, 3, S, S))
+    args = ["--segmenter", str(model), "--method", "mcdropout", "--data", str(data_dir), "--out",
+            str(tmp_path / "b"), "--image-size", str(S), "--device", "cpu", "--quiet"]  # fmt: skip
+    result = CliRunner().invoke(train, args)
+    assert result.exit_code == 1
+    assert "'mcdropout' needs segqc's own network" in result.output
+    assert not (tmp_path / "b").exists()
+    result = CliRunner().invoke(train, ["--segmenter-spec", str(model), "--out", str(tmp_path / "c")])
+    assert result.exit_code == 2 and "--segmenter-spec needs --segmenter" in result.output
+
+
+def test_bad_model_file_is_one_line(data_dir, tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"garbage")
+    result = CliRunner().invoke(train, ["--segmenter", str(bad), "--data", str(data_dir), "--out",
+                                        str(tmp_path / "b"), "--image-size", str(S), "--quiet"])  # fmt: skip
+    assert result.exit_code == 1 and "onnxruntime cannot load this model" in result.output
+    assert len(result.output.strip().splitlines()) == 1
