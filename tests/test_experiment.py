@@ -168,6 +168,7 @@ def test_end_to_end_results_json(full_run, folder):
     assert set(stats["difference"]) == set(expected_rows()) - {"no-uncertainty", "no-uncertainty (crossfit)"}
     assert stats["difference_to"]["msp (crossfit)"] == "no-uncertainty (crossfit)"
     assert stats["difference_to"]["rca"] == "no-uncertainty"
+    assert set(stats["crossfit_difference"]) == {n for n in expected_rows() if n.endswith("(crossfit)")}
     # the per-image values of the first row are its seed-0 predictions
     first = res["rows"][0]["per_seed"][0]["metrics"]
     t = np.array([p["true_jaccard"] for p in res["per_image"]])
