@@ -202,10 +202,9 @@ def format_signed(value: float | None, percent: bool) -> str:
     if not _finite(value):
         return "n/a"
     scale, digits = _scale(percent)
-    text = f"{value * scale:+.{digits}f}"
-    if float(text) == 0.0:
+    if value == 0.0:  # exactly zero (a row against itself); a small nonzero value keeps its sign
         return f"{0.0:.{digits}f}"
-    return text.replace("-", "−")
+    return f"{value * scale:+.{digits}f}".replace("-", "−")
 
 
 def format_interval(low: float | None, high: float | None, percent: bool, signed: bool = False) -> str:
