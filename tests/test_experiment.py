@@ -16,10 +16,16 @@ from segqc.data.dataset import SegData
 from segqc.data.synthetic import make_synthetic, write_synthetic
 from segqc.errors import SegQCError, UnknownNameError
 from segqc.experiment import ExperimentConfig, Payload, Planner, Unit, UnitStore, run_experiment, training_key
-from segqc.experiment.report import PAPER_TABLE1, table1_markdown
+from segqc.experiment.report import (
+    load_paper_table,
+    render_report,
+    table1_markdown,
+    write_experiment_report,
+)
 from segqc.metrics import QUALITY_KEYS
 from segqc.segmenter import Segmenter
 from segqc.uncertainty import METHODS
+from segqc.utils import json_ready
 from tests.conftest import TINY_SETTINGS
 
 PAPER_METHODS = [m for m in ("msp", "mcdropout", "hcnn", "lce") if m in METHODS.names()]
@@ -148,6 +154,21 @@ def test_end_to_end_results_json(full_run, folder):
     assert [p["id"] for p in res["per_image"]] == test_ids
     assert set(res["per_image"][0]) == {"id", "true_jaccard", "predicted_jaccard"}
     assert set(res["per_image_by_row"]) == set(expected_rows())
+    for name, entry in res["per_image_by_row"].items():  # every seed's per-image values
+        assert [s["seed"] for s in entry["per_seed"]] == [0, 1]
+        assert entry["per_seed"][0]["predicted_jaccard"] == entry["predicted_jaccard"]
+        row = next(r for r in res["rows"] if r["method"] == name)
+        t1, q1 = (np.array(entry["per_seed"][1][k]) for k in ("true_jaccard", "predicted_jaccard"))
+        assert np.sqrt(np.mean((q1 - t1) ** 2)) == pytest.approx(row["per_seed"][1]["metrics"]["rmse"])
+        assert row["n_seeds"]["rmse"] == 2
+    # intervals for every row and metric, paired differences to the no-uncertainty rows
+    stats = res["statistics"]
+    assert stats["seeds"] == [0, 1] and stats["n_images"] == len(test_ids)
+    assert set(stats["rows"]) == set(expected_rows())
+    assert set(stats["difference"]) == set(expected_rows()) - {"no-uncertainty", "no-uncertainty (crossfit)"}
+    assert stats["difference_to"]["msp (crossfit)"] == "no-uncertainty (crossfit)"
+    assert stats["difference_to"]["rca"] == "no-uncertainty"
+    assert set(stats["crossfit_difference"]) == {n for n in expected_rows() if n.endswith("(crossfit)")}
     # the per-image values of the first row are its seed-0 predictions
     first = res["rows"][0]["per_seed"][0]["metrics"]
     t = np.array([p["true_jaccard"] for p in res["per_image"]])
@@ -155,12 +176,91 @@ def test_end_to_end_results_json(full_run, folder):
     assert np.sqrt(np.mean((q - t) ** 2)) == pytest.approx(first["rmse"])
 
 
-def test_paper_line_shown_when_values_are_known(full_run, monkeypatch):
+def write_paper_table(path: Path) -> Path:
+    path.write_text(
+        json.dumps(
+            {
+                "source": "the paper, Table 1",
+                "units": {"rmse": "fraction", "auroc": "percent"},
+                "paper_names": {"msp": "Max Probability"},
+                "rows": {"msp": {"rmse": {"mean": 0.123, "std": 0.01}, "auroc": {"mean": 87.6, "std": 2.0}}},
+            }
+        )
+    )
+    return path
+
+
+def test_paper_lines_from_the_json_and_a_note_without_it(full_run, tmp_path):
     results = full_run[2]
-    monkeypatch.setitem(PAPER_TABLE1, "msp", {"rmse": 0.123, "auroc": 0.876})
-    table = table1_markdown(results)
-    assert table.count("| paper: ") == 1
-    assert "| | paper: baseline (max softmax) | 0.123 | n/a | 87.6 |" in table
+    paper = load_paper_table(write_paper_table(tmp_path / "table1.json"))
+    assert paper["rows"]["msp"]["auroc"] == pytest.approx((0.876, 0.02))  # percent -> fraction
+    table = table1_markdown(results, paper, results["statistics"])
+    assert table.count("| paper: ") == 1  # msp only; none under crossfit rows
+    assert "| | paper: Max Probability | 0.123 ± 0.010 | – | 87.6 ± 2.0 | – |" in table
+    msp = next(r for r in results["rows"] if r["method"] == "msp")["metrics"]
+    diff = f"{(msp['rmse'] - 0.123):+.3f}".replace("-", "−")
+    assert f"| | ours − paper | {diff} | – |" in table
+    assert "table1.json" in table.split("## Notes")[1]
+    without = table1_markdown(results, None, results["statistics"])
+    assert "| paper: " not in without and "No paper lines" in without
+
+
+def test_report_writes_paper_lines_only_when_the_file_exists(full_run, tmp_path):
+    results = json.loads(json.dumps(full_run[2]))
+    write_experiment_report(tmp_path, results, paper_table=tmp_path / "missing.json")
+    assert "| paper: " not in (tmp_path / "table1.md").read_text()
+    assert "No paper lines" in (tmp_path / "report.md").read_text() and results["paper_table"] is None
+    write_experiment_report(tmp_path, results, paper_table=write_paper_table(tmp_path / "t.json"))
+    assert "| | paper: Max Probability |" in (tmp_path / "table1.md").read_text()
+    assert "| | paper: Max Probability |" in (tmp_path / "report.md").read_text()
+
+
+def test_nan_seeds_are_counted_in_cells(full_run):
+    results = json.loads(json.dumps(full_run[2]))
+    row = results["rows"][0]
+    for i, seed in enumerate(row["per_seed"]):  # finite everywhere, then NaN where a seed had one class
+        seed["metrics"] = {k: 0.5 + 0.1 * i for k in QUALITY_KEYS}
+    row["per_seed"][1]["metrics"]["auroc"] = None
+    for seed in row["per_seed"]:
+        seed["metrics"]["aupr_pass"] = None
+    row["metrics"] = {k: 0.55 for k in QUALITY_KEYS} | {"auroc": 0.5, "aupr_pass": None}
+    row["std"] = {k: 0.07 for k in QUALITY_KEYS} | {"auroc": None, "aupr_pass": None}
+    table = table1_markdown(results, None, results["statistics"])
+    line = next(x for x in table.splitlines() if x.startswith(f"| {row['method']} | ours |"))
+    assert "(1 of 2 seeds)" in line and "(0 of 2 seeds)" in line
+    assert line.count("seeds)") == 2  # the other cells average both seeds
+
+
+def test_report_only_rebuilds_from_results_json_with_portable_paths(full_run, tmp_path, monkeypatch):
+    from segqc.cli.experiment import experiment as command
+
+    _, out, results, _ = full_run
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    (folder / "figures").mkdir()
+    (folder / "figures" / "fig2.png").write_bytes((out / "figures" / "fig2.png").read_bytes())
+    old = json.loads(json.dumps(results))
+    old["command"] = ["segqc", "experiment", "--data", "rel/data", "--out", str(tmp_path / "abs-out")]
+    old["data"]["source"] = str(tmp_path / "data")
+    for entry in old["per_image_by_row"].values():  # as written before per-seed values were kept
+        del entry["per_seed"]
+    del old["statistics"]
+    (folder / "results.json").write_text(json.dumps(old))
+    monkeypatch.chdir(tmp_path)
+    paper = str(write_paper_table(tmp_path / "p.json"))
+    result = CliRunner().invoke(command, ["--report-only", "--out", "copy", "--paper-table", paper])
+    assert result.exit_code == 0, result.output
+    new = strict_json(folder / "results.json")
+    assert new["command"][-3:] == ["rel/data", "--out", "abs-out"]  # relative kept, absolute made relative
+    assert new["data"]["source"] == "data" and new["paper_table"] == "p.json"
+    assert new["statistics"]["seeds"] == [0] and new["rows"] == json_ready(old["rows"])
+    for name in ("table1.md", "report.md", "results.json"):
+        assert str(tmp_path) not in (folder / name).read_text(), name
+    table = (folder / "table1.md").read_text()
+    assert "95% CI, seed 0 only" in table and "| | paper: Max Probability |" in table
+    report = (folder / "report.md").read_text()
+    assert "figures/fig2.png" in report and "report re-rendered from results.json" in report
+    assert render_report(folder, paper_table=tmp_path / "none.json")["paper_table"] is None
 
 
 @pytest.mark.slow
@@ -169,8 +269,15 @@ def test_end_to_end_table_figures_and_units(full_run):
     table = (out / "table1.md").read_text()
     for name in expected_rows():
         assert f"| {name} | ours |" in table
-    # a paper line under each row whose published values are known; none for crossfit rows
-    assert table.count("| paper: ") == sum(name in PAPER_TABLE1 for name in [*PAPER_METHODS, *BASELINES])
+    # with ../shared/paper/table1.json (the default): a paper line under each row it reports, none
+    # under crossfit rows; without it, none
+    if results["paper_table"]:
+        paper = load_paper_table(results["paper_table"])
+        expected = sum(name in paper["rows"] for name in [*PAPER_METHODS, *BASELINES])
+    else:
+        expected = 0
+    assert table.count("| paper: ") == expected
+    assert "95% CI |" in table and "## Paired differences to the no-uncertainty baseline" in table
     assert "Detection Error (%)" in table and "AUPR-Fail (%)" in table and "Spearman" in table
     for method in PAPER_METHODS:
         assert f"| {method} | " in table.split("## Segmentation")[1]

@@ -78,11 +78,12 @@ def test_seed_and_reference_count():
 
 
 def test_more_references_never_lower_the_best_match():
-    """The prediction is a maximum over references, so a superset of references cannot score lower."""
+    """The prediction is a maximum over references, so a superset of references cannot score lower
+    (with the same reverse classifier: a fixed prior_strength, as "auto" may choose differently)."""
     refs = reference_samples(30)
     test, _ = corrupted(10)
-    small = create_predictor("rca", n_references=5, seed=3).fit(refs)
-    full = create_predictor("rca", n_references=30).fit(refs)
+    small = create_predictor("rca", n_references=5, prior_strength=64.0, seed=3).fit(refs)
+    full = create_predictor("rca", n_references=30, prior_strength=64.0).fit(refs)
     assert (full.predict(test) >= small.predict(test) - 1e-12).all()
 
 
@@ -144,5 +145,45 @@ def test_state_round_trip():
     tensors, config = rca.state()
     assert all(isinstance(t, torch.Tensor) for t in tensors.values())
     back = type(rca).from_state(tensors, config)
+    test, _ = corrupted(5)
+    np.testing.assert_array_equal(back.predict(test), rca.predict(test))
+
+
+def test_prior_strength_is_chosen_on_held_out_training_images():
+    """``"auto"`` picks prior_strength in fit, from training images only (by construction: fit gets
+    the training samples and nothing else); the held-out images are training images that are not
+    references, and predicting never changes the choice."""
+    from segqc.quality.rca import PRIOR_STRENGTHS
+
+    refs = reference_samples(40)
+    rca = create_predictor("rca", n_references=10, n_validation=24, seed=4).fit(refs)
+    assert rca.prior_strength == "auto" and rca.prior_strength_ in PRIOR_STRENGTHS
+    held = rca.validation_index_
+    assert len(held) == 24 and not set(held.tolist()) & set(rca.reference_index_.tolist())
+    assert set(held.tolist()) <= set(range(40))
+    assert set(rca.validation_spearman_) == {f"{c:g}" for c in PRIOR_STRENGTHS}
+    best = max(v for v in rca.validation_spearman_.values() if np.isfinite(v))
+    assert rca.validation_spearman_[f"{rca.prior_strength_:g}"] == best
+    again = create_predictor("rca", n_references=10, n_validation=24, seed=4).fit(refs)
+    assert again.prior_strength_ == rca.prior_strength_
+    chosen = rca.prior_strength_
+    test, _ = corrupted(10)
+    q = rca.predict(test)
+    assert rca.prior_strength_ == chosen
+    fixed = create_predictor("rca", n_references=10, prior_strength=chosen, seed=4).fit(refs)
+    np.testing.assert_array_equal(fixed.predict(test), q)
+    assert fixed.prior_strength_ == chosen and fixed.validation_spearman_ == {}
+
+
+def test_prior_strength_setting_is_checked_and_old_states_load():
+    refs = reference_samples(8)
+    with pytest.raises(ValueError, match="prior_strength"):
+        create_predictor("rca", prior_strength="best").fit(refs)
+    rca = create_predictor("rca", n_references=4, prior_strength=16.0).fit(refs)
+    tensors, config = rca.state()
+    # a state written before "auto": the number only in params
+    old = {"params": {"n_references": 4, "prior_strength": 16.0, "chunk_size": 64, "seed": 0}}
+    back = type(rca).from_state(tensors, old)
+    assert back.prior_strength_ == 16.0
     test, _ = corrupted(5)
     np.testing.assert_array_equal(back.predict(test), rca.predict(test))

@@ -86,6 +86,19 @@ def _setting(flag: str, help: str, type: click.ParamType) -> Any:
     _setting("--folds", "Folds of the cross-fitting.", click.IntRange(min=2)),
     _setting("--rca-references", "Reference images of RCA.", click.IntRange(min=1)),
     _setting("--quality-width", "Width of g.", click.IntRange(min=1)),
+    click.option(
+        "--paper-table",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="The paper's Table 1 as JSON, shown beside ours (default: ../shared/paper/table1.json "
+        "if it exists; none: no paper lines).",
+    ),
+    click.option(
+        "--report-only",
+        is_flag=True,
+        help="Rebuild table1.md, report.md and figures/fig3.png from --out/results.json (no training); "
+        "figures/fig2.png is kept.",
+    ),
     synthetic_size_options(EXPERIMENT_CONFIG),
     training_options(EXPERIMENT_CONFIG, seed_help="Run the single seed S (instead of --seeds)."),
 )
@@ -100,13 +113,16 @@ def experiment(
     seed_list: str | None,
     seed: int | None,
     quiet: bool,
+    paper_table: Path | None,
+    report_only: bool,
     **settings: Any,
 ) -> None:
     """Reproduce the paper's Table 1: every uncertainty method and baseline, over several seeds.
 
     Writes results.json, table1.md, report.md and figures/fig2.png, figures/fig3.png to --out;
     finished units (trained f, predictions, g) are cached in --out/units, so a killed run resumes
-    where it stopped. --seed S runs the single seed S.
+    where it stopped. --seed S runs the single seed S. --report-only rebuilds the tables and
+    figure 3 of an existing --out from its results.json, without training.
 
     \b
     Example:
@@ -114,10 +130,17 @@ def experiment(
         segqc experiment --data ../shared/data/isic2017 --protocol ../shared/data/isic2017/split.json \\
             --seeds 3 --quality-train both --out isic-table1
         segqc experiment --out table1 --method-param mcdropout.samples=30
+        segqc experiment --report-only --out docs/results/isic2017-600
     """
     from segqc.experiment.run import ExperimentConfig, run_experiment
     from segqc.report import format_value
 
+    if report_only:
+        from segqc.experiment.report import render_report
+
+        render_report(out, paper_table=paper_table, command=["segqc", *sys.argv[1:]])
+        click.echo(f"rewrote {out / 'table1.md'}, {out / 'report.md'} and {out / 'results.json'}")
+        return
     options = (("--seeds", n_seeds), ("--seed-list", seed_list), ("--seed", seed))
     given = [name for name, value in options if value is not None]
     if len(given) > 1:
@@ -139,7 +162,13 @@ def experiment(
         **settings,
     )
     results = run_experiment(
-        cfg, out, data=data, protocol=protocol, progress=not quiet, command=["segqc", *sys.argv[1:]]
+        cfg,
+        out,
+        data=data,
+        protocol=protocol,
+        progress=not quiet,
+        command=["segqc", *sys.argv[1:]],
+        paper_table=paper_table,
     )
     for method, seg in results["segmentation"].items():
         jac = format_value(seg["jaccard_mean"], False, seg["jaccard_std"])

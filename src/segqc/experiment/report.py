@@ -3,14 +3,18 @@ and a short report.md linking them. Matplotlib is imported lazily."""
 
 from __future__ import annotations
 
+import json
+import math
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from segqc.data.dataset import SegData
+from segqc.errors import SegQCError
 from segqc.experiment.config import CROSSFIT_SUFFIX
-from segqc.metrics import jaccard
+from segqc.metrics import bootstrap_rows, jaccard
 from segqc.report import (
     TABLE_COLUMNS,
     format_value,
@@ -20,41 +24,230 @@ from segqc.report import (
     versions_line,
     write_markdown,
 )
+from segqc.utils import write_json
 from segqc.visualize import error_overlay, heatmap
 
-#: The paper's names for our rows (DeVries & Taylor 2018, "Leveraging Uncertainty Estimates for
-#: Predicting Segmentation Quality", arXiv:1807.00502).
-PAPER_NAMES = {
-    "msp": "baseline (max softmax)",
-    "mcdropout": "MC dropout",
-    "hcnn": "HCNN",
-    "lce": "LCE",
-    "no-uncertainty": "no uncertainty",
-    "qualitynet": "QualityNet",
-    "rca": "RCA",
-}
-
-#: The paper's published Table 1 values, as fractions (like ours), keyed by our row names.
-#: EMPTY ON PURPOSE: the full text of the paper (arXiv:1807.00502; e.g. the copy at
-#: https://deepai.org/publication/leveraging-uncertainty-estimates-for-predicting-segmentation-quality)
-#: could not be read beyond its introduction with the tools available when this was written, and
-#: numbers we cannot cite are not invented. Fill in from the paper's Table 1 to show them.
-PAPER_TABLE1: dict[str, dict[str, float]] = {}
+#: Where the paper's Table 1 is looked for when no path is given (relative to the working directory).
+DEFAULT_PAPER_TABLE = Path("../shared/paper/table1.json")
 
 #: The columns the paper reports; AURC and Spearman are ours only.
 PAPER_KEYS = ("rmse", "detection_error", "auroc", "aupr_pass", "aupr_fail")
+
+#: The row every other row is compared with, pairwise (``<name> (crossfit)`` for crossfit rows).
+BASELINE_ROW = "no-uncertainty"
+
+#: Bootstrap replicates and the seed of their draws (the same draws for every row).
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
 
 
 def _base_name(row_name: str) -> str:
     return row_name[: -len(CROSSFIT_SUFFIX)] if row_name.endswith(CROSSFIT_SUFFIX) else row_name
 
 
-def table1_markdown(results: dict[str, Any]) -> str:
-    """The paper's Table 1 layout: an "ours" line per row (mean ± std over seeds), the paper's line
-    below each row it reports, then the segmentation quality of each f."""
+# -- paths --------------------------------------------------------------------------------------
+
+
+def portable_path(path: str, cwd: str | Path | None = None) -> str:
+    """``path`` as given if relative; an absolute path made relative to ``cwd`` (default: the working
+    directory), so that results and reports never name a machine's absolute path."""
+    if not os.path.isabs(path):
+        return path
+    try:
+        return os.path.relpath(path, os.path.abspath(cwd if cwd is not None else os.getcwd()))
+    except ValueError:  # another drive on Windows
+        return Path(path).name
+
+
+def portable_command(argv: list[str], cwd: str | Path | None = None) -> list[str]:
+    """A command line with every absolute path argument (``/x`` or ``--opt=/x``) made relative to
+    ``cwd`` by :func:`portable_path`; relative arguments are kept as given."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--") and "=" in arg:
+            key, value = arg.split("=", 1)
+            out.append(f"{key}={portable_path(value, cwd)}")
+        else:
+            out.append(portable_path(arg, cwd))
+    return out
+
+
+def portable_results(results: dict[str, Any], cwd: str | Path | None = None) -> dict[str, Any]:
+    """``results`` with its command and data paths portable (a shallow copy; see :func:`portable_path`)."""
+    out = dict(results)
+    out["command"] = portable_command(list(results.get("command") or []), cwd)
+    data = dict(results.get("data", {}))
+    for key in ("source", "protocol"):
+        if isinstance(data.get(key), str):
+            data[key] = portable_path(data[key], cwd)
+    out["data"] = data
+    if isinstance(results.get("paper_table"), str):
+        out["paper_table"] = portable_path(results["paper_table"], cwd)
+    return out
+
+
+# -- the paper's Table 1 ------------------------------------------------------------------------
+
+
+def find_paper_table(results: dict[str, Any], path: str | Path | None = None) -> Path | None:
+    """The paper's Table 1 JSON: ``path`` if given, else :data:`DEFAULT_PAPER_TABLE`, else
+    ``paper/table1.json`` two folders above the data folder (``../shared/data/isic2017`` ->
+    ``../shared/paper/table1.json``). None if there is none."""
+    if path is not None:
+        return Path(path) if Path(path).is_file() else None
+    candidates = [DEFAULT_PAPER_TABLE]
+    source = results.get("data", {}).get("source")
+    if isinstance(source, str) and source not in ("synthetic", "in-memory", "arrays"):
+        candidates.append(Path(source).parent.parent / "paper" / "table1.json")
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def load_paper_table(path: str | Path) -> dict[str, Any]:
+    """Read the paper's Table 1 (``paper_names``, ``rows``, ``units``) with every value as a fraction,
+    like ours: ``{"source", "path", "names": {row: name}, "rows": {row: {key: (mean, std)}}}``."""
+    raw = json.loads(Path(path).read_text())
+    units = raw.get("units", {})
+    rows: dict[str, dict[str, tuple[float, float | None]]] = {}
+    for name, metrics in raw["rows"].items():
+        rows[name] = {}
+        for key, value in metrics.items():
+            scale = 0.01 if units.get(key, "fraction") == "percent" else 1.0
+            std = value.get("std")
+            rows[name][key] = (value["mean"] * scale, None if std is None else std * scale)
+    return {
+        "source": raw.get("source", "DeVries & Taylor (2018), Table 1"),
+        "path": str(path),
+        "names": dict(raw.get("paper_names", {})),
+        "rows": rows,
+    }
+
+
+# -- statistics ---------------------------------------------------------------------------------
+
+
+def _per_seed_images(results: dict[str, Any]) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[int]]:
+    """Per row, ``(predicted, true)`` as ``(S, N)`` arrays over the seeds whose per-image values
+    results.json holds (every seed since per-seed values are stored; only the first before)."""
+    seeds = list(results["config"]["seeds"])
+    rows, kept = {}, None
+    for name, entry in results["per_image_by_row"].items():
+        per_seed = entry.get("per_seed") or [{"seed": entry.get("seed", seeds[0]), **entry}]
+        kept = [s["seed"] for s in per_seed]
+        rows[name] = (
+            np.array([s["predicted_jaccard"] for s in per_seed], np.float64),
+            np.array([s["true_jaccard"] for s in per_seed], np.float64),
+        )
+    return rows, kept or seeds[:1]
+
+
+def experiment_statistics(
+    results: dict[str, Any], *, n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
+) -> dict[str, Any]:
+    """95% intervals of every row and metric, and paired differences to the no-uncertainty row
+    (crossfit rows to ``no-uncertainty (crossfit)``), by :func:`segqc.metrics.bootstrap_rows`: test
+    images and seeds drawn with replacement, the same draws for every row. JSON-able."""
+    rows, seeds_used = _per_seed_images(results)
+    threshold = results["config"]["threshold"]
+    names = list(rows)
+    stats = bootstrap_rows(
+        rows,
+        threshold=threshold,
+        baseline=BASELINE_ROW if BASELINE_ROW in rows else None,
+        n_resamples=n_resamples,
+        seed=seed,
+    )
+    crossfit_base = BASELINE_ROW + CROSSFIT_SUFFIX
+    if crossfit_base in rows:  # crossfit rows against the crossfit baseline, with the same draws
+        group = {n: rows[n] for n in names if n.endswith(CROSSFIT_SUFFIX)}
+        more = bootstrap_rows(
+            group, threshold=threshold, baseline=crossfit_base, n_resamples=n_resamples, seed=seed
+        )
+        stats["difference"].update(more["difference"])
+        stats["difference"].pop(crossfit_base, None)
+    for name in names:
+        if name.endswith(CROSSFIT_SUFFIX) and crossfit_base not in rows:
+            stats["difference"].pop(name, None)  # not comparable with the paper-way baseline
+    # each crossfit row against the same predictor trained the paper's way
+    stats["crossfit_difference"] = {}
+    for name in names:
+        base = _base_name(name)
+        if name.endswith(CROSSFIT_SUFFIX) and base in rows:
+            pair = bootstrap_rows(
+                {base: rows[base], name: rows[name]},
+                threshold=threshold,
+                baseline=base,
+                n_resamples=n_resamples,
+                seed=seed,
+            )
+            stats["crossfit_difference"][name] = pair["difference"][name]
+    stats["seeds"] = seeds_used
+    stats["difference_to"] = {
+        n: (crossfit_base if n.endswith(CROSSFIT_SUFFIX) else BASELINE_ROW) for n in stats["difference"]
+    }
+    return stats
+
+
+# -- formatting ---------------------------------------------------------------------------------
+
+
+def _scale(percent: bool) -> tuple[float, int]:
+    return (100.0, 1) if percent else (1.0, 3)
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def format_signed(value: float | None, percent: bool) -> str:
+    if not _finite(value):
+        return "n/a"
+    scale, digits = _scale(percent)
+    if value == 0.0:  # exactly zero (a row against itself); a small nonzero value keeps its sign
+        return f"{0.0:.{digits}f}"
+    return f"{value * scale:+.{digits}f}".replace("-", "−")
+
+
+def format_interval(low: float | None, high: float | None, percent: bool, signed: bool = False) -> str:
+    if not (_finite(low) and _finite(high)):
+        return "n/a"
+    if signed:
+        return f"[{format_signed(low, percent)}, {format_signed(high, percent)}]"
+    return f"[{format_value(low, percent)}, {format_value(high, percent)}]"
+
+
+def ours_cell(row: dict[str, Any], key: str, percent: bool, n_seeds: int) -> str:
+    """Mean ± std over the seeds whose value is finite; says how many when some are NaN."""
+    values = [s["metrics"].get(key) for s in row.get("per_seed", [])]
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    cell = format_value(row["metrics"].get(key), percent, row.get("std", {}).get(key))
+    if values and len(finite) < n_seeds and finite:
+        cell += f" ({len(finite)} of {n_seeds} seeds)"
+    elif values and not finite:
+        cell += f" (0 of {n_seeds} seeds)"
+    return cell
+
+
+def table1_markdown(
+    results: dict[str, Any],
+    paper: dict[str, Any] | None = None,
+    stats: dict[str, Any] | None = None,
+) -> str:
+    """The paper's Table 1 layout: per row our mean ± std over seeds, its 95% interval, the paper's
+    line and ours − paper where the paper reports the row; then the paired differences to the
+    no-uncertainty baseline, and the segmentation quality of each f.
+
+    Args:
+        results: the content of results.json.
+        paper: :func:`load_paper_table`'s output, or None (no paper lines; the notes say so).
+        stats: :func:`experiment_statistics`' output; computed if None.
+    """
     cfg = results["config"]
     seeds = cfg["seeds"]
     data = results["data"]
+    stats = experiment_statistics(results) if stats is None else stats
+    conf = f"{stats['confidence'] * 100:g}%"
+    used = stats.get("seeds", seeds)
+    subset = "" if len(used) == len(seeds) else f", seed {', '.join(map(str, used))} only"
     lines = [
         "# Table 1: predicting segmentation quality",
         "",
@@ -62,7 +255,7 @@ def table1_markdown(results: dict[str, Any]) -> str:
         + (f", protocol {Path(data['protocol']).name}" if data.get("protocol") else "")
         + f"); g trained on {data.get('n_train', len(data.get('train_ids', [])))} images. "
         f"Mean ± standard deviation over {len(seeds)} seed{'s' if len(seeds) > 1 else ''} "
-        f"({', '.join(map(str, seeds))}). "
+        f"({', '.join(map(str, seeds))}); a cell with NaN seeds says how many seeds it averages. "
         "Detection error, AUROC and AUPR in percent; RMSE, AURC and Spearman as fractions. "
         f"Pass = true Jaccard >= {cfg['threshold']}. AURC (risk = 1 - Jaccard, lower is better) and "
         "Spearman's rho are not in the paper.",
@@ -70,20 +263,68 @@ def table1_markdown(results: dict[str, Any]) -> str:
         "| Method | Source | " + " | ".join(h for _, h, _ in TABLE_COLUMNS) + " |",
         "|---|---" + "|---" * len(TABLE_COLUMNS) + "|",
     ]
-    any_paper = False
     for row in results["rows"]:
-        base = _base_name(row["method"])
-        cells = [
-            format_value(row["metrics"].get(k), pct, row.get("std", {}).get(k)) for k, _, pct in TABLE_COLUMNS
+        name, base = row["method"], _base_name(row["method"])
+        lines.append(
+            f"| {name} | ours | "
+            + " | ".join(ours_cell(row, k, pct, len(seeds)) for k, _, pct in TABLE_COLUMNS)
+            + " |"
+        )
+        ci = stats["rows"].get(name)
+        if ci:
+            cells = [format_interval(ci[k]["low"], ci[k]["high"], pct) for k, _, pct in TABLE_COLUMNS]
+            lines.append(f"| | {conf} CI{subset} | " + " | ".join(cells) + " |")
+        published = (paper or {}).get("rows", {}).get(base)
+        if published and row.get("quality_train") != "crossfit":
+            cells, diffs = [], []
+            for k, _, pct in TABLE_COLUMNS:
+                if k not in PAPER_KEYS or k not in published:
+                    cells.append("–")
+                    diffs.append("–")
+                    continue
+                mean, std = published[k]
+                cells.append(format_value(mean, pct, std))
+                ours = row["metrics"].get(k)
+                diffs.append(format_signed(None if ours is None else ours - mean, pct))
+            label = paper["names"].get(base, base)
+            lines.append(f"| | paper: {label} | " + " | ".join(cells) + " |")
+            lines.append("| | ours − paper | " + " | ".join(diffs) + " |")
+
+    sections = (
+        (
+            "difference",
+            f"## Paired differences to the no-uncertainty baseline ({conf} CI{subset})",
+            stats.get("difference_to", {}),
+        ),
+        (
+            "crossfit_difference",
+            f"## Paired differences: g cross-fitted − g trained the paper's way ({conf} CI{subset})",
+            {n: _base_name(n) for n in stats.get("crossfit_difference", {})},
+        ),
+    )
+    for key, title, versus in sections:
+        if not stats.get(key):
+            continue
+        lines += [
+            "",
+            title,
+            "",
+            "Row − the row it is compared with, on the same resampled test images and seeds; `*` marks "
+            "an interval that excludes zero. Lower is better for RMSE, detection error and AURC, higher "
+            "for the others.",
+            "",
+            "| Method | vs | " + " | ".join(h for _, h, _ in TABLE_COLUMNS) + " |",
+            "|---|---" + "|---" * len(TABLE_COLUMNS) + "|",
         ]
-        lines.append(f"| {row['method']} | ours | " + " | ".join(cells) + " |")
-        paper = PAPER_TABLE1.get(base, {})
-        if paper and row.get("quality_train") != "crossfit":
-            any_paper = True
-            cells = [
-                format_value(paper.get(k), pct) if k in PAPER_KEYS else "–" for k, _, pct in TABLE_COLUMNS
-            ]
-            lines.append(f"| | paper: {PAPER_NAMES[base]} | " + " | ".join(cells) + " |")
+        for name, diff in stats[key].items():
+            cells = []
+            for k, _, pct in TABLE_COLUMNS:
+                d = diff[k]
+                cell = (
+                    f"{format_signed(d['estimate'], pct)} {format_interval(d['low'], d['high'], pct, True)}"
+                )
+                cells.append(cell + (" *" if d["excludes_zero"] else ""))
+            lines.append(f"| {name} | {versus[name]} | " + " | ".join(cells) + " |")
 
     lines += [
         "",
@@ -99,6 +340,39 @@ def table1_markdown(results: dict[str, Any]) -> str:
             f"{format_value(seg['dice_mean'], False, seg.get('dice_std'))} | "
             f"{format_value(seg['failure_rate'], True, seg.get('failure_rate_std'))} |"
         )
+    if not subset:
+        spread = (
+            f"the {len(used)} seeds drawn with replacement as well, so that the interval covers the "
+            "seed-to-seed spread too"
+            if len(used) > 1
+            else "one seed, so the interval covers the test images only"
+        )
+        interval_note = (
+            f"- {conf} CI: percentile bootstrap, {stats['n_resamples']} replicates (seed {stats['seed']}): "
+            f"each replicate draws the {stats['n_images']} test images with replacement, {spread}; a "
+            "replicate's value is the metric averaged over its drawn seeds. Every row uses the same "
+            "draws, so rows are comparable and the paired differences use the same images and seeds "
+            "on both sides."
+        )
+    else:
+        interval_note = (
+            f"- {conf} CI and paired differences: percentile bootstrap, {stats['n_resamples']} replicates "
+            f"(seed {stats['seed']}) over the {stats['n_images']} test images of seed "
+            f"{', '.join(map(str, used))} only: this results.json kept the per-image predictions of "
+            "that seed only, so the intervals are centred on that seed's values and do not include the "
+            "seed-to-seed spread (the ± column does). Every row uses the same draws."
+        )
+    if paper is not None:
+        paper_note = (
+            f"- paper lines: {paper['source']}, from `{paper['path']}` (the paper: 224x224 images, f 120 "
+            "and g 30 epochs), in our units; `ours − paper` is our mean minus the "
+            "paper's mean. No paper line under crossfit rows (the paper trained g its own way only)."
+        )
+    else:
+        paper_note = (
+            "- No paper lines: the paper's Table 1 (`table1.json`) was not found "
+            f"(looked for `{DEFAULT_PAPER_TABLE}` or `--paper-table FILE`)."
+        )
     notes = [
         "",
         "## Notes",
@@ -109,13 +383,8 @@ def table1_markdown(results: dict[str, Any]) -> str:
         "- `(crossfit)` rows: g trained on out-of-fold predictions of f over its training images "
         f"({cfg['folds']} folds); the other rows train g on f's predictions over its own training images, "
         "as in the paper. RCA does not learn from f's predictions and has one row.",
-        (
-            "- paper lines: DeVries & Taylor (2018), Table 1 (ISIC 2017, 224x224, f 120 epochs, g 30 epochs)."
-            if any_paper
-            else "- The paper's published values (DeVries & Taylor 2018, Table 1) were not available to us "
-            "when this table was made, so no paper lines are shown; fill in `PAPER_TABLE1` in "
-            "`segqc/experiment/report.py` to show them beside ours."
-        ),
+        interval_note,
+        paper_note,
         "",
     ]
     return "\n".join(lines + notes)
@@ -155,27 +424,40 @@ def write_experiment_report(
     out_dir: str | Path,
     results: dict[str, Any],
     *,
-    test: SegData,
-    maps: dict[str, tuple[np.ndarray, np.ndarray]],
+    test: SegData | None = None,
+    maps: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    paper_table: str | Path | None = None,
 ) -> Path:
-    """Write table1.md, figures/fig2.png, figures/fig3.png and report.md; return report.md's path.
+    """Write table1.md, figures/fig3.png, figures/fig2.png (with ``test`` and ``maps``) and report.md;
+    return report.md's path. Adds ``statistics`` (the bootstrap) and ``paper_table`` to ``results``.
 
     Args:
         out_dir: the experiment folder.
         results: the content of results.json.
-        test: the test set (images, ground truth, ids) for figure 2.
+        test: the test set (images, ground truth, ids) for figure 2; without it an existing
+            figures/fig2.png is kept (figure 2 needs the images and maps, not in results.json).
         maps: per method, ``(mask, uncertainty)`` of the first seed on the test images, ``(N, H, W)``.
+        paper_table: the paper's Table 1 JSON; by default looked for by :func:`find_paper_table`.
     """
     out = Path(out_dir)
     cfg = results["config"]
-    table = table1_markdown(results)
+    found = find_paper_table(results, paper_table)
+    paper = load_paper_table(found) if found is not None else None
+    results["paper_table"] = None if found is None else portable_path(str(found))
+    if paper is not None:
+        paper["path"] = results["paper_table"]
+    stats = experiment_statistics(results)
+    results["statistics"] = stats
+    table = table1_markdown(results, paper, stats)
     write_markdown(out / "table1.md", [table])
-    plot_fig2(test, maps, out / "figures" / "fig2.png", threshold=cfg["threshold"])
+    if test is not None and maps is not None:
+        plot_fig2(test, maps, out / "figures" / "fig2.png", threshold=cfg["threshold"])
     per_row = {k: (v["true_jaccard"], v["predicted_jaccard"]) for k, v in results["per_image_by_row"].items()}
     # each row has its own f, hence its own true Jaccard
     plot_scatter(
         per_row, out / "figures" / "fig3.png", threshold=cfg["threshold"], max_cols=4, size=3.4, marker_size=7
     )
+    has_fig2 = (out / "figures" / "fig2.png").is_file()
 
     units = results.get("units", {})
     command = " ".join(results.get("command") or [])
@@ -189,12 +471,11 @@ def write_experiment_report(
         f"g trained on: {cfg['quality_train']}.",
         "",
         "- [Table 1](table1.md) (below), [results.json](results.json)",
-        "- [Figure 2: error overlays and uncertainty maps](figures/fig2.png)",
+        *(["- [Figure 2: error overlays and uncertainty maps](figures/fig2.png)"] if has_fig2 else []),
         "- [Figure 3: true vs predicted Jaccard](figures/fig3.png)",
         "",
         table.split("\n", 1)[1].lstrip("\n").replace("\n## ", "\n### "),
-        "![Figure 2](figures/fig2.png)",
-        "",
+        *(["![Figure 2](figures/fig2.png)", ""] if has_fig2 else []),
         "![Figure 3](figures/fig3.png)",
         "",
         "## Run",
@@ -205,6 +486,33 @@ def write_experiment_report(
         f"reused from the cache {units.get('cached', '?')}",
         f"- machine: {', '.join(f'{k} {v}' for k, v in results.get('machine', {}).items())}",
         versions_line(results["versions"]),
-        "",
     ]
+    if results.get("rendered_by"):
+        lines.append(f"- report re-rendered from results.json by `{results['rendered_by']}`")
+    lines.append("")
     return write_markdown(out / "report.md", lines)
+
+
+def render_report(
+    out_dir: str | Path, *, paper_table: str | Path | None = None, command: list[str] | None = None
+) -> dict[str, Any]:
+    """Rebuild table1.md, report.md and figures/fig3.png from ``out_dir/results.json``, without
+    retraining or the test images (figures/fig2.png is kept as it is). The command and data paths in
+    results.json are made portable (:func:`portable_results`), the statistics recomputed, and
+    results.json rewritten with them. Returns the new content of results.json.
+
+    Args:
+        out_dir: a folder written by ``segqc experiment``.
+        paper_table: the paper's Table 1 JSON (default: :func:`find_paper_table`).
+        command: the re-rendering command to record (``rendered_by``), e.g. ``sys.argv``.
+    """
+    out = Path(out_dir)
+    path = out / "results.json"
+    if not path.is_file():
+        raise SegQCError(f"{path} does not exist; run `segqc experiment --out {out}` first")
+    results = portable_results(json.loads(path.read_text()))
+    if command is not None:
+        results["rendered_by"] = " ".join(portable_command(command))
+    write_experiment_report(out, results, paper_table=paper_table)
+    write_json(path, results)
+    return results

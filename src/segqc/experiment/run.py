@@ -56,6 +56,7 @@ def run_experiment(
     protocol: str | Path | None = None,
     progress: bool = True,
     command: list[str] | None = None,
+    paper_table: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the experiment; write results.json, table1.md, report.md and figures/.
 
@@ -67,11 +68,15 @@ def run_experiment(
         protocol: JSON file with ``train`` and ``test`` id lists; without one a data folder is split
             80/20 (seeded by ``cfg.data_seed``).
         progress: progress bars and a log line per unit on stderr.
-        command: the command line to record. Defaults to ``sys.argv``.
+        command: the command line to record. Defaults to ``sys.argv``. Relative paths are kept
+            as given; absolute ones are recorded relative to the working directory.
+        paper_table: the paper's Table 1 JSON to show beside ours; by default
+            ``../shared/paper/table1.json`` if it exists (see
+            :func:`segqc.experiment.report.find_paper_table`); without one, no paper lines.
     Returns:
         The content of ``results.json``.
     """
-    from segqc.experiment.report import write_experiment_report
+    from segqc.experiment.report import portable_command, portable_path, write_experiment_report
 
     start = time.perf_counter()
     out = Path(out_dir)
@@ -83,6 +88,9 @@ def run_experiment(
             data, protocol, size=cfg.image_size, seed=cfg.data_seed, n_train=cfg.n_train, n_test=cfg.n_test
         )
         info.setdefault("protocol", str(protocol) if protocol else None)
+        for key in ("source", "protocol"):  # as given; an absolute path relative to the working directory
+            if isinstance(info.get(key), str):
+                info[key] = portable_path(info[key])
     if test is None:
         raise SegQCError(f"{protocol}: the protocol has no 'test' list, which the experiment evaluates on")
     if len(train) < 2 or len(test) < 1:
@@ -105,6 +113,7 @@ def run_experiment(
     )
 
     segmentation: dict[str, list[dict[str, float]]] = {m: [] for m in cfg.methods}
+    per_image_seeds: dict[str, list[dict[str, Any]]] = {}  # per row, every seed's per-image values
     first: dict[str, Any] = {}  # first seed: test predictions per method, predicted quality per row
     for s_i, (seed, plan) in enumerate(zip(cfg.seeds, plans)):
         for unit in plan.units:
@@ -122,15 +131,20 @@ def run_experiment(
             row.per_seed.append(
                 {"seed": seed, "metrics": metrics, "segmentation_jaccard": float(true_j[row.method].mean())}
             )
+            per_image_seeds.setdefault(row.name, []).append(
+                {"seed": seed, "true_jaccard": true_j[row.method].tolist(), "predicted_jaccard": q.tolist()}
+            )
             if s_i == 0:
                 first.setdefault("quality", {})[row.name] = (true_j[row.method], q)
         runner.memo.clear()  # free this seed's arrays
 
     result_rows = []
     for row in rows:
-        metrics, std = {}, {}
+        metrics, std, n_seeds = {}, {}, {}
         for k in QUALITY_KEYS:
-            metrics[k], std[k] = _mean_std([s["metrics"][k] for s in row.per_seed])
+            values = [s["metrics"][k] for s in row.per_seed]
+            metrics[k], std[k] = _mean_std(values)
+            n_seeds[k] = sum(v is not None and math.isfinite(v) for v in values)
         seg_mean, seg_std = _mean_std([s["segmentation_jaccard"] for s in row.per_seed])
         result_rows.append(
             {
@@ -140,6 +154,7 @@ def run_experiment(
                 "quality_train": row.variant,
                 "metrics": metrics,
                 "std": std,
+                "n_seeds": n_seeds,  # seeds with a finite value, which metrics and std average
                 "per_seed": row.per_seed,
                 "segmentation_jaccard": seg_mean,
                 "segmentation_jaccard_std": seg_std,
@@ -164,7 +179,7 @@ def run_experiment(
             "train_ids": list(train.ids),
             "test_ids": list(test.ids),
         },
-        "command": list(sys.argv if command is None else command),
+        "command": portable_command(list(sys.argv if command is None else command)),
         "wall_time_s": time.perf_counter() - start,
         "compute_time_s": runner.compute_seconds,
         "units": {
@@ -180,14 +195,20 @@ def run_experiment(
             {"id": id_, "true_jaccard": float(t), "predicted_jaccard": float(q)}
             for id_, t, q in zip(test.ids, t0, q0)
         ],
+        # per row: the first seed's values (as before), and every seed's under "per_seed"
         "per_image_by_row": {
-            name: {"true_jaccard": t.tolist(), "predicted_jaccard": q.tolist()}
+            name: {
+                "seed": cfg.seeds[0],
+                "true_jaccard": t.tolist(),
+                "predicted_jaccard": q.tolist(),
+                "per_seed": per_image_seeds[name],
+            }
             for name, (t, q) in first["quality"].items()
         },
     }
     if main:
         write_json(out / "results.json", results)
-        write_experiment_report(out, results, test=test, maps=first["maps"])
+        write_experiment_report(out, results, test=test, maps=first["maps"], paper_table=paper_table)
         results["wall_time_s"] = time.perf_counter() - start
         write_json(out / "results.json", results)  # again, with the report's time included
     return results

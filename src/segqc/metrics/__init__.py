@@ -1,12 +1,22 @@
 """Metrics: per-image segmentation overlap, and how well predicted quality matches true quality.
 
 ``jaccard`` / ``dice`` score masks; ``quality_metrics`` scores a quality predictor's per-image Jaccard
-predictions against the true ones. ``HIGHER_IS_BETTER`` gives the better direction of each key of
-``quality_metrics`` (whose keys, in order, are ``QUALITY_KEYS``).
+predictions against the true ones; :mod:`segqc.metrics.bootstrap` gives confidence intervals of
+those metrics (test images and seeds resampled) and paired differences between rows.
+``HIGHER_IS_BETTER`` gives the better direction of each key of ``quality_metrics`` (whose keys, in
+order, are ``QUALITY_KEYS``).
 """
 
 from __future__ import annotations
 
+from segqc.metrics.bootstrap import (
+    bootstrap_replicates,
+    bootstrap_rows,
+    paired_difference,
+    percentile_interval,
+    quality_metrics_batch,
+    resample_indices,
+)
 from segqc.metrics.quality import (
     HIGHER_IS_BETTER,
     QUALITY_KEYS,
@@ -21,9 +31,15 @@ __all__ = [
     "HIGHER_IS_BETTER",
     "QUALITY_KEYS",
     "aurc",
+    "bootstrap_replicates",
+    "bootstrap_rows",
     "detection_error",
     "dice",
     "jaccard",
+    "paired_difference",
+    "percentile_interval",
     "quality_metrics",
+    "quality_metrics_batch",
+    "resample_indices",
     "risk_coverage_curve",
 ]

@@ -21,6 +21,15 @@ test images x 20 references must run in minutes on 2 CPU cores, so we use a clos
   covariance with the weight of ``prior_strength`` pixels (so that a class of a few pixels still has
   a usable covariance), and the class prior from the mask (Laplace-smoothed). A reference pixel is
   lesion where the log-likelihood ratio is positive.
+- **Choosing ``prior_strength``** (``"auto"``, the default): never on test images. ``fit`` holds
+  out up to ``n_validation`` of the *training* images that are not references (seeded), corrupts
+  their ground-truth masks in seeded, varied ways (dilated, eroded, shifted, replaced by a blob
+  elsewhere, inverted, or left exact) so that their true Jaccard spans good to failed, and keeps
+  the candidate of :data:`PRIOR_STRENGTHS` whose RCA predictions on them have the highest
+  Spearman correlation with that true Jaccard (ties: the smaller candidate). Only training images
+  and their ground truth are read, as for the references; f's predictions are not (RCA does not
+  learn from them), and the test set is not passed to ``fit`` at all. A number instead of
+  ``"auto"`` fixes the value.
 - **Degenerate masks**: with an empty y^ (or a full one) there is no lesion (background) pixel to
   learn from, and the reverse classifier is the constant one: it labels every reference pixel
   background (lesion). Its quality is the best Jaccard of that constant segmentation against the
@@ -38,14 +47,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.ndimage import gaussian_filter
+from scipy import stats
+from scipy.ndimage import binary_dilation, binary_erosion, gaussian_filter
 from torch import Tensor
 
 from segqc.errors import DataError, SettingsError
+from segqc.metrics import jaccard
 from segqc.quality.base import QualityPredictor, check_training_samples, register_predictor
 from segqc.types import QualitySamples
 
 N_FEATURES = 11
+#: Candidates of ``prior_strength="auto"`` (pixels of shrinkage), tried on held-out training images.
+PRIOR_STRENGTHS = (4.0, 16.0, 64.0, 256.0, 1024.0)
 
 
 def pixel_features(images: np.ndarray) -> np.ndarray:
@@ -117,6 +130,36 @@ def qda_weights(features: np.ndarray, masks: np.ndarray, prior_strength: float) 
     return np.concatenate([quad.reshape(n, f * f), lin, const[:, None]], axis=1).T.astype(np.float32)
 
 
+def corrupt_masks(masks: np.ndarray, seed: int) -> np.ndarray:
+    """Seeded corruptions of ground-truth masks ``(N, H, W)`` spanning good to failed: by image,
+    in turn, exact, dilated, eroded, shifted, replaced by a square elsewhere, or inverted, with
+    random strengths. Used to choose ``prior_strength`` on training images."""
+    rng = np.random.default_rng(seed)
+    out = np.empty_like(masks, dtype=np.uint8)
+    n, h, w = masks.shape
+    for i in range(n):
+        m = masks[i].astype(bool)
+        kind = i % 6
+        step = int(rng.integers(1, max(2, h // 8) + 1))
+        if kind == 1:
+            m = binary_dilation(m, iterations=step)
+        elif kind == 2:
+            m = binary_erosion(m, iterations=step)
+        elif kind == 3:
+            m = np.roll(
+                m, (int(rng.integers(-h // 4, h // 4 + 1)), int(rng.integers(-w // 4, w // 4 + 1))), (0, 1)
+            )
+        elif kind == 4:
+            side = int(rng.integers(max(1, h // 8), max(2, h // 2)))
+            y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+            m = np.zeros_like(m)
+            m[y : y + side, x : x + side] = True
+        elif kind == 5:
+            m = ~m
+        out[i] = m
+    return out
+
+
 @register_predictor("rca")
 class ReverseClassificationAccuracy(QualityPredictor):
     """RCA baseline: the best Jaccard a reverse classifier taught by ``(x, y^)`` reaches on references.
@@ -128,8 +171,11 @@ class ReverseClassificationAccuracy(QualityPredictor):
 
     Args:
         n_references: reference images kept from the training set (all if fewer). Defaults to 20.
-        prior_strength: shrinkage of the class covariances, in pixels. Defaults to 64 (best of
-            4-1024 on ISIC 2017 test images with corrupted ground-truth masks at 64x64).
+        prior_strength: shrinkage of the class covariances, in pixels, or ``"auto"`` (the default)
+            to choose it among :data:`PRIOR_STRENGTHS` on held-out *training* images with corrupted
+            ground-truth masks (see the module docstring); the value used is ``prior_strength_``.
+            (Until this was added the default was 64, chosen on ISIC 2017 test images.)
+        n_validation: held-out training images (not references) for ``"auto"``. Defaults to 48.
         chunk_size: test images scored per matrix product (memory vs speed). Defaults to 64.
         seed: chooses the references. Defaults to 0.
     """
@@ -138,10 +184,17 @@ class ReverseClassificationAccuracy(QualityPredictor):
     learns_from_predictions = False
 
     def __init__(
-        self, *, n_references: int = 20, prior_strength: float = 64.0, chunk_size: int = 64, seed: int = 0
+        self,
+        *,
+        n_references: int = 20,
+        prior_strength: float | str = "auto",
+        n_validation: int = 48,
+        chunk_size: int = 64,
+        seed: int = 0,
     ) -> None:
         self.n_references = n_references
         self.prior_strength = prior_strength
+        self.n_validation = n_validation
         self.chunk_size = chunk_size
         self.seed = seed
 
@@ -157,7 +210,41 @@ class ReverseClassificationAccuracy(QualityPredictor):
         self.reference_index_ = index
         self.reference_images_ = np.ascontiguousarray(samples.images[index])
         self.reference_masks_ = np.ascontiguousarray(samples.true_masks[index]).astype(np.uint8)
+        if self.prior_strength == "auto":
+            self.prior_strength_, self.validation_spearman_ = self._choose_prior_strength(samples, index)
+        elif isinstance(self.prior_strength, (int, float)) and self.prior_strength >= 0:
+            self.prior_strength_, self.validation_spearman_ = float(self.prior_strength), {}
+        else:
+            raise SettingsError(
+                f"prior_strength must be 'auto' or a number >= 0, got {self.prior_strength!r}"
+            )
         return self
+
+    def _choose_prior_strength(
+        self, samples: QualitySamples, reference_index: np.ndarray
+    ) -> tuple[float, dict[str, float]]:
+        """The candidate with the best Spearman on held-out training images (see the module docstring)."""
+        pool = np.setdiff1d(np.arange(len(samples)), reference_index)
+        if pool.size < 3:  # every training image is a reference: validate on them (still no test data)
+            pool = reference_index
+        rng = np.random.default_rng([self.seed, 1])
+        held = np.sort(rng.choice(pool, size=min(self.n_validation, pool.size), replace=False))
+        truth = samples.true_masks[held].astype(np.uint8)
+        masks = corrupt_masks(truth, seed=self.seed)
+        true_j = jaccard(masks, truth)
+        images = samples.images[held]
+        scores: dict[str, float] = {}
+        best, best_rho = PRIOR_STRENGTHS[0], -np.inf
+        for candidate in PRIOR_STRENGTHS:
+            q = self._predict(images, masks, candidate)
+            rho = (
+                float(stats.spearmanr(q, true_j)[0]) if np.ptp(q) > 0 and np.ptp(true_j) > 0 else float("nan")
+            )
+            scores[f"{candidate:g}"] = rho
+            if np.isfinite(rho) and rho > best_rho:
+                best, best_rho = candidate, rho
+        self.validation_index_ = held
+        return float(best), scores
 
     def predict(self, samples: QualitySamples) -> np.ndarray:
         """Predicted Jaccard ``(N,)`` in [0, 1] for the masks ``samples.masks`` of ``samples.images``."""
@@ -167,16 +254,19 @@ class ReverseClassificationAccuracy(QualityPredictor):
                 f"rca: test images are {samples.images.shape[1:3]}, "
                 f"references {self.reference_images_.shape[1:3]}"
             )
+        return self._predict(samples.images, samples.masks, self.prior_strength_)
+
+    def _predict(self, images: np.ndarray, masks_in: np.ndarray, prior_strength: float) -> np.ndarray:
         r = len(self.reference_images_)
         p = self.reference_masks_[0].size
         ref_design = _expand(pixel_features(self.reference_images_).reshape(r * p, -1))
         ref_true = self.reference_masks_.reshape(r, p).astype(np.float32)
         true_sum = ref_true.sum(1)
-        out = np.empty(len(samples), np.float64)
-        for start in range(0, len(samples), self.chunk_size):
-            part = slice(start, min(start + self.chunk_size, len(samples)))
-            masks = samples.masks[part].reshape(-1, p).astype(np.uint8)
-            weights = qda_weights(pixel_features(samples.images[part]), masks, self.prior_strength)
+        out = np.empty(len(images), np.float64)
+        for start in range(0, len(images), self.chunk_size):
+            part = slice(start, min(start + self.chunk_size, len(images)))
+            masks = masks_in[part].reshape(-1, p).astype(np.uint8)
+            weights = qda_weights(pixel_features(images[part]), masks, prior_strength)
             # (R*P, k) decisions of each test image's reverse classifier on every reference pixel
             decide = torch.from_numpy(ref_design) @ torch.from_numpy(weights) > 0
             decide = decide.numpy().reshape(r, p, -1)
@@ -196,11 +286,15 @@ class ReverseClassificationAccuracy(QualityPredictor):
             "reference_images": torch.from_numpy(self.reference_images_),
             "reference_masks": torch.from_numpy(self.reference_masks_),
         }
-        return tensors, {"params": self.get_params()}
+        return tensors, {"params": self.get_params(), "prior_strength": self.prior_strength_}
 
     @classmethod
     def from_state(cls, tensors: dict[str, Tensor], config: dict[str, Any]) -> ReverseClassificationAccuracy:
         pred = cls(**config["params"])
+        # bundles written before "auto" carry the number in params
+        pred.prior_strength_ = float(
+            config.get("prior_strength", config["params"].get("prior_strength", 64.0))
+        )
         pred.reference_images_ = tensors["reference_images"].numpy().astype(np.uint8)
         pred.reference_masks_ = tensors["reference_masks"].numpy().astype(np.uint8)
         pred.reference_index_ = np.arange(len(pred.reference_images_))
