@@ -9,7 +9,8 @@ Usage::
         --protocol ../shared/data/isic2017/split.json --size 64 --epochs 30 --out runs/monai-isic64
 
 Writes to ``--out``: ``model.onnx`` (NHWC float input in BGR order scaled to [0, 1] and normalised by
-ImageNet statistics; two-channel softmax probabilities out: deliberately not segqc's own
+ImageNet statistics inside the graph; two-channel NCHW softmax probabilities out: deliberately not
+segqc's own
 conventions), ``SPEC.json`` that describes them, ``checkpoint.safetensors`` + ``progress.json`` (the
 run resumes from them after an interruption) and ``train.json`` (config, versions, data ids,
 per-epoch loss). Seeded (``--seed``). The model trains on the training split less the 20% that
@@ -117,8 +118,9 @@ def main() -> None:
                       output_names=["probabilities"], dynamic_axes=axes, opset_version=18,
                       dynamo=False)  # fmt: skip
     # The model normalises inside; segqc only scales to [0, 1] and reorders the channels.
-    spec = {"input_size": [args.size, args.size], "layout": "NHWC", "channel_order": "BGR", "scale": 255,
-            "output": "probabilities", "foreground_channel": 1}  # fmt: skip
+    spec = {"input_size": [args.size, args.size], "layout": "NHWC", "output_layout": "NCHW",
+            "channel_order": "BGR", "scale": 255, "output": "probabilities",
+            "foreground_channel": 1}  # fmt: skip
     write_json(args.out / "SPEC.json", spec)
     write_json(args.out / "train.json", {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},

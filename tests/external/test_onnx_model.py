@@ -106,3 +106,28 @@ def test_spec_that_does_not_fit(tmp_path):
 def test_corrupt_file():
     with pytest.raises(SegQCError, match="^x.onnx: onnxruntime cannot load this model"):
         ExternalOnnxModel(b"not an onnx file", ExternalSpec(), S, source="x.onnx")
+
+
+class NhwcInNchwOut(torch.nn.Module):
+    """Channels-last input, channels-first output (as a PyTorch model fed NHWC images often is)."""
+
+    def __init__(self, net: torch.nn.Module, height: int) -> None:
+        super().__init__()
+        self.net, self.height = net, height
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.permute(0, 3, 1, 2))[:, :, : self.height]  # a non-square map: (N, 2, H, W)
+
+
+def test_an_output_layout_unlike_the_input_is_caught_and_can_be_said(tmp_path, images):
+    """A (N, 2, 32, 32) output read as NHWC would be a 2x32 map of 32 channels: refused, not misread."""
+    net = NhwcInNchwOut(ConvNet(2, seed=3), S)
+    file = export(net, tmp_path / "m.onnx", (1, S, S, 3))
+    with pytest.raises(SegQCError, match="check the SPEC's output_layout"):
+        ExternalOnnxModel(file.read_bytes(), ExternalSpec.from_dict({"layout": "NHWC"}), S).check()
+    spec = ExternalSpec.from_dict({"layout": "NHWC", "output_layout": "NCHW"})
+    fg = ExternalOnnxModel(file.read_bytes(), spec, S).foreground(images)
+    with torch.no_grad():
+        want = torch.softmax(net(torch.from_numpy(images).float() / 255), 1)[:, 1].numpy()
+    np.testing.assert_allclose(fg, want, atol=1e-5)
+    assert ExternalSpec.from_dict(spec.to_dict()) == spec

@@ -172,14 +172,22 @@ class ExternalOnnxModel:
             return np.zeros((0, *images.shape[1:3]), np.float32)
         out = np.asarray(self.raw(images))
         spec = self.spec
+        layout = spec.output_layout or spec.layout
         if out.ndim != 4:
-            axes = "(N, C, H, W)" if spec.layout == "NCHW" else "(N, H, W, C)"
+            axes = "(N, C, H, W)" if layout == "NCHW" else "(N, H, W, C)"
             raise SegQCError(
                 f"{self.source}: the model's output has rank {out.ndim} (shape {out.shape}); expected 4, "
-                f"{axes} for layout {spec.layout}"
+                f"{axes} for output layout {layout}"
             )
-        if spec.layout == "NHWC":
+        if layout == "NHWC":
             out = out.transpose(0, 3, 1, 2)
+        in_h, in_w = self.input_hw
+        # A map of another shape than the input (not just another resolution) is a misread layout.
+        if out.shape[2] * in_w != out.shape[3] * in_h:
+            raise SegQCError(
+                f"{self.source}: the model's output {tuple(out.shape)} read as {layout} has a {out.shape[2]}x"
+                f"{out.shape[3]} map for a {in_h}x{in_w} input; check the SPEC's output_layout"
+            )
         n, c = out.shape[:2]
         if n != len(images):
             raise SegQCError(f"{self.source}: the model gave {n} outputs for {len(images)} images")
@@ -188,7 +196,7 @@ class ExternalOnnxModel:
             if c not in (1, 2):
                 raise SegQCError(
                     f"{self.source}: the model's output has {c} channels (shape {tuple(out.shape)} as "
-                    f"{spec.layout}); segqc reads 1 (foreground) or 2 (background, foreground): set "
+                    f"{layout}); segqc reads 1 (foreground) or 2 (background, foreground): set "
                     "foreground_channel in the SPEC, or check its layout"
                 )
             channel = c - 1

@@ -5,7 +5,8 @@ Every key is optional::
     {
       "input_size": [256, 256],     # [H, W] the model takes; null/absent: a fully convolutional model,
                                     # fed the bundle's square image size S
-      "layout": "NCHW",             # NCHW (PyTorch, default) or NHWC (TensorFlow/Keras), input and output
+      "layout": "NCHW",             # NCHW (PyTorch, default) or NHWC (TensorFlow/Keras) of the input
+      "output_layout": null,        # NCHW or NHWC of the output; default: the same as layout
       "channel_order": "RGB",       # RGB (default) or BGR (OpenCV-trained models)
       "scale": 255,                 # pixel values (0..255) are divided by it (default 255; 1 keeps 0..255)
       "mean": [0, 0, 0],            # per channel, after scaling, subtracted (default 0; one number for all)
@@ -42,6 +43,7 @@ class ExternalSpec:
 
     input_size: tuple[int, int] | None = None
     layout: str = "NCHW"
+    output_layout: str | None = None
     channel_order: str = "RGB"
     scale: float = 255.0
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
@@ -112,6 +114,7 @@ class ExternalSpec:
         return cls(
             input_size=input_size,
             layout=choice("layout", LAYOUTS, "NCHW"),
+            output_layout=choice("output_layout", LAYOUTS, "NCHW") if data.get("output_layout") else None,
             channel_order=choice("channel_order", CHANNEL_ORDERS, "RGB"),
             scale=float(scale),
             mean=triple("mean", 0.0, False),
