@@ -10,11 +10,10 @@ Usage::
 
 Writes to ``--out``: ``model.onnx`` (NHWC float input in BGR order scaled to [0, 1] and normalised by
 ImageNet statistics inside the graph; two-channel NCHW softmax probabilities out: deliberately not
-segqc's own
-conventions), ``SPEC.json`` that describes them, ``checkpoint.safetensors`` + ``progress.json`` (the
-run resumes from them after an interruption) and ``train.json`` (config, versions, data ids,
-per-epoch loss). Seeded (``--seed``). The model trains on the training split less the 20% that
-``segqc train --seed SEED`` holds out to calibrate its gate.
+segqc's own conventions), ``SPEC.json`` that describes them, ``checkpoint.safetensors`` +
+``progress.json`` (the run resumes from them after an interruption) and ``train.json`` (config,
+versions, data ids, per-epoch loss). Seeded (``--seed``). The model trains on the training split
+less the 20% that ``segqc train --seed SEED`` holds out to calibrate its gate.
 """
 
 from __future__ import annotations
