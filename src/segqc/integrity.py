@@ -29,7 +29,7 @@ DIGEST_KEY = "manifest_sha256"
 SIGNATURE_FILE = "signature.json"
 #: In the order :func:`segqc.runtime.load_model` looks for them: the one found first is the model.
 MANIFESTS = ("export.json", "bundle.json")
-_HINT = "signing needs the cryptography package: pip install cryptography"
+_HINT = "signing needs the cryptography package: pip install 'segqc[sign]' (or cryptography)"
 
 
 def canonical_json(config: dict[str, Any]) -> bytes:
