@@ -10,6 +10,7 @@ for ``output: probabilities``, values in [0, 1]. Each problem is a one-line :cla
 
 from __future__ import annotations
 
+import tempfile
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,51 @@ ONNX_HINT = "an external ONNX model needs onnxruntime: pip install 'segqc[onnx]'
 #: Slack allowed on ``output: probabilities`` values outside [0, 1] (float rounding); they are clipped.
 PROB_SLACK = 1e-4
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+def _external_tensor(blob: bytes) -> str | None:
+    """The name of a tensor of the model whose data lies in another file (ONNX "external data"), or
+    ``None``. Such data is outside the file's checksum and read from a path the file names, so it is
+    refused. Needs the ``onnx`` package; without it (``None``), onnxruntime's own guard remains."""
+    try:
+        import onnx
+    except ImportError:
+        return None
+    try:
+        model = onnx.load_model_from_string(blob)
+    except Exception:  # not parseable here: onnxruntime's load gives the error
+        return None
+
+    def tensors(graph: Any) -> Any:
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield sparse.values
+            yield sparse.indices
+        yield from attribute_tensors(graph.node)
+
+    def attribute_tensors(nodes: Any) -> Any:
+        for node in nodes:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+                if attr.HasField("sparse_tensor"):
+                    yield attr.sparse_tensor.values
+                    yield attr.sparse_tensor.indices
+                for sparse in attr.sparse_tensors:
+                    yield sparse.values
+                    yield sparse.indices
+                if attr.HasField("g"):
+                    yield from tensors(attr.g)
+                for sub in attr.graphs:
+                    yield from tensors(sub)
+
+    everything = [tensors(model.graph), *(attribute_tensors(f.node) for f in model.functions)]
+    for group in everything:
+        for tensor in group:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
+                return tensor.name or "(unnamed)"
+    return None
 
 
 def _onnxruntime() -> Any:
@@ -91,8 +137,21 @@ class ExternalOnnxModel:
             )
         cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in available
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+        external = _external_tensor(blob)
+        if external is not None:
+            raise SegQCError(
+                f"{source}: the model keeps tensor {external!r} in a separate file (ONNX external data); "
+                "segqc takes one self-contained file: save it with onnx.save(model, path, "
+                "save_as_external_data=False)"
+            )
         try:
-            self.session = ort.InferenceSession(blob, options, providers=providers)
+            # External data is refused above; should any be left, it may only be looked up in an
+            # empty folder, never next to the working directory.
+            with tempfile.TemporaryDirectory() as empty:
+                options.add_session_config_entry(
+                    "session.model_external_initializers_file_folder_path", empty
+                )
+                self.session = ort.InferenceSession(blob, options, providers=providers)
         except Exception as err:  # onnxruntime raises its own types for invalid or corrupt files
             first = (str(err).strip().splitlines() or [""])[0]
             raise SegQCError(
@@ -122,6 +181,8 @@ class ExternalOnnxModel:
         self.input_dtype = _DTYPES[inp.type]
         shape = list(inp.shape or [])
         layout = self.spec.layout
+        # A model exported with a fixed batch size (e.g. 1) is fed batches of that size.
+        self.batch = shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None
         if len(shape) != 4:
             raise SegQCError(
                 f"{self.source}: the model's input has rank {len(shape)} ({shape}); expected 4, "
@@ -139,6 +200,19 @@ class ExternalOnnxModel:
             raise SegQCError(
                 f"{self.source}: the model takes {h}x{w} inputs but the SPEC gives {where} "
                 f"{want[0]}x{want[1]}: set input_size to [{h}, {w}]"
+            )
+        # Pixel values 0 and 255 as the SPEC scales them must stay finite in the model's input type
+        # (a scale or std near 0, or beyond float range, would feed it inf or a constant image).
+        ends = np.array([0.0, 255.0], np.float64)[:, None] / self.spec.scale
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            fed = (ends - np.array(self.spec.mean)) / np.array(self.spec.std)
+            typed = fed.astype(self.input_dtype).astype(np.float64)
+            spread = np.abs(typed[1] - typed[0])
+        if not (np.isfinite(typed).all() and np.isfinite(spread).all() and spread.min() > 0):
+            raise SegQCError(
+                f"{self.source}: the SPEC's scale {self.spec.scale:g}, mean {list(self.spec.mean)} and std "
+                f"{list(self.spec.std)} map pixel values 0..255 to {fed.min():.3g}..{fed.max():.3g}, not "
+                f"distinct finite {np.dtype(self.input_dtype).name} inputs: check scale, mean and std"
             )
 
     def preprocess(self, images: np.ndarray) -> np.ndarray:
@@ -160,8 +234,40 @@ class ExternalOnnxModel:
 
     # -- output -----------------------------------------------------------------------------------
     def raw(self, images: np.ndarray) -> np.ndarray:
-        """The model's own first output on uint8 ``(N, S, S, 3)`` images, as it gives it."""
-        return self.session.run(None, {self.input_name: self.preprocess(images)})[0]
+        """The model's own first output on uint8 ``(N, S, S, 3)`` images, as it gives it (in batches of
+        the model's fixed batch size, if it has one).
+
+        Raises:
+            SegQCError: onnxruntime failed to run the model on these images.
+        """
+        step = self.batch or max(len(images), 1)
+        parts = []
+        for start in range(0, len(images), step):
+            chunk = images[start : start + step]
+            if self.batch and len(chunk) < self.batch:  # the last, short batch: padded, then cut
+                pad = np.repeat(chunk[-1:], self.batch - len(chunk), axis=0)
+                out = self._run(np.concatenate([chunk, pad]))[: len(chunk)]
+            else:
+                out = self._run(chunk)
+            parts.append(out)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        try:
+            out = self.session.run(None, {self.input_name: self.preprocess(images)})[0]
+        except Exception as err:  # onnxruntime's own types: a shape it does not take, a failing node
+            first = (str(err).strip().splitlines() or [""])[0]
+            raise SegQCError(
+                f"{self.source}: the model failed on a batch of {len(images)} images "
+                f"({type(err).__name__}: {first})"
+            ) from None
+        out = np.asarray(out)
+        if not np.issubdtype(out.dtype, np.floating):
+            raise SegQCError(
+                f"{self.source}: the model's output is {out.dtype}, not float logits or probabilities "
+                "(a hard mask carries no uncertainty for segqc to read)"
+            )
+        return out
 
     def foreground(self, images: np.ndarray) -> np.ndarray:
         """Foreground probability ``(N, S, S)`` float32 of uint8 ``(N, S, S, 3)`` images."""
@@ -189,6 +295,8 @@ class ExternalOnnxModel:
                 f"{out.shape[3]} map for a {in_h}x{in_w} input; check the SPEC's output_layout"
             )
         n, c = out.shape[:2]
+        if 0 in out.shape[1:]:
+            raise SegQCError(f"{self.source}: the model's output {tuple(out.shape)} is empty")
         if n != len(images):
             raise SegQCError(f"{self.source}: the model gave {n} outputs for {len(images)} images")
         channel = spec.foreground_channel
@@ -214,9 +322,13 @@ class ExternalOnnxModel:
         if fg.shape[1:] != images.shape[1:3]:
             fg = upsample_probs(fg, images.shape[1], images.shape[2])
         if spec.output == "probabilities":
-            # Values outside [0, 1] are refused at load (check()); at run time rounding is clipped,
-            # and non-finite values are left for the gate to refer.
+            # Values outside [0, 1] are refused at load (check()); at run time rounding is clipped, and
+            # an image with values beyond it (not probabilities: logits?) gets a NaN map, which the
+            # gate refers as not finite, rather than being clipped into confident probabilities.
+            with np.errstate(invalid="ignore"):
+                wild = ((fg < -PROB_SLACK) | (fg > 1 + PROB_SLACK)).reshape(len(fg), -1).any(axis=1)
             fg = np.where(np.isfinite(fg), np.clip(fg, 0.0, 1.0), fg)
+            fg[wild] = np.nan
         return np.ascontiguousarray(fg, dtype=np.float32)
 
     def check(self) -> None:
@@ -224,11 +336,10 @@ class ExternalOnnxModel:
         image = probe_image(self.image_size)
         try:
             raw = np.asarray(self.raw(image))
-        except Exception as err:  # onnxruntime's own types: wrong input size, bad node, ...
-            first = (str(err).strip().splitlines() or [""])[0]
+        except SegQCError as err:
             raise SegQCError(
-                f"{self.source}: the model failed on a {self.input_hw[0]}x{self.input_hw[1]} test image "
-                f"as the SPEC feeds it ({type(err).__name__}: {first}); check input_size and layout"
+                f"{err} on a {self.input_hw[0]}x{self.input_hw[1]} test image as the SPEC feeds it; check "
+                "input_size and layout"
             ) from None
         if not np.isfinite(raw).all():
             raise SegQCError(f"{self.source}: the model's output on a test image is not finite")
