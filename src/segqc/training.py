@@ -368,7 +368,20 @@ def segment(segmenter: Segmenter | ExternalSegmenter | PrecomputedSegmenter, dat
     """f's outputs on ``data``: run on its images, or (precomputed outputs) looked up by its ids."""
     if isinstance(segmenter, PrecomputedSegmenter):
         return segmenter.predict_data(data)
-    return segmenter.predict(data.images)
+    pred = segmenter.predict(data.images)
+    if getattr(segmenter, "external", False):
+        # An external model's NaN (or out-of-range probabilities) on a training image would reach g's
+        # training and its calibration: refused here, naming the images.
+        bad = ~np.isfinite(np.asarray(pred.uncertainty).reshape(len(data.images), -1)).all(axis=1)
+        bad |= ~np.isfinite(np.asarray(pred.probs).reshape(len(data.images), -1)).all(axis=1)
+        if bad.any():
+            ids = [str(data.ids[i]) for i in np.flatnonzero(bad)]
+            named = ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
+            raise SegQCError(
+                f"the segmentation model's output is not finite (or not probabilities in [0, 1]) on "
+                f"{len(ids)} of {len(data.images)} images ({named}): g cannot learn its quality from these"
+            )
+    return pred
 
 
 def evaluate(

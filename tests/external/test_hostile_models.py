@@ -146,3 +146,17 @@ def test_model_returning_nan_for_some_inputs_gives_a_nan_map():
     fg = model.foreground(np.concatenate([_images(1, 100), _images(1, 255)]))
     assert np.isfinite(fg[0]).all() and np.isnan(fg[1]).all()
     assert os.path.basename(model.source) == "segmenter.onnx"
+
+
+def test_training_refuses_an_external_model_that_is_not_finite_on_training_images():
+    """The NaN of a bright training image would otherwise reach g's training and calibration."""
+    from segqc.data.dataset import SegData
+    from segqc.external import ExternalSegmenter
+    from segqc.training import segment
+
+    seg = ExternalSegmenter(_load(channel_mean(1.2), output="probabilities"))
+    images = np.concatenate([_images(2, 100), _images(1, 255)])
+    data = SegData(images, np.zeros(images.shape[:3], np.uint8), ["a", "b", "white"])
+    with pytest.raises(SegQCError, match=r"not finite .* on 1 of 3 images \(white\)"):
+        segment(seg, data)
+    assert np.isfinite(segment(seg, SegData(images[:2], data.masks[:2], ["a", "b"])).uncertainty).all()
