@@ -98,10 +98,16 @@ def precomputed_segmenter(
         from segqc.data.readers import find_pairs
 
         pairs = find_pairs(data)
+        folder.expect(pairs)
 
         def shape_of(id_: str) -> tuple[int, int] | None:
             pair = pairs.get(id_)
             return None if pair is None else image_shape(pair.image)
+
+    elif isinstance(data, SegData):
+        folder.expect(data.ids)
+    elif isinstance(data, tuple):
+        folder.expect([i for part in data for i in part.ids])
 
     return PrecomputedSegmenter(folder, folder.folder_kind(), image_size=cfg.image_size, shape_of=shape_of,
                                 seed=cfg.seed)  # fmt: skip

@@ -212,6 +212,8 @@ def _assess_locked(
     def log(k: int, **fields: Any) -> None:
         audit.record(request_id=f"{run_id}/{ids[k]}", source=str(paths[k]), model_sha256=model_sha, **fields)
 
+    if predictions is not None:
+        predictions.expect(ids)  # so that <id>_s0.npy of an image "<id>_s0" is not read as a sample of <id>
     with tqdm(total=len(todo), desc="assess", unit="image", disable=not progress) as bar:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]

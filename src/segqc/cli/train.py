@@ -125,6 +125,10 @@ def train(
         if data is None:
             raise click.UsageError("--predictions needs --data (the maps are looked up by its image ids)")
         folder = PredictionFolder(predictions)
+        if Path(data).is_dir():  # its ids: a map <id>_s0.npy of an image "<id>_s0" is not a sample
+            from segqc.data.readers import find_pairs
+
+            folder.expect(find_pairs(data))
         implied = MAP_METHODS[folder.folder_kind()][0]
         if method is not None and method != implied:
             raise click.UsageError(f"--predictions in {predictions} give {implied!r} maps, not {method!r}")

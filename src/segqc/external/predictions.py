@@ -17,7 +17,7 @@ NumPy and Pillow only.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +48,35 @@ def two_class_map(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class PredictionFolder:
     """The maps in ``folder``, looked up by image id (see the module docstring)."""
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, ids: Iterable[str] | None = None) -> None:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise DataError(f"{self.folder}: predictions folder not found")
+        self.ids: frozenset[str] = frozenset()
+        if ids is not None:
+            self.expect(ids)
+
+    def expect(self, ids: Iterable[str]) -> None:
+        """The ids of all the images looked up: ``<id>_s0.npy`` is not read as a sample of ``id`` when
+        ``<id>_s0`` is itself one of them (its own map)."""
+        self.ids = frozenset(str(i) for i in ids)
 
     def files(self, id_: str) -> list[Path]:
-        """The files of ``id_``: one map, or its samples in order; empty when there are none."""
+        """The files of ``id_``: one map, or its samples in order; empty when there are none.
+
+        Raises:
+            DataError: ``id_`` is not a plain file name (a path, ``..``), or has several kinds of maps.
+        """
+        if not id_ or id_ in (".", "..") or any(c in id_ for c in "/\\\0") or Path(id_).is_absolute():
+            raise DataError(
+                f"id {id_!r} is not a plain file name: its map cannot be looked up in {self.folder}"
+            )
         single = [f for f in (self.folder / f"{id_}.npy", self.folder / f"{id_}.png") if f.is_file()]
         samples = []
-        while len(samples) < MAX_SAMPLES and (self.folder / f"{id_}_s{len(samples)}.npy").is_file():
+        own = f"{id_}_s0" in self.ids  # <id>_s0.npy is the map of the image <id>_s0, not a sample of <id>
+        while (
+            not own and len(samples) < MAX_SAMPLES and (self.folder / f"{id_}_s{len(samples)}.npy").is_file()
+        ):
             samples.append(self.folder / f"{id_}_s{len(samples)}.npy")
         if len(single) + bool(samples) > 1:
             found = ", ".join(f.name for f in [*single, *samples[:1]])
@@ -73,7 +92,8 @@ class PredictionFolder:
 
     def folder_kind(self) -> str:
         """``"samples"`` when the folder holds sample files (``*_s0.npy``), else ``"single"``."""
-        return "samples" if any(self.folder.glob("*_s0.npy")) else "single"
+        own = {f"{i}.npy" for i in self.ids}  # <id>_s0.npy of an image whose id ends in _s0: a single map
+        return "samples" if any(f.name not in own for f in self.folder.glob("*_s0.npy")) else "single"
 
     def load(self, id_: str, shape: tuple[int, int] | None) -> np.ndarray:
         """The maps of ``id_`` as ``(K, H, W)`` float32 in [0, 1]; ``shape`` is the image's own ``(H, W)``
@@ -96,15 +116,28 @@ class PredictionFolder:
 
 def _read(file: Path, shape: tuple[int, ...] | None) -> np.ndarray:
     if file.suffix == ".npy":
+        try:  # the header first: its dtype and shape are checked before any data is read
+            with open(file, "rb") as fh:
+                version = np.lib.format.read_magic(fh)
+                read = np.lib.format.read_array_header_1_0
+                if version != (1, 0):
+                    read = np.lib.format.read_array_header_2_0
+                header_shape, _, dtype = read(fh)
+        except (OSError, ValueError, SyntaxError, TypeError) as err:
+            raise DataError(f"{file}: cannot read the prediction ({err})") from None
+        if not np.issubdtype(dtype, np.floating):
+            raise DataError(f"{file}: a .npy prediction must hold floats in [0, 1], got {dtype}")
+        _check_shape(file, tuple(header_shape), shape)
         try:
             array = np.load(file, allow_pickle=False)
         except (OSError, ValueError) as err:
             raise DataError(f"{file}: cannot read the prediction ({err})") from None
-        if not np.issubdtype(array.dtype, np.floating):
-            raise DataError(f"{file}: a .npy prediction must hold floats in [0, 1], got {array.dtype}")
     else:
         try:
             with Image.open(file) as img:
+                if img.format != "PNG":
+                    raise DataError(f"{file}: not a PNG file (it is {img.format or 'unknown'})")
+                _check_shape(file, (img.size[1], img.size[0]), shape)
                 img.load()
                 mode = img.mode
                 if mode in ("L", "1"):
@@ -115,22 +148,33 @@ def _read(file: Path, shape: tuple[int, ...] | None) -> np.ndarray:
                     raise DataError(
                         f"{file}: a PNG prediction must be greyscale (8 or 16 bit), got mode {mode}"
                     )
-        except (OSError, SyntaxError, ValueError) as err:
+        except DataError:
+            raise
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
             raise DataError(f"{file}: cannot read the prediction ({err})") from None
-    array = np.asarray(array, np.float32)
-    if (shape is None and array.ndim != 2) or (shape is not None and array.shape != shape):
-        if shape is None:
-            raise DataError(f"{file}: a prediction must be a 2-d (H, W) map, got shape {array.shape}")
-        raise DataError(
-            f"{file}: prediction of shape {array.shape}, but its image is {shape[0]}x{shape[1]} (height x "
-            "width): a map must have its image's own size"
-        )
+    with np.errstate(over="ignore"):
+        array = np.asarray(array, np.float32)
+    _check_shape(file, array.shape, shape)
     if not np.isfinite(array).all() or array.min() < -SLACK or array.max() > 1 + SLACK:
         raise DataError(
             f"{file}: prediction values must be probabilities in [0, 1], got [{np.nanmin(array):.3g}, "
             f"{np.nanmax(array):.3g}]{' with non-finite values' if not np.isfinite(array).all() else ''}"
         )
     return np.clip(array, 0.0, 1.0)
+
+
+#: Largest side of a map when its image's size is not known.
+MAX_SIDE = 1 << 15
+
+
+def _check_shape(file: Path, got: tuple[int, ...], shape: tuple[int, ...] | None) -> None:
+    if shape is None and (len(got) != 2 or max(got) > MAX_SIDE):
+        raise DataError(f"{file}: a prediction must be a 2-d (H, W) map, got shape {got}")
+    if shape is not None and tuple(got) != tuple(shape):
+        raise DataError(
+            f"{file}: prediction of shape {tuple(got)}, but its image is {shape[0]}x{shape[1]} (height x "
+            "width): a map must have its image's own size"
+        )
 
 
 def check_method(kind: str, method: str) -> None:
