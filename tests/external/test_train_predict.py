@@ -73,6 +73,31 @@ def test_tampered_model_is_refused(bundle_dir, tmp_path):
         load_model(copy, device="cpu")
 
 
+def test_swapped_and_resealed_model_loads_but_fails_its_signature(bundle_dir, tmp_path):
+    """The seal is an integrity check, not authenticity: a segmenter.onnx swapped in with bundle.json's
+    sha256 and seal redone loads (the swapped model must still fit the SPEC), but a signed bundle then
+    fails --trusted-key verification. External data in the swapped file is refused at load."""
+    import hashlib
+    import shutil
+
+    pytest.importorskip("cryptography")
+    from segqc.errors import BundleError
+    from segqc.integrity import generate_key, seal, sign_model, verify_signature
+
+    copy = Path(shutil.copytree(bundle_dir, tmp_path / "b"))
+    private, public = generate_key(tmp_path / "key")
+    sign_model(copy, private)
+    verify_signature(copy, public)
+    other = export_net(ConvNet(2, seed=5), tmp_path / "other.onnx", (1, 3, S, S))
+    (copy / "segmenter.onnx").write_bytes(other.read_bytes())
+    config = json.loads((copy / "bundle.json").read_text())
+    config["sha256"]["segmenter.onnx"] = hashlib.sha256(other.read_bytes()).hexdigest()
+    (copy / "bundle.json").write_text(json.dumps(seal(config)))
+    load_model(copy, device="cpu")  # what the seal alone cannot tell
+    with pytest.raises(BundleError, match="signature"):
+        verify_signature(copy, public)
+
+
 def _rows(folder: Path) -> dict[str, dict[str, str]]:
     with open(folder / "quality.csv", newline="", encoding="utf-8") as fh:
         return {row["id"]: row for row in csv.DictReader(fh)}
