@@ -11,7 +11,9 @@ import hmac
 import os
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
@@ -107,6 +109,33 @@ class ApiKeyMiddleware:
         await response(scope, receive, send)
 
 
+async def run_or_answer(
+    app: ASGIApp,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    guarded_receive: Receive,
+    error: type[Exception],
+    answer: Callable[[Any], ASGIApp],
+) -> None:
+    """Run ``app`` on ``guarded_receive`` (a receive channel that raises ``error``); when it raises before
+    the response has started, send ``answer(err)`` instead. After the start the error propagates: a
+    response half sent cannot be replaced."""
+    started = False
+
+    async def tracked_send(message: Message) -> None:
+        nonlocal started
+        started = started or message["type"] == "http.response.start"
+        await send(message)
+
+    try:
+        await app(scope, guarded_receive, tracked_send)
+    except error as err:
+        if started:
+            raise
+        await answer(err)(scope, receive, send)
+
+
 class BodyTimeoutMiddleware:
     """Answer 408 (and close the connection) when a request body stalls: no new bytes for
     ``read_timeout`` seconds, or the whole body not in after ``upload_timeout`` seconds. Uvicorn has no
@@ -124,7 +153,6 @@ class BodyTimeoutMiddleware:
             return
         deadline = time.monotonic() + self.upload_timeout
         body_done = False
-        started = False
 
         async def timed_receive() -> Message:
             nonlocal body_done
@@ -139,17 +167,10 @@ class BodyTimeoutMiddleware:
                 body_done = True
             return message
 
-        async def tracked_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, timed_receive, tracked_send)
-        except _BodyTimeout as err:
-            if started:
-                raise
-            await JSONResponse({"detail": err.detail}, 408, headers=err.headers)(scope, receive, send)
+        await run_or_answer(
+            self.app, scope, receive, send, timed_receive, _BodyTimeout,
+            lambda err: JSONResponse({"detail": err.detail}, 408, headers=err.headers),
+        )  # fmt: skip
 
     def _why(self, deadline: float) -> str:
         if time.monotonic() >= deadline - 0.01:

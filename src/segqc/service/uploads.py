@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from segqc.assess.ids import safe_id
 from segqc.data.readers import INPUT_FORMATS, ImageTooLargeError, open_image, single_frame, to_rgb
 from segqc.errors import DataError
+from segqc.service.middleware import run_or_answer
 
 MiB = 1024 * 1024
 DEFAULT_MAX_UPLOAD_BYTES = 20 * MiB
@@ -167,7 +168,6 @@ class BodyLimitMiddleware:
             await _too_large(declared, self.max_body_bytes)(scope, receive, send)
             return
         received = 0
-        started = False
 
         async def limited_receive() -> Message:
             nonlocal received
@@ -178,17 +178,10 @@ class BodyLimitMiddleware:
                     raise _BodyTooLarge(received, self.max_body_bytes)
             return message
 
-        async def tracked_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracked_send)
-        except _BodyTooLarge:
-            if started:
-                raise
-            await _too_large(received, self.max_body_bytes)(scope, receive, send)
+        await run_or_answer(
+            self.app, scope, receive, send, limited_receive, _BodyTooLarge,
+            lambda _: _too_large(received, self.max_body_bytes),
+        )  # fmt: skip
 
 
 class _BodyTooLarge(HTTPException):
