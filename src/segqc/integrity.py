@@ -148,7 +148,7 @@ def sign_model(model_dir: str | Path, key_path: str | Path) -> Path:
     """
     folder = Path(model_dir)
     file = manifest_file(folder)
-    config = _read_json(file)
+    config = read_json_object(file, "the manifest")
     digest = check_seal(config, file)
     key = _read_key(Path(key_path), private=True)
     signature = key.sign(canonical_json(config))
@@ -177,12 +177,12 @@ def verify_signature(model_dir: str | Path, trusted_key: str | Path) -> str:
     folder = Path(model_dir)
     key = _read_key(Path(trusted_key), private=False)
     file = manifest_file(folder)
-    config = _read_json(file)
+    config = read_json_object(file, "the manifest")
     digest = check_seal(config, file)
     sig_file = folder / SIGNATURE_FILE
     if not sig_file.is_file():
         raise BundleError(f"{folder}: model is not signed ({SIGNATURE_FILE} not found); refusing it")
-    record = _read_json(sig_file)
+    record = read_json_object(sig_file, "the signature")
     if record.get("manifest", file.name) != file.name:
         raise BundleError(
             f"{sig_file}: signs {record.get('manifest')!r}, but the model here is {file.name}; refusing it"
@@ -203,11 +203,13 @@ def verify_signature(model_dir: str | Path, trusted_key: str | Path) -> str:
     return digest
 
 
-def _read_json(file: Path) -> dict[str, Any]:
+def read_json_object(file: Path, kind: str) -> dict[str, Any]:
+    """The JSON object in ``file``, or a one-line ``BundleError`` naming the file and ``kind`` (what it is:
+    ``bundle config``, ``signature``, ...). Deep nesting and undecodable bytes are errors, not tracebacks."""
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise BundleError(f"{file}: cannot read ({err})") from None
+        raise BundleError(f"{file}: cannot read {kind} ({err})") from None
     if not isinstance(data, dict):
-        raise BundleError(f"{file}: must be a JSON object")
+        raise BundleError(f"{file}: {kind} must be a JSON object")
     return data

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import math
+from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from segqc.errors import BundleError
+from segqc.gate import Gate
+from segqc.integrity import check_seal, manifest_digest, read_json_object
 from segqc.types import QualitySamples, SegPrediction
-
-if TYPE_CHECKING:
-    from segqc.gate import Gate
 
 
 @runtime_checkable
@@ -97,15 +96,12 @@ class ManifestModel:
     @property
     def manifest_sha256(self) -> str:
         """SHA-256 of the manifest (:mod:`segqc.integrity`): names this exact model in logs and answers."""
-        from segqc.integrity import manifest_digest
-
         return str(self.config.get("manifest_sha256") or manifest_digest(self.config))
 
-    @property
+    @cached_property
     def gate(self) -> Gate:
-        """The pass/refer checks (:class:`segqc.gate.Gate`), rebuilt from the manifest."""
-        from segqc.gate import Gate
-
+        """The pass/refer checks (:class:`segqc.gate.Gate`), built from the manifest once (it was
+        validated at load), not on every assessment."""
         try:
             return Gate.from_config(self.config.get("gate"), self.threshold)
         except ValueError as err:
@@ -114,7 +110,7 @@ class ManifestModel:
     @property
     def fit(self) -> bool:
         """False when the model was written with ``--force`` despite failing its fitness check."""
-        return bool(((self.config.get("gate") or {}).get("fitness") or {}).get("fit", False))
+        return self.gate.fit
 
 
 def read_manifest_json(
@@ -131,12 +127,7 @@ def read_manifest_json(
     file = folder / name
     if not file.is_file():
         raise BundleError(f"{folder}: not {'an' if what[0] in 'AEIOU' else 'a'} {what} ({name} not found)")
-    try:
-        config = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise BundleError(f"{file}: cannot read {kind} ({err})") from None
-    if not isinstance(config, dict):
-        raise BundleError(f"{file}: {kind} must be a JSON object")
+    config = read_json_object(file, kind)
     if "format" in config and config["format"] != version:
         raise BundleError(
             f"{file}: {what.split()[-1]} format {config['format']!r} is not supported (this segqc reads "
@@ -173,9 +164,6 @@ def check_manifest(config: dict[str, Any], file: Path) -> None:
     finite positive ``uncertainty_vmax``, and the gate (out-of-distribution detector, conformal
     margin, fitness).
     """
-    from segqc.gate import Gate
-    from segqc.integrity import check_seal
-
     check_seal(config, file)
     # Below 0.01 nothing is ever referred: not a gate, whatever the manifest says.
     threshold = _number(config, "threshold", MIN_THRESHOLD, 1.0, file, open_low=False, open_high=True)
