@@ -250,6 +250,26 @@ def model_option(help: str, *, dest: str = "model", exists: bool = True) -> Deco
     )
 
 
+def trusted_key_option(use: str) -> Decorator:
+    """``--trusted-key PUB`` of the commands that load a model (``use``: what they do with it)."""
+    return click.option(
+        "--trusted-key",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        default=None,
+        help=f"Ed25519 public key (PEM): {use} the model only if it carries a valid signature by this key "
+        "(`segqc sign`).",
+    )
+
+
+def warn_if_unfit(model: Any) -> None:
+    """The warning ``predict`` and ``serve`` print on every start for a model written unfit (``--force``)."""
+    from segqc.gate import unfit_warning
+
+    warning = unfit_warning(model)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
+
+
 PROTOCOL_HELP = (
     "JSON file with a 'train' id list and a 'test' one (e.g. split.json); default: a seeded 80/20 "
     "train/test split of --data."

@@ -17,6 +17,8 @@ from segqc.cli.options import (
     out_option,
     quiet_option,
     signature_default,
+    trusted_key_option,
+    warn_if_unfit,
 )
 from segqc.errors import BundleError
 
@@ -60,13 +62,7 @@ MANIFESTS = {"torch": "bundle.json", "onnx": "export.json"}
         help="Optional, for older scripts: the backend the model folder must have (torch: a bundle, "
         "onnx: an export); the folder itself decides.",
     ),
-    click.option(
-        "--trusted-key",
-        type=click.Path(exists=True, dir_okay=False, path_type=Path),
-        default=None,
-        help="Ed25519 public key (PEM): use the model only if it carries a valid signature by this key "
-        "(`segqc sign`).",
-    ),
+    trusted_key_option("use"),
     click.option(
         "--predictions",
         type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -132,7 +128,6 @@ def predict(
     """
     from segqc.assess import assess_files, collect_inputs
     from segqc.errors import DataError
-    from segqc.gate import unfit_warning
     from segqc.runtime import load_model
 
     if backend is not None and not (model / MANIFESTS[backend]).is_file():
@@ -142,9 +137,7 @@ def predict(
         )
     given = {"device": device, "threads": threads, "seed": seed}
     loaded = load_model(model, trusted_key=trusted_key, **{k: v for k, v in given.items() if v is not None})
-    warning = unfit_warning(loaded)
-    if warning:
-        click.echo(f"warning: {warning}", err=True)
+    warn_if_unfit(loaded)
     if backend is not None and loaded.backend != backend:
         kind = KINDS.get(loaded.backend, loaded.backend)
         raise BundleError(

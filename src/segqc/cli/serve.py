@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from segqc.cli.options import command, model_option
+from segqc.cli.options import command, model_option, trusted_key_option, warn_if_unfit
 from segqc.errors import SegQCError
 
 MiB = 1024 * 1024
@@ -85,13 +85,7 @@ def shown(flag: str, type: Any, default: Any, help: str) -> Any:
     default=None,
     help="Append one JSON line per assessment and per refused upload to this file.",
 )
-@click.option(
-    "--trusted-key",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    help="Ed25519 public key (PEM): serve the model only if it carries a valid signature by this key "
-    "(`segqc sign`).",
-)
+@trusted_key_option("serve")
 @shown(
     "--workers",
     click.IntRange(1),
@@ -129,7 +123,6 @@ def serve(
         curl -F file=@lesion.jpg http://127.0.0.1:8000/v1/assess
     """
     uvicorn, create_app = _import_server()
-    from segqc.gate import unfit_warning
     from segqc.service.budget import return_freed_memory
     from segqc.service.middleware import read_api_key
 
@@ -149,9 +142,7 @@ def serve(
     # Load (and warm up) the model here, so a bad one is a clear error and exit code 1, even with workers.
     app = create_app(model_dir, api_key=api_key, **settings)
     model = app.state.model
-    warning = unfit_warning(model)
-    if warning:
-        click.echo(f"warning: {warning}", err=True)
+    warn_if_unfit(model)
     shown = f"[{host}]" if ":" in host else host
     docs = "API docs at /docs" if app.state.docs else "no /docs: pip install fastapi-offline"
     click.echo(
