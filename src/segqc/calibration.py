@@ -14,6 +14,11 @@ from segqc.errors import SegQCError
 CALIBRATION_FRACTION = 0.2
 
 
+def threshold_above(score: float) -> float:
+    """The 4-decimal threshold just above ``score`` (so an image scored ``score`` is referred), at most 1."""
+    return min(round((math.floor(score * 10_000) + 1) / 10_000, 4), 1.0)
+
+
 def choose_threshold(
     predicted: np.ndarray, true: np.ndarray, target_recall: float, failure_jaccard: float
 ) -> dict:
@@ -45,9 +50,7 @@ def choose_threshold(
             "train without --target-failure-recall to use the fixed threshold"
         )
     k = math.ceil(target_recall * failures.size - 1e-9)
-    cut = failures[k - 1]
-    threshold = (math.floor(cut * 10_000) + 1) / 10_000
-    threshold = min(round(threshold, 4), 1.0)
+    threshold = threshold_above(failures[k - 1])
     referred = predicted < threshold
     achieved = float((failures < threshold).mean())
     if achieved < target_recall:  # only when a failure was predicted as a perfect 1.0
@@ -144,10 +147,10 @@ def guaranteed_threshold(
             "(use more training data, or a lower --target-failure-recall or --confidence)"
         )
     k = int(orders[ok][0])
-    threshold = min((math.floor(failures[k - 1] * 10_000) + 1) / 10_000, 1.0)
+    threshold = threshold_above(failures[k - 1])
     referred = predicted < threshold
     return {
-        "threshold": round(threshold, 4),
+        "threshold": threshold,
         "recall_lower_bound": float(beta.ppf(1.0 - confidence, k, m - k + 1)),
         "confidence": confidence,
         "order": k,
