@@ -12,12 +12,43 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Callable
+import sys
+import time
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+from segqc.errors import SegQCError
+
+
+class TimeBudgetExceeded(SegQCError):
+    """The run's time budget (:func:`time_budget`) ran out; what finished before it is kept."""
+
+
+_deadline: float | None = None  # time.monotonic() at which work stops; None: no budget
+
+
+@contextlib.contextmanager
+def time_budget(seconds: float | None) -> Iterator[None]:
+    """Stop work that checks :func:`check_time_budget` (every training batch, every unit of an
+    experiment) once ``seconds`` have passed, by raising :class:`TimeBudgetExceeded`."""
+    global _deadline
+    previous = _deadline
+    if seconds is not None:
+        _deadline = time.monotonic() + float(seconds)
+    try:
+        yield
+    finally:
+        _deadline = previous
+
+
+def check_time_budget() -> None:
+    """Raise :class:`TimeBudgetExceeded` when the budget of :func:`time_budget` has run out."""
+    if _deadline is not None and time.monotonic() >= _deadline:
+        raise TimeBudgetExceeded("the time budget ran out")
 
 
 def init_distributed() -> bool:
@@ -64,6 +95,7 @@ def train_loop(
     desc: str = "train",
     progress: bool = True,
     micro_batches: int = 1,
+    on_epoch: Callable[[int, nn.Module], None] | None = None,
 ) -> list[float]:
     """Adam on shuffled mini-batches; ``step(model, batch)`` returns the batch loss.
 
@@ -73,6 +105,10 @@ def train_loop(
     the same shuffling from ``generator``. ``micro_batches > 1`` splits each batch into that many
     interleaved parts and accumulates their gradients: the same arithmetic as that many ranks
     (BatchNorm statistics per part included). Returns the mean loss of each epoch (of this rank).
+    After the first epoch it prints how long the whole training should take; under a
+    :func:`time_budget` every batch checks the budget. ``on_epoch(epochs_done, model)``, if given,
+    runs after every epoch (e.g. a validation score for a learning curve); it must leave ``model``
+    in train mode.
     """
     distributed = init_distributed()
     rank, world = rank_and_world()
@@ -89,6 +125,7 @@ def train_loop(
     history: list[float] = []
     net.train()
     show = progress and rank == 0
+    started = time.perf_counter()
     with tqdm(total=epochs * batches, desc=desc, disable=not show, unit="batch", leave=False) as bar:
         for epoch in range(epochs):
             order = torch.randperm(n, generator=generator)
@@ -96,6 +133,7 @@ def train_loop(
             for start in range(0, n, batch_size):
                 idx = order[start : start + batch_size]
                 bar.update(1)
+                check_time_budget()
                 # BatchNorm cannot train on a single sample; decided on the global batch so ranks agree.
                 if len(idx) < 2 * world * micro_batches:
                     continue
@@ -112,5 +150,13 @@ def train_loop(
                 opt.step()
             history.append(total / max(count, 1))
             bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]:.4f}")
+            if on_epoch is not None:
+                on_epoch(epoch + 1, model)
+            if epoch == 0 and show and epochs > 1:
+                took = time.perf_counter() - started
+                tqdm.write(
+                    f"{desc}: first epoch {took:.1f} s, about {took * epochs:.0f} s for {epochs} epochs",
+                    file=sys.stderr,
+                )
     model.eval()
     return history

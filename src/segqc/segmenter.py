@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -80,7 +81,8 @@ class Segmenter:
         self.method_ = create_method(self.method, **(self.method_params or {}))
         self.model_: nn.Module = self.method_.build(base_width=self.base_width, dropout=self.dropout)
 
-    def fit(self, data: SegData) -> Segmenter:
+    def fit(self, data: SegData, *, on_epoch: Callable[[int, nn.Module], None] | None = None) -> Segmenter:
+        """Train f on ``data``; ``on_epoch`` is :func:`~segqc.engine.train_loop`'s per-epoch hook."""
         if len(data) < 2:
             raise ValueError("training f needs at least 2 images")
         generator = seed_everything(self.seed)
@@ -109,6 +111,7 @@ class Segmenter:
             desc=f"f ({self.method})",
             progress=self.progress,
             micro_batches=self.micro_batches,
+            on_epoch=on_epoch,
         )
         self.model_ = model.cpu().eval()
         self.rng_ = np.random.default_rng(self.seed)

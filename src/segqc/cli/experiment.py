@@ -23,6 +23,9 @@ from segqc.cli.options import (
     training_options,
 )
 
+#: Exit status of a run stopped by --time-budget (EX_TEMPFAIL: rerun to finish).
+TIME_BUDGET_EXIT = 75
+
 
 def _names(value: str | None) -> list[str] | None:
     if value is None:
@@ -94,6 +97,21 @@ def _setting(flag: str, help: str, type: click.ParamType) -> Any:
         "if it exists; none: no paper lines).",
     ),
     click.option(
+        "--preset",
+        type=click.Choice(["paper"]),
+        default=None,
+        help="Start from named settings; options given explicitly override them. paper: the paper's "
+        "setup (224 px, f 120 epochs, g 30 epochs, batches of 16, Adam 1e-3, 5 seeds, every row).",
+    ),
+    click.option(
+        "--time-budget",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        metavar="SECONDS",
+        help="Stop cleanly after this long (finished units are kept; rerun the same command to resume); "
+        "exits with status 75.",
+    ),
+    click.option(
         "--report-only",
         is_flag=True,
         help="Rebuild table1.md, report.md and figures/fig3.png from --out/results.json (no training); "
@@ -114,6 +132,8 @@ def experiment(
     seed: int | None,
     quiet: bool,
     paper_table: Path | None,
+    preset: str | None,
+    time_budget: float | None,
     report_only: bool,
     **settings: Any,
 ) -> None:
@@ -130,8 +150,11 @@ def experiment(
         segqc experiment --data ../shared/data/isic2017 --protocol ../shared/data/isic2017/split.json \\
             --seeds 3 --quality-train both --out isic-table1
         segqc experiment --out table1 --method-param mcdropout.samples=30
+        segqc experiment --preset paper --data ../shared/data/isic2017 \\
+            --protocol ../shared/data/isic2017/split.json --device cuda --time-budget 3600 --out paper
         segqc experiment --report-only --out docs/results/isic2017-600
     """
+    from segqc import engine
     from segqc.experiment.run import ExperimentConfig, run_experiment
     from segqc.report import format_value
 
@@ -154,22 +177,31 @@ def experiment(
         seeds = [seed]
     for method, params in method_params.items():
         check_method(method, params)
-    cfg = ExperimentConfig().replace(
+    cfg = ExperimentConfig.preset(preset).replace(
         methods=_names(methods),
         baselines=_names(baselines),
         seeds=seeds,
         method_params=method_params or None,
         **settings,
     )
-    results = run_experiment(
-        cfg,
-        out,
-        data=data,
-        protocol=protocol,
-        progress=not quiet,
-        command=["segqc", *sys.argv[1:]],
-        paper_table=paper_table,
-    )
+    try:
+        with engine.time_budget(time_budget):
+            results = run_experiment(
+                cfg,
+                out,
+                data=data,
+                protocol=protocol,
+                progress=not quiet,
+                command=["segqc", *sys.argv[1:]],
+                paper_table=paper_table,
+            )
+    except engine.TimeBudgetExceeded:
+        click.echo(
+            f"stopped at the time budget ({time_budget:g} s); finished units are kept in {out / 'units'}: "
+            "rerun the same command to resume",
+            err=True,
+        )
+        sys.exit(TIME_BUDGET_EXIT)
     for method, seg in results["segmentation"].items():
         jac = format_value(seg["jaccard_mean"], False, seg["jaccard_std"])
         click.echo(f"f ({method}): mean Jaccard {jac}")

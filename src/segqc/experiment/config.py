@@ -14,7 +14,23 @@ from segqc.uncertainty import create_method
 QUALITY_TRAIN = ("paper", "crossfit", "both")
 CROSSFIT_SUFFIX = " (crossfit)"
 
-#: Keys of configs saved by earlier versions, read as ``method_params[method][key]``.
+#: Named settings of whole experiments; explicit options override them. ``paper``: DeVries & Taylor
+#: 2018, section 4 - images resized to 224 x 224, f trained 120 epochs and g 30 epochs, batches of 16,
+#: Adam at 1e-3, five runs with random initialisations, every row of their Table 1 (plus our tta and
+#: ensemble rows, which are not in the paper).
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {
+        "image_size": 224,
+        "seg_epochs": 120,
+        "quality_epochs": 30,
+        "batch_size": 16,
+        "lr": 1e-3,
+        "seeds": [0, 1, 2, 3, 4],
+        "methods": ["msp", "mcdropout", "hcnn", "lce", "tta", "ensemble"],
+        "baselines": ["no-uncertainty", "qualitynet", "rca"],
+        "quality_train": "paper",
+    }
+}
 
 
 def training_key(method: str, params: dict[str, Any] | None = None) -> str:
@@ -84,6 +100,15 @@ class ExperimentConfig(TrainingSettings):
             raise SegQCError(
                 f"need at least 2 training and 1 test image, got {self.n_train} and {self.n_test}"
             )
+
+    @classmethod
+    def preset(cls, name: str | None) -> ExperimentConfig:
+        """The config of a named preset (:data:`PRESETS`), or the defaults for ``None``."""
+        if name is None:
+            return cls()
+        if name not in PRESETS:
+            raise SegQCError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+        return cls(**PRESETS[name])
 
     @property
     def variants(self) -> list[str]:

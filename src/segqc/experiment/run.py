@@ -106,7 +106,7 @@ def run_experiment(
     planner = Planner(cfg, train, test, get=runner.get, progress=progress)
     rows = planner.rows()
     plans = [planner.plan(seed, rows) for seed in cfg.seeds]
-    runner.total = sum(len(p.units) for p in plans)
+    runner.expect([u for p in plans for u in p.units])
     runner.log(
         f"experiment: {len(rows)} rows x {len(cfg.seeds)} seeds, {runner.total} units, "
         f"cache {runner.store.root}"

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from segqc import __version__
 from segqc.data.dataset import SegData
-from segqc.engine import is_main_process
+from segqc.engine import check_time_budget, is_main_process
 from segqc.utils import atomic_write, write_json
 
 
@@ -84,6 +84,14 @@ class UnitStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+
+    def has(self, unit: Unit) -> bool:
+        """Whether a finished unit of this key is stored (its files are checked only when loaded)."""
+        try:
+            info = json.loads((self.root / unit.folder / "unit.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return info.get("key") == json.loads(canonical(unit.key))
 
     def load(self, unit: Unit) -> tuple[Payload, float] | None:
         """The cached payload and its compute time, or None if absent, unfinished or of another key."""
@@ -147,6 +155,26 @@ class UnitRunner:
         self.total = 0  # units planned, for the log lines
         self.computed = 0
         self.compute_seconds = 0.0
+        self.seconds_by_kind: dict[str, list[float]] = {}  # of the units computed by this run
+        self.pending: dict[str, str] = {}  # digest -> kind of the planned units not yet stored
+
+    def expect(self, units: list[Unit]) -> None:
+        """The units this run will get, in order: counted, and those not stored kept for the estimate."""
+        self.total = len(units)
+        self.pending = {u.digest: u.kind for u in units if not self.store.has(u)}
+        kinds = sorted(set(self.pending.values()))
+        counts = ", ".join(f"{sum(k == v for v in self.pending.values())} {k}" for k in kinds)
+        self.log(f"{len(self.pending)} of {self.total} units to compute ({counts or 'none'})")
+
+    def estimate(self) -> str:
+        """Time left for the pending units, from the mean time of each kind computed so far."""
+        means = {k: sum(v) / len(v) for k, v in self.seconds_by_kind.items()}
+        known = [means[k] for k in self.pending.values() if k in means]
+        if not self.pending:
+            return ""
+        unknown = len(self.pending) - len(known)
+        more = f" + {unknown} of kinds not yet timed" if unknown else ""
+        return f"; about {sum(known):.0f} s left for {len(self.pending)} units{more}"
 
     def log(self, message: str) -> None:
         if self.progress:
@@ -162,12 +190,15 @@ class UnitRunner:
             payload, seconds = cached
             status = f"cached ({seconds:.1f} s when computed)"
         else:
+            check_time_budget()
             t0 = time.perf_counter()
             payload = run_unit(unit)
             seconds = time.perf_counter() - t0
             self.store.save(unit, payload, seconds)
             self.computed += 1
-            status = f"computed in {seconds:.1f} s"
+            self.seconds_by_kind.setdefault(unit.kind, []).append(seconds)
+            self.pending.pop(unit.digest, None)
+            status = f"computed in {seconds:.1f} s{self.estimate()}"
         self.compute_seconds += seconds
         self.memo[unit.digest] = payload
         self.done += 1

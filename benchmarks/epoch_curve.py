@@ -1,0 +1,150 @@
+"""How many epochs f needs: a validation curve on the training images, and the epoch count it picks.
+
+Usage::
+
+    python benchmarks/epoch_curve.py [--data DIR --protocol SPLIT] --image-size 64 --epochs 120 \\
+        [--every 5] [--seed 0] [--device auto] [--time-budget SECONDS] --out DIR
+
+Only the protocol's *training* images are used (no test image is looked at): a seeded 20 % of them
+is held out (the same split ``segqc train`` holds out for its gate, :func:`segqc.calibration.hold_out`),
+f (the ``msp`` method's network and loss, the library's own training loop) is trained on the rest for
+``--epochs`` epochs, and every ``--every`` epochs the mean Jaccard of its masks on the held-out
+images is recorded.
+
+The rule that picks the epoch count (written once here, and in ``curve.json``): smooth the curve
+with a moving mean over 3 evaluations, then take the first evaluated epoch whose smoothed Jaccard is
+within ``--tolerance`` (default 0.005) of the best smoothed value. Later epochs change the held-out
+Jaccard by less than that.
+
+Writes ``curve.json`` (the curve, the rule, the chosen epochs, the command) and ``curve.png`` to
+``--out``. With ``--time-budget`` a run that runs out of time writes the curve so far (marked
+``"complete": false``) and picks nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from segqc.calibration import hold_out
+from segqc.data.dataset import to_input
+from segqc.data.splits import load_train_test
+from segqc.engine import TimeBudgetExceeded, time_budget
+from segqc.experiment.report import portable_command
+from segqc.metrics.segmentation import jaccard
+from segqc.segmenter import Segmenter
+from segqc.utils import resolve_device, versions, write_json
+
+RULE = (
+    "first evaluated epoch whose held-out Jaccard, smoothed by a moving mean over 3 evaluations, is "
+    "within {tolerance} of the best smoothed value"
+)
+
+
+def choose_epochs(epochs: list[int], scores: list[float], tolerance: float) -> int:
+    """The epoch count of :data:`RULE` for a curve ``scores`` evaluated at ``epochs``."""
+    values = np.asarray(scores, dtype=np.float64)
+    smooth = np.array([values[max(0, i - 1) : i + 2].mean() for i in range(len(values))])
+    best = smooth.max()
+    return int(epochs[int(np.argmax(smooth >= best - tolerance))])
+
+
+def heldout_jaccard(model: torch.nn.Module, images: np.ndarray, masks: np.ndarray, mean, std) -> float:
+    """Mean Jaccard of ``model``'s argmax masks (eval mode, no dropout) on ``images``."""
+    device = next(model.parameters()).device
+    model.eval()
+    preds = []
+    with torch.inference_mode():
+        for start in range(0, len(images), 64):
+            x = to_input(torch.from_numpy(images[start : start + 64]).to(device), mean, std)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = model(x)
+            preds.append(logits[:, :2].argmax(1).cpu().numpy())
+    model.train()
+    return float(np.mean(jaccard(np.concatenate(preds), masks)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=None, help="Data folder (default: the embedded synthetic set).")
+    ap.add_argument("--protocol", default=None)
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=120)
+    ap.add_argument("--every", type=int, default=5)
+    ap.add_argument("--tolerance", type=float, default=0.005)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--time-budget", type=float, default=None)
+    ap.add_argument("--out", required=True, type=Path)
+    args = ap.parse_args(argv)
+
+    train, _, info = load_train_test(args.data, args.protocol, size=args.image_size)
+    fit_part, heldout = hold_out(train, args.seed)
+    seg = Segmenter(method="msp", epochs=args.epochs, seed=args.seed, device=args.device, progress=False)
+    curve: list[dict[str, float]] = []
+    started = time.perf_counter()
+
+    def record(done: int, model: torch.nn.Module) -> None:
+        if done % args.every == 0 or done == args.epochs:
+            score = heldout_jaccard(model, heldout.images, heldout.masks, seg.mean_, seg.std_)
+            curve.append({"epoch": done, "heldout_jaccard": score, "seconds": time.perf_counter() - started})
+            print(f"epoch {done}: held-out Jaccard {score:.4f}", file=sys.stderr, flush=True)
+
+    complete = True
+    try:
+        with time_budget(args.time_budget):
+            seg.fit(fit_part, on_epoch=record)
+    except TimeBudgetExceeded:
+        complete = False
+    result = {
+        "command": portable_command(["python", "benchmarks/epoch_curve.py", *(argv or sys.argv[1:])]),
+        "data": {**info, "n_fit": len(fit_part), "n_heldout": len(heldout), "heldout_ids": list(heldout.ids)},
+        "image_size": args.image_size,
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "device": str(resolve_device(args.device)),
+        "curve": curve,
+        "complete": complete,
+        "rule": RULE.format(tolerance=args.tolerance),
+        "chosen_epochs": None,
+        "seconds": time.perf_counter() - started,
+        "versions": versions(),
+    }
+    if complete and curve:
+        result["chosen_epochs"] = choose_epochs(
+            [c["epoch"] for c in curve], [c["heldout_jaccard"] for c in curve], args.tolerance
+        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "curve.json", result)
+    if curve:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ax.plot([c["epoch"] for c in curve], [c["heldout_jaccard"] for c in curve], marker=".")
+        if result["chosen_epochs"]:
+            ax.axvline(
+                result["chosen_epochs"], color="grey", ls="--", label=f"chosen: {result['chosen_epochs']}"
+            )
+            ax.legend(loc="lower right")
+        ax.set(
+            xlabel="epochs of f",
+            ylabel="held-out Jaccard",
+            title=f"f (msp), {args.image_size} px, {len(fit_part)} training images",
+        )
+        fig.tight_layout()
+        fig.savefig(args.out / "curve.png", dpi=120)
+        plt.close(fig)
+    print(f"chosen epochs: {result['chosen_epochs']} ({'complete' if complete else 'stopped at the budget'})")
+    return 0 if complete else 75
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
