@@ -1,0 +1,287 @@
+"""The model card of a shipped model: its test metrics with intervals, generated, never typed.
+
+Usage::
+
+    python benchmarks/model_card.py --model src/segqc/models/isic2017 --name isic2017 \\
+        --data ../shared/data/isic2017 --protocol ../shared/data/isic2017/split.json \\
+        --train-command "segqc train ..." --doc docs/models/isic2017.md
+
+Runs the model as a user gets it (``segqc.assess.assess_images``: each test image at the data's own
+resolution, resized to the model's size and back) on the protocol's test images, and compares with
+their expert masks at that resolution:
+
+- segmentation: mean Jaccard and Dice of f's masks, failure rate (Jaccard < 0.7);
+- quality prediction: every metric of Table 1 (RMSE, detection error, AUROC, AUPR-Pass/Fail, AURC,
+  Spearman) of g's predicted Jaccard against the true one;
+- the gate at the model's threshold: referral rate, failure recall (failures referred), failures that
+  passed, share referred as out-of-distribution;
+
+each with a 95% percentile bootstrap interval over the test images (2000 resamples, seed 0; the model
+is one trained network, so there is no seed-to-seed spread in it). Writes the model folder's
+``card.json`` (what ``segqc models`` shows), the Markdown card ``--doc`` and its calibration plot
+(predicted against true Jaccard) beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segqc.assess import assess_images
+from segqc.data.splits import load_train_test
+from segqc.gate import OUT_OF_DISTRIBUTION
+from segqc.metrics import QUALITY_KEYS
+from segqc.metrics.bootstrap import bootstrap_rows, percentile_interval
+from segqc.metrics.segmentation import jaccard
+from segqc.runtime import load_model
+from segqc.utils import write_json
+
+N_RESAMPLES, CONFIDENCE = 2000, 0.95
+PERCENT = {"detection_error", "auroc", "aupr_pass", "aupr_fail"}
+LABELS = {
+    "rmse": "RMSE of the predicted Jaccard",
+    "detection_error": "Detection error (%)",
+    "auroc": "Failure AUROC (%)",
+    "aupr_pass": "AUPR-Pass (%)",
+    "aupr_fail": "AUPR-Fail (%)",
+    "aurc": "AURC (risk 1 - Jaccard)",
+    "spearman": "Spearman's rho",
+}
+
+TEXT = {
+    "title": "Quality control of dermoscopic lesion segmentation (ISIC 2017)",
+    "intended_use": (
+        "Flag likely failed automatic segmentations of skin lesions in dermoscopic images "
+        "(Jaccard < 0.7 against an expert) so that a person reviews them; quality control of the "
+        "segmentation, not a diagnosis of the lesion."
+    ),
+    "not_for": [
+        "diagnosis or triage of skin lesions (melanoma or otherwise);",
+        "clinical photographs, histology or any image that is not a dermoscopic lesion image "
+        "(such inputs are referred as out-of-distribution, but that check is statistical);",
+        "judging segmentations made by another model (g learned the errors of this f).",
+    ],
+    "limits": [
+        "Trained on 1240 ISIC 2017 training images (the rest held out for the gate), one seed; the "
+        "ISIC archive over-represents light skin and images from a few clinics.",
+        "The guarantees of the gate (out-of-distribution limit, lower bound) hold on average over "
+        "images like the held-out training images, not for each image (docs/safety.md).",
+        "Images are resized to the model's square input size; lesions much smaller than a few pixels "
+        "at that size are not segmented reliably.",
+    ],
+}
+
+
+def interval(values: np.ndarray, stat: Any, draws: np.ndarray) -> dict[str, float]:
+    """Estimate and percentile interval of ``stat`` over the rows of ``draws`` (bootstrap indices)."""
+    reps = np.array([stat(values[d]) for d in draws])
+    low, high, _ = percentile_interval(reps, CONFIDENCE)
+    return {"estimate": float(stat(values)), "low": low, "high": high}
+
+
+def evaluate(model_dir: Path, data: str, protocol: str) -> dict[str, Any]:
+    model = load_model(model_dir, device="cpu")
+    _, test, info = load_train_test(data, protocol, size=224)
+    if test is None:
+        sys.exit("error: the protocol has no test list")
+    results = assess_images(model, list(test.images), list(test.ids))
+    true = np.array([float(jaccard(r.mask, m)) for r, m in zip(results, test.masks)])
+    dice = 2 * true / (1 + true)
+    q = np.array([r.predicted_jaccard for r in results], dtype=np.float64)
+    referred = np.array([r.decision == "refer" for r in results])
+    ood = np.array([OUT_OF_DISTRIBUTION in r.reason for r in results])
+    failure = float(model.config.get("failure_jaccard") or 0.7)
+    failed = true < failure
+    rng = np.random.default_rng(0)
+    draws = rng.integers(0, len(true), size=(N_RESAMPLES, len(true)))
+
+    both = np.stack([referred, failed], 1)
+    quality = bootstrap_rows({"model": (q, true)}, threshold=failure, n_resamples=N_RESAMPLES, seed=0)
+    return {
+        "n_test": len(test),
+        "data": {k: v for k, v in info.items() if not k.endswith("_ids")},
+        "threshold": model.threshold,
+        "failure_jaccard": failure,
+        "segmentation": {
+            "jaccard": interval(true, np.mean, draws),
+            "dice": interval(dice, np.mean, draws),
+            "failure_rate": interval(failed.astype(float), np.mean, draws),
+        },
+        "quality": quality["rows"]["model"],
+        "gate": {
+            "referral_rate": interval(referred.astype(float), np.mean, draws),
+            "failure_recall": interval(both, lambda b: b[b[:, 1], 0].mean() if b[:, 1].any() else np.nan, draws),
+            "passed_failures": int((failed & ~referred).sum()),
+            "n_failures": int(failed.sum()),
+            "out_of_distribution_rate": float(ood.mean()),
+        },
+        "per_image": {"ids": list(test.ids), "true": true.tolist(), "predicted": q.tolist()},
+    }
+
+
+def fmt(entry: dict[str, float], key: str = "") -> str:
+    scale = 100 if key in PERCENT or key in {"referral_rate", "failure_recall", "failure_rate"} else 1
+    digits = 1 if scale == 100 else 3
+    e, lo, hi = (entry[k] * scale for k in ("estimate", "low", "high"))
+    return f"{e:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def calibration_plot(true: np.ndarray, predicted: np.ndarray, threshold: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    ax.scatter(predicted, true, s=6, alpha=0.35, color="tab:blue", label="test images")
+    edges = np.quantile(predicted, np.linspace(0, 1, 11))
+    which = np.clip(np.searchsorted(edges, predicted, side="right") - 1, 0, 9)
+    centres = [predicted[which == b].mean() for b in range(10) if (which == b).any()]
+    means = [true[which == b].mean() for b in range(10) if (which == b).any()]
+    ax.plot(centres, means, "o-", color="tab:orange", label="mean true Jaccard per decile")
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfect calibration")
+    ax.axvline(threshold, color="tab:red", lw=1, ls=":", label=f"threshold {threshold:g}")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted Jaccard (g)", ylabel="true Jaccard")
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--protocol", required=True)
+    ap.add_argument("--train-command", required=True, help="The command that trained the model.")
+    ap.add_argument("--doc", type=Path, required=True)
+    args = ap.parse_args(argv)
+    bundle = json.loads((args.model / "bundle.json").read_text())
+    ev = evaluate(args.model, args.data, args.protocol)
+    plot = args.doc.with_name(f"{args.name}-calibration.png")
+    args.doc.parent.mkdir(parents=True, exist_ok=True)
+    calibration_plot(np.array(ev["per_image"]["true"]), np.array(ev["per_image"]["predicted"]), ev["threshold"], plot)
+    command = (
+        f"python benchmarks/model_card.py --model {args.model.as_posix()} --name {args.name} --data {args.data} "
+        f"--protocol {args.protocol} --train-command \"...\" --doc {args.doc.as_posix()}"
+    )
+    pipeline = bundle["pipeline"]
+    card = {
+        "name": args.name,
+        **{k: TEXT[k] for k in ("title", "intended_use")},
+        "description": (
+            f"f: U-Net (width {pipeline['base_width']}), uncertainty method {bundle['method']}, "
+            f"{bundle['image_size']} x {bundle['image_size']} px; g: VGG-style CNN on image, mask and map; "
+            f"refers an image when its predicted Jaccard is below {ev['threshold']:g} or it fails the gate."
+        ),
+        "image_size": bundle["image_size"],
+        "method": bundle["method"],
+        "threshold": ev["threshold"],
+        "data": {
+            "name": "ISIC 2017 Part 1 (lesion segmentation), protocol isic2017-600",
+            "n_train_images": bundle["data"].get("n_train"),
+            "n_test_images": ev["n_test"],
+        },
+        "training_command": args.train_command,
+        "evaluation_command": command,
+        "metrics": {
+            "segmentation_jaccard": ev["segmentation"]["jaccard"],
+            "failure_auroc": ev["quality"]["auroc"],
+            "referral_rate": ev["gate"]["referral_rate"],
+            "failure_recall": ev["gate"]["failure_recall"],
+        },
+        "not_for": TEXT["not_for"],
+        "limits": TEXT["limits"],
+        "card": args.doc.as_posix(),
+    }
+    write_json(args.model / "card.json", card)
+    (args.doc.with_suffix(".json")).write_text(json.dumps({k: v for k, v in ev.items()}, indent=1) + "\n")
+    args.doc.write_text(render(card, ev, plot.name, bundle), encoding="utf-8")
+    print(render(card, ev, plot.name, bundle))
+    return 0
+
+
+def render(card: dict[str, Any], ev: dict[str, Any], plot: str, bundle: dict[str, Any]) -> str:
+    seg, gate, quality = ev["segmentation"], ev["gate"], ev["quality"]
+    lines = [
+        f"# Model card: `{card['name']}`",
+        "",
+        f"{card['title']}. Shipped inside the package: `segqc predict --model {card['name']} IMAGES --out OUT`, "
+        f"`segqc serve --model {card['name']}`; `segqc models {card['name']}` prints this card's summary.",
+        "",
+        "This card is generated by `benchmarks/model_card.py` (command at the end); no number in it is typed by hand.",
+        "",
+        "## Model",
+        "",
+        card["description"],
+        "",
+        "## Intended use",
+        "",
+        card["intended_use"],
+        "",
+        "Not for:",
+        "",
+        *[f"- {x}" for x in card["not_for"]],
+        "",
+        "## Data",
+        "",
+        f"{card['data']['name']}: trained on {card['data']['n_train_images']} of the protocol's 1550 training images "
+        f"(the other 20% held out for the gate: out-of-distribution limit, lower-bound margin, fitness), "
+        f"evaluated on its {ev['n_test']} test images (150 official validation images + 450 official training images "
+        "never used for training), at the data's 224 x 224 px.",
+        "",
+        "## Training",
+        "",
+        "```",
+        card["training_command"],
+        "```",
+        "",
+        "## Test metrics (isic2017-600 test, 95% bootstrap intervals over the test images)",
+        "",
+        "| Metric | Value [95% CI] |",
+        "|---|---|",
+        f"| Segmentation Jaccard (mean) | {fmt(seg['jaccard'])} |",
+        f"| Segmentation Dice (mean) | {fmt(seg['dice'])} |",
+        f"| Failures (Jaccard < {ev['failure_jaccard']:g}) (%) | {fmt(seg['failure_rate'], 'failure_rate')} |",
+        *[f"| {LABELS[k]} | {fmt(quality[k], k)} |" for k in QUALITY_KEYS],
+        "",
+        f"## Referral at the default threshold ({ev['threshold']:g})",
+        "",
+        "| | Value [95% CI] |",
+        "|---|---|",
+        f"| Images referred (%) | {fmt(gate['referral_rate'], 'referral_rate')} |",
+        f"| Failures referred (recall, %) | {fmt(gate['failure_recall'], 'failure_recall')} |",
+        f"| Failures that passed | {gate['passed_failures']} of {gate['n_failures']} |",
+        f"| Referred as out-of-distribution (%) | {100 * gate['out_of_distribution_rate']:.1f} |",
+        "",
+        "## Calibration",
+        "",
+        f"![predicted against true Jaccard]({plot})",
+        "",
+        "Each dot is a test image; the orange line is the mean true Jaccard of each tenth of the images "
+        "sorted by predicted Jaccard.",
+        "",
+        "## Known limits",
+        "",
+        *[f"- {x}" for x in card["limits"]],
+        "",
+        "## Reproduce",
+        "",
+        "```",
+        card["evaluation_command"].replace('"..."', '"<the training command above>"'),
+        "```",
+        "",
+        f"Model folder checksum (`manifest_sha256`): `{bundle.get('manifest_sha256')}`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
