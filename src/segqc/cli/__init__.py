@@ -24,6 +24,7 @@ from segqc.cli.download import download_command
 from segqc.cli.experiment import experiment
 from segqc.cli.export import export
 from segqc.cli.list_methods import list_methods
+from segqc.cli.models import models
 from segqc.cli.options import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PARTIAL, EXIT_USAGE, Group
 from segqc.cli.predict import predict
 from segqc.cli.serve import serve
@@ -50,7 +51,8 @@ def cli() -> None:
 
 
 _COMMANDS = (
-    demo, experiment, train, predict, export, sign, keygen, serve, download_command, synth, list_methods
+    demo, experiment, train, predict, export, sign, keygen, serve, download_command, synth, list_methods,
+    models,
 )  # fmt: skip
 for _command in _COMMANDS:
     cli.add_command(_command)

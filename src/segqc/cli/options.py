@@ -240,13 +240,32 @@ def out_option(help: str, *, name: str = "--out", default: Path | None = None) -
     )
 
 
+SHIPPED_HELP = "or the name of a shipped model (segqc models)"
+
+
+class ModelPath(click.Path):
+    """A model folder, or the name of a shipped model (:func:`segqc.models.resolve_model`)."""
+
+    name = "model"
+
+    def __init__(self, *, exists: bool = True) -> None:
+        super().__init__(exists=exists, file_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from segqc.models import resolve_model
+
+        return super().convert(resolve_model(value), param, ctx)
+
+
 def model_option(help: str, *, dest: str = "model", exists: bool = True) -> Decorator:
+    """``--model``: a model folder or a shipped model's name (``help`` gets the latter appended)."""
     return click.option(
         "--model",
         dest,
-        type=click.Path(exists=exists, file_okay=False, path_type=Path),
+        type=ModelPath(exists=exists),
+        metavar="MODEL",
         required=True,
-        help=help,
+        help=f"{help.rstrip('.')}, {SHIPPED_HELP}.",
     )
 
 

@@ -116,13 +116,15 @@ def predict(
     Exit codes: 0 all assessed, 3 some inputs could not be read (see errors.csv; the
     others were assessed), 1 an error such as a bad model folder, 2 bad usage.
 
-    --model is a bundle (f and g run in PyTorch) or a folder written by `segqc export` (f and g
-    run in onnxruntime and PyTorch is not imported). The outputs are the same files, with values
+    --model is a bundle (f and g run in PyTorch), a shipped model's name (a bundle inside the
+    package, `segqc models`) or a folder written by `segqc export` (f and g run in onnxruntime and
+    PyTorch is not imported). The outputs are the same files, with values
     equal up to float rounding (stochastic methods draw the same samples for the same --seed).
 
     \b
     Example:
         segqc predict --model model scans/ extra.png --out results
+        segqc predict --model isic2017 scans/ --out results
         segqc predict --model model-onnx scans/ --out results
         segqc predict --model model scans/ --predictions my-model-outputs/ --out results
     """

@@ -120,6 +120,7 @@ def serve(
     \b
     Example:
         segqc serve --model model --port 8000
+        segqc serve --model isic2017
         curl -F file=@lesion.jpg http://127.0.0.1:8000/v1/assess
     """
     uvicorn, create_app = _import_server()
