@@ -101,6 +101,10 @@ def evaluate(model_dir: Path, data: str, protocol: str) -> dict[str, Any]:
     draws = rng.integers(0, len(true), size=(N_RESAMPLES, len(true)))
 
     both = np.stack([referred, failed], 1)
+
+    def recall(b: np.ndarray) -> float:  # failures referred, on one draw of (referred, failed) rows
+        return float(b[b[:, 1], 0].mean()) if b[:, 1].any() else float("nan")
+
     quality = bootstrap_rows({"model": (q, true)}, threshold=failure, n_resamples=N_RESAMPLES, seed=0)
     return {
         "n_test": len(test),
@@ -115,7 +119,7 @@ def evaluate(model_dir: Path, data: str, protocol: str) -> dict[str, Any]:
         "quality": quality["rows"]["model"],
         "gate": {
             "referral_rate": interval(referred.astype(float), np.mean, draws),
-            "failure_recall": interval(both, lambda b: b[b[:, 1], 0].mean() if b[:, 1].any() else np.nan, draws),
+            "failure_recall": interval(both, recall, draws),
             "passed_failures": int((failed & ~referred).sum()),
             "n_failures": int(failed.sum()),
             "out_of_distribution_rate": float(ood.mean()),
@@ -166,56 +170,60 @@ def main(argv: list[str] | None = None) -> int:
     ev = evaluate(args.model, args.data, args.protocol)
     plot = args.doc.with_name(f"{args.name}-calibration.png")
     args.doc.parent.mkdir(parents=True, exist_ok=True)
-    calibration_plot(np.array(ev["per_image"]["true"]), np.array(ev["per_image"]["predicted"]), ev["threshold"], plot)
+    calibration_plot(
+        np.array(ev["per_image"]["true"]), np.array(ev["per_image"]["predicted"]), ev["threshold"], plot
+    )
     command = (
-        f"python benchmarks/model_card.py --model {args.model.as_posix()} --name {args.name} --data {args.data} "
-        f"--protocol {args.protocol} --train-command \"...\" --doc {args.doc.as_posix()}"
+        f"python benchmarks/model_card.py --model {args.model.as_posix()} --name {args.name} "
+        f'--data {args.data} --protocol {args.protocol} --train-command "..." --doc {args.doc.as_posix()}'
     )
     pipeline = bundle["pipeline"]
     card = {
         "name": args.name,
-        **{k: TEXT[k] for k in ("title", "intended_use")},
+        "title": TEXT["title"],
         "description": (
             f"f: U-Net (width {pipeline['base_width']}), uncertainty method {bundle['method']}, "
             f"{bundle['image_size']} x {bundle['image_size']} px; g: VGG-style CNN on image, mask and map; "
             f"refers an image when its predicted Jaccard is below {ev['threshold']:g} or it fails the gate."
         ),
-        "image_size": bundle["image_size"],
-        "method": bundle["method"],
-        "threshold": ev["threshold"],
-        "data": {
-            "name": "ISIC 2017 Part 1 (lesion segmentation), protocol isic2017-600",
-            "n_train_images": bundle["data"].get("n_train"),
-            "n_test_images": ev["n_test"],
-        },
-        "training_command": args.train_command,
-        "evaluation_command": command,
+        "intended_use": TEXT["intended_use"] + " Not for: " + " ".join(TEXT["not_for"]),
+        "data": (
+            f"ISIC 2017 Part 1 (lesion segmentation), protocol isic2017-600: trained on "
+            f"{bundle['data'].get('n_train')} training images (20% more held out for the gate), "
+            f"tested on {ev['n_test']} images at 224 x 224 px."
+        ),
+        "training": args.train_command,
         "metrics": {
-            "segmentation_jaccard": ev["segmentation"]["jaccard"],
-            "failure_auroc": ev["quality"]["auroc"],
-            "referral_rate": ev["gate"]["referral_rate"],
-            "failure_recall": ev["gate"]["failure_recall"],
+            "segmentation.jaccard_mean": round(ev["segmentation"]["jaccard"]["estimate"], 4),
+            "segmentation.dice_mean": round(ev["segmentation"]["dice"]["estimate"], 4),
+            "segmentation.failure_rate": round(ev["segmentation"]["failure_rate"]["estimate"], 4),
+            **{f"quality.{k}": round(ev["quality"][k]["estimate"], 4) for k in ("auroc", "rmse", "spearman")},
+            "referral.threshold": ev["threshold"],
+            "referral.referral_rate": round(ev["gate"]["referral_rate"]["estimate"], 4),
+            "referral.failure_recall": round(ev["gate"]["failure_recall"]["estimate"], 4),
         },
-        "not_for": TEXT["not_for"],
         "limits": TEXT["limits"],
         "card": args.doc.as_posix(),
     }
     write_json(args.model / "card.json", card)
     (args.doc.with_suffix(".json")).write_text(json.dumps({k: v for k, v in ev.items()}, indent=1) + "\n")
-    args.doc.write_text(render(card, ev, plot.name, bundle), encoding="utf-8")
-    print(render(card, ev, plot.name, bundle))
+    text = render(card, ev, plot.name, bundle, command)
+    args.doc.write_text(text, encoding="utf-8")
+    print(text)
     return 0
 
 
-def render(card: dict[str, Any], ev: dict[str, Any], plot: str, bundle: dict[str, Any]) -> str:
+def render(card: dict[str, Any], ev: dict[str, Any], plot: str, bundle: dict[str, Any], command: str) -> str:
     seg, gate, quality = ev["segmentation"], ev["gate"], ev["quality"]
     lines = [
         f"# Model card: `{card['name']}`",
         "",
-        f"{card['title']}. Shipped inside the package: `segqc predict --model {card['name']} IMAGES --out OUT`, "
-        f"`segqc serve --model {card['name']}`; `segqc models {card['name']}` prints this card's summary.",
+        f"{card['title']}. Shipped inside the package: "
+        f"`segqc predict --model {card['name']} IMAGES --out OUT`, `segqc serve --model {card['name']}`; "
+        f"`segqc models {card['name']}` prints this card's summary.",
         "",
-        "This card is generated by `benchmarks/model_card.py` (command at the end); no number in it is typed by hand.",
+        "This card is generated by `benchmarks/model_card.py` (command at the end); no number in it is "
+        "typed by hand.",
         "",
         "## Model",
         "",
@@ -223,23 +231,24 @@ def render(card: dict[str, Any], ev: dict[str, Any], plot: str, bundle: dict[str
         "",
         "## Intended use",
         "",
-        card["intended_use"],
+        TEXT["intended_use"],
         "",
         "Not for:",
         "",
-        *[f"- {x}" for x in card["not_for"]],
+        *[f"- {x}" for x in TEXT["not_for"]],
         "",
         "## Data",
         "",
-        f"{card['data']['name']}: trained on {card['data']['n_train_images']} of the protocol's 1550 training images "
+        f"ISIC 2017 Part 1, protocol isic2017-600: trained on {bundle['data'].get('n_train')} of the "
+        "protocol's 1550 training images "
         f"(the other 20% held out for the gate: out-of-distribution limit, lower-bound margin, fitness), "
-        f"evaluated on its {ev['n_test']} test images (150 official validation images + 450 official training images "
-        "never used for training), at the data's 224 x 224 px.",
+        f"evaluated on its {ev['n_test']} test images (150 official validation images + 450 official "
+        "training images never used for training), at the data's 224 x 224 px.",
         "",
         "## Training",
         "",
         "```",
-        card["training_command"],
+        card["training"],
         "```",
         "",
         "## Test metrics (isic2017-600 test, 95% bootstrap intervals over the test images)",
@@ -248,7 +257,7 @@ def render(card: dict[str, Any], ev: dict[str, Any], plot: str, bundle: dict[str
         "|---|---|",
         f"| Segmentation Jaccard (mean) | {fmt(seg['jaccard'])} |",
         f"| Segmentation Dice (mean) | {fmt(seg['dice'])} |",
-        f"| Failures (Jaccard < {ev['failure_jaccard']:g}) (%) | {fmt(seg['failure_rate'], 'failure_rate')} |",
+        f"| Failures (Jaccard < {ev['failure_jaccard']:g}, %) | {fmt(seg['failure_rate'], 'failure_rate')} |",
         *[f"| {LABELS[k]} | {fmt(quality[k], k)} |" for k in QUALITY_KEYS],
         "",
         f"## Referral at the default threshold ({ev['threshold']:g})",
@@ -274,7 +283,7 @@ def render(card: dict[str, Any], ev: dict[str, Any], plot: str, bundle: dict[str
         "## Reproduce",
         "",
         "```",
-        card["evaluation_command"].replace('"..."', '"<the training command above>"'),
+        command.replace('"..."', '"<the training command above>"'),
         "```",
         "",
         f"Model folder checksum (`manifest_sha256`): `{bundle.get('manifest_sha256')}`.",
