@@ -425,6 +425,24 @@ def test_msp_and_mcdropout_train_the_same_f(tiny_data):
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def test_mcdropout_placement_segnet_trains_its_own_f(tmp_path):
+    """placement=center (the default) reads out msp's f; placement=segnet trains its own, once per seed."""
+    segnet = {"placement": "segnet"}
+    assert training_key("mcdropout", {"placement": "center"}) == training_key("msp") == "ce"
+    assert training_key("mcdropout", segnet) == "ce-segnet"
+    cfg = SMALL.replace(
+        methods=["msp", "mcdropout"], quality_train="paper", method_params={"mcdropout": segnet}
+    )
+    labels = list(plan_digests(cfg, tmp_path))
+    assert [u for u in labels if u.startswith("f-")] == ["f-ce-s0-full", "f-ce-segnet-s0-full"]
+    assert {u for u in labels if u.startswith("pred-")} == {
+        f"pred-{m}-s0-{w}" for m in ("msp", "mcdropout") for w in ("test", "train")
+    }
+    center = plan_digests(SMALL.replace(methods=["msp", "mcdropout"], quality_train="paper"), tmp_path)
+    assert [u for u in center if u.startswith("f-")] == ["f-ce-s0-full"]
+    assert center["pred-mcdropout-s0-test"] != plan_digests(cfg, tmp_path)["pred-mcdropout-s0-test"]
+
+
 def test_tta_reads_out_msps_f_and_the_ensemble_trains_its_own(tmp_path):
     """One f per training key: tta's is msp's; the ensemble's key holds K but not the map."""
     cfg = SMALL.replace(

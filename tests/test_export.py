@@ -45,23 +45,30 @@ def torch_upsample_probs(probs: np.ndarray, height: int, width: int) -> np.ndarr
     ].numpy()
 
 
-def tiny_bundle(out: Path, method: str) -> Bundle:
+def tiny_bundle(out: Path, method: str, method_params: dict | None = None) -> Bundle:
     """24 synthetic 32x32 images, width 4, one epoch each: a couple of seconds."""
     images, masks, ids = make_synthetic(24, 32, seed=5)
     data = SegData(images, masks, ids)
     cfg = PipelineConfig(image_size=32, base_width=4, quality_width=4, seg_epochs=1, quality_epochs=1,
-                         batch_size=8, device="cpu", method=method)  # fmt: skip
+                         batch_size=8, device="cpu", method=method,
+                         method_params=method_params or {})  # fmt: skip
     # One epoch leaves g near constant (unfit): forced, since these tests are about the export.
     return train_bundle(
         (data.subset(range(18)), data.subset(range(18, 24))), None, cfg, out, progress=False, force=True
     )
 
 
-@pytest.fixture(scope="module", params=METHODS.names())
+#: Every method with its default settings, plus the settings that change f's graphs.
+EXPORT_CASES = {name: (name, {}) for name in METHODS.names()} | {
+    "mcdropout-segnet": ("mcdropout", {"placement": "segnet"})
+}
+
+
+@pytest.fixture(scope="module", params=list(EXPORT_CASES))
 def exported(request, tmp_path_factory) -> tuple[Bundle, Path]:
     """A tiny bundle of each method, exported with the fast (legacy) exporter."""
     root = tmp_path_factory.mktemp(f"export-{request.param}")
-    bundle = tiny_bundle(root / "model", request.param)
+    bundle = tiny_bundle(root / "model", *EXPORT_CASES[request.param])
     return bundle, export_onnx(bundle, root / "onnx", exporter="torchscript")
 
 
@@ -90,7 +97,11 @@ def test_export_writes_checked_graphs_and_manifest(exported):
     assert set(parity["max_abs_diff"]) == {"probs", "uncertainty", "predicted_jaccard"}
     assert all(0 <= d <= ATOL for d in parity["max_abs_diff"].values()), parity
     if mc:
-        assert manifest["method_params"]["samples"] == 20 and len(manifest["layout"]["dropout"]) == 2
+        placement = manifest["method_params"]["placement"]
+        assert placement == bundle.config["method_params"].get("placement", "center")
+        assert manifest["method_params"]["samples"] == 20
+        assert len(manifest["layout"]["dropout"]) == {"center": 2, "segnet": 5}[placement]
+        assert len(manifest["graphs"]["f_encode"]["outputs"]) == {"center": 5, "segnet": 3}[placement]
 
 
 def test_onnx_matches_torch_on_new_images(exported):
@@ -104,6 +115,10 @@ def test_onnx_matches_torch_on_new_images(exported):
     images = make_synthetic(3, 32, seed=99)[0]
     want = bundle.segmenter.predict(images, rng=11)
     got = onnx.segmenter.predict(images, rng=11)
+    loaded = load_model(bundle.path, device="cpu").segmenter.predict(images, rng=11)  # from disk, PyTorch
+    np.testing.assert_array_equal(loaded.probs, want.probs)
+    np.testing.assert_array_equal(loaded.mask, want.mask)
+    np.testing.assert_array_equal(loaded.uncertainty, want.uncertainty)
     np.testing.assert_allclose(got.probs, want.probs, atol=ATOL)
     np.testing.assert_allclose(got.uncertainty, want.uncertainty, atol=ATOL, rtol=1e-4)
     assert (got.mask != want.mask).mean() < 0.01  # only pixels with p within ~1e-7 of 0.5 could differ

@@ -5,6 +5,14 @@ eval mode) and f is sampled ``T`` times::
 
     p = 1/T sum_t softmax(f_t(x)),    z = H(p) = -sum_c p_c ln p_c  in [0, ln 2].
 
+Where f's dropout layers sit is the ``placement`` setting (p = ``dropout``, 0.5 by default):
+``"center"`` (the default) puts them after the bottleneck and the first decoder block only, two layers,
+and f is msp's f; ``"segnet"`` puts them after every central encoder and decoder block, as in Bayesian
+SegNet (after the two deepest encoder blocks, the bottleneck and the first two decoder blocks, five
+layers), and trains its own f, with dropout on those layers during training as well. The paper
+(DeVries & Taylor 2018) says: "we apply dropout with p = 0.5 to the central layers of the encoder and
+decoder, as in Bayesian SegNet"; ``"segnet"`` is the literal reading, ``"center"`` the narrower one.
+
 Sampling is cheap: everything before the first dropout layer is deterministic, so the graph
 ``f_encode`` runs once per batch and only ``f_decode`` is repeated, with several samples stacked along
 the batch axis. ``f_decode`` takes the dropout masks as inputs (``Bernoulli(1 - p) / (1 - p)``,
@@ -19,14 +27,24 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from segqc.errors import SegQCError
+from segqc.errors import SegQCError, SettingsError
 from segqc.postprocess import entropy
-from segqc.uncertainty.base import Graph, Runner, UncertaintyMethod, register_method, softmax_probs
+from segqc.uncertainty.base import (
+    NUM_CLASSES,
+    Graph,
+    Runner,
+    UncertaintyMethod,
+    register_method,
+    softmax_probs,
+)
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
     from segqc.networks.unet import UNet
+
+#: The ``placement`` values, as :data:`segqc.networks.unet.DROPOUT_PLACEMENTS` (not imported: torch-free).
+PLACEMENTS = ("center", "segnet")
 
 
 @register_method("mcdropout")
@@ -39,20 +57,34 @@ class MCDropout(UncertaintyMethod):
             one sample is always decoded at a time. On a CPU one sample per decode is fastest
             (``benchmarks/bench_mcdropout.py``: stacked samples outgrow the caches), so the default
             equals ``Segmenter.predict``'s batch size; a GPU may gain from more. Defaults to 32.
+        placement: where f's dropout layers sit (:data:`segqc.networks.unet.DROPOUT_PLACEMENTS`):
+            ``"center"``, after the bottleneck and the first decoder block (f is msp's, trained once
+            for both), or ``"segnet"``, after every central encoder and decoder block as in Bayesian
+            SegNet (its own f, training key ``"ce-segnet"``). Defaults to ``"center"``.
     """
 
     external_ok = False  # needs f's insides, which an external model does not expose
 
     stochastic = True
 
-    def __init__(self, *, samples: int = 20, max_batch: int = 32) -> None:
+    def __init__(self, *, samples: int = 20, max_batch: int = 32, placement: str = "center") -> None:
         if samples < 1 or max_batch < 1:
             raise SegQCError(f"samples and max_batch must be at least 1, got {samples} and {max_batch}")
+        if placement not in PLACEMENTS:
+            raise SettingsError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
         self.samples = samples
         self.max_batch = max_batch
+        self.placement = placement
 
     def training_key(self) -> str:
-        return "ce"  # trains exactly as msp; only the read-out differs
+        if self.placement == "center":
+            return "ce"  # trains exactly as msp; only the read-out differs
+        return f"ce-{self.placement}"  # other dropout layers (active in training too): its own f
+
+    def build(self, *, in_channels: int = 3, base_width: int = 16, dropout: float = 0.5) -> UNet:
+        from segqc.networks.unet import UNet
+
+        return UNet(in_channels, NUM_CLASSES, base_width, dropout, dropout_placement=self.placement)
 
     def passes(self) -> float:
         return float(self.samples)  # an upper bound: the encoder runs once
