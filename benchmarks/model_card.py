@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--name", required=True)
     ap.add_argument("--data", required=True)
-    ap.add_argument("--protocol", required=True)
+    ap.add_argument("--protocol", default=None)
     ap.add_argument("--train-command", required=True, help="The command that trained the model.")
     ap.add_argument("--doc", type=Path, required=True)
     args = ap.parse_args(argv)

@@ -1,0 +1,40 @@
+"""``benchmarks/model_card.py``: the generated card of a shipped model, on files."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+from segqc.data.synthetic import write_synthetic
+from segqc.models import CARD_FIELDS, shipped_models
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "model_card.py"
+
+
+def test_the_card_is_generated_from_the_model_run_on_test_images(tmp_path):
+    spec = importlib.util.spec_from_file_location("model_card", SCRIPT)
+    card_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(card_module)
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in ("bundle.json", "f.safetensors", "g.safetensors"):
+        shutil.copy(shipped_models()["isic2017"] / name, model / name)
+    write_synthetic(tmp_path / "data", 20, 64)
+    doc = tmp_path / "docs" / "card.md"
+    args = ["--model", str(model), "--name", "isic2017", "--data", str(tmp_path / "data")]
+    assert card_module.main([*args, "--train-command", "segqc train --out x", "--doc", str(doc)]) == 0
+
+    card = json.loads((model / "card.json").read_text())
+    assert set(CARD_FIELDS) <= set(card)
+    assert card["training"] == "segqc train --out x"
+    evaluation = json.loads(doc.with_suffix(".json").read_text())
+    n = evaluation["n_test"]
+    assert n == 4 and len(evaluation["per_image"]["true"]) == n
+    assert card["metrics"]["segmentation.jaccard_mean"] == round(
+        evaluation["segmentation"]["jaccard"]["estimate"], 4
+    )
+    text = doc.read_text()
+    assert "| Segmentation Jaccard (mean) |" in text and "isic2017-calibration.png" in text
+    assert (doc.parent / "isic2017-calibration.png").stat().st_size > 1000
