@@ -500,6 +500,7 @@ def test_config_shares_the_training_settings_and_reads_old_configs():
         "seg_epochs",
         "batch_size",
         "lr",
+        "seg_lr_schedule",
     ]
     # method settings live in method_params only; a method-specific key is an unknown key
     with pytest.raises(SegQCError, match="unknown experiment config keys: mc_samples"):

@@ -15,11 +15,16 @@ from segqc.errors import SegQCError
 
 _C = TypeVar("_C", bound="TrainingSettings")
 
+#: Learning-rate schedules of the training loop (:func:`segqc.engine.train_loop`).
+LR_SCHEDULES = ("constant", "cosine")
 
-def _setting(default: Any, *stages: str) -> Any:
+
+def _setting(default: Any, *stages: str, keyed_when_set: bool = False) -> Any:
     """A training setting with the stages whose result it changes (``"f"``, ``"g"``; none when it
-    only enters the metrics or the placement), so an experiment knows which cached units it affects."""
-    return field(default=default, metadata={"stages": stages})
+    only enters the metrics or the placement), so an experiment knows which cached units it affects.
+    ``keyed_when_set``: a setting added after runs were cached; :meth:`TrainingSettings.unit_key`
+    names it only when it differs from its default, so those caches stay valid."""
+    return field(default=default, metadata={"stages": stages, "keyed_when_set": keyed_when_set})
 
 
 @dataclass
@@ -38,6 +43,7 @@ class TrainingSettings:
     quality_width: int = _setting(16, "g")
     batch_size: int = _setting(16, "f", "g")
     lr: float = _setting(1e-3, "f", "g")
+    seg_lr_schedule: str = _setting("constant", "f", keyed_when_set=True)
     threshold: float = _setting(0.7)
     device: str = _setting("auto")
 
@@ -48,6 +54,10 @@ class TrainingSettings:
             )
         if not 0.0 < self.threshold < 1.0:
             raise SegQCError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.seg_lr_schedule not in LR_SCHEDULES:
+            raise SegQCError(
+                f"seg_lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.seg_lr_schedule!r}"
+            )
         for name in ("seg_epochs", "quality_epochs", "batch_size", "base_width", "quality_width"):
             if getattr(self, name) < 1:
                 raise SegQCError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -64,6 +74,16 @@ class TrainingSettings:
     def training_settings(self, stage: str | None = None) -> dict[str, Any]:
         """The values of :meth:`names`."""
         return {name: getattr(self, name) for name in self.names(stage)}
+
+    def unit_key(self, stage: str) -> dict[str, Any]:
+        """The settings that change ``stage``'s result, for a cache key: :meth:`training_settings`
+        without the later-added settings left at their defaults (older cached units stay valid)."""
+        fields = {f.name: f for f in dataclasses.fields(TrainingSettings)}
+        return {
+            name: value
+            for name, value in self.training_settings(stage).items()
+            if not (fields[name].metadata.get("keyed_when_set") and value == fields[name].default)
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from segqc.config import LR_SCHEDULES
 from segqc.errors import SegQCError
 
 
@@ -96,6 +97,7 @@ def train_loop(
     progress: bool = True,
     micro_batches: int = 1,
     on_epoch: Callable[[int, nn.Module], None] | None = None,
+    lr_schedule: str = "constant",
 ) -> list[float]:
     """Adam on shuffled mini-batches; ``step(model, batch)`` returns the batch loss.
 
@@ -108,7 +110,9 @@ def train_loop(
     After the first epoch it prints how long the whole training should take; under a
     :func:`time_budget` every batch checks the budget. ``on_epoch(epochs_done, model)``, if given,
     runs after every epoch (e.g. a validation score for a learning curve); it must leave ``model``
-    in train mode.
+    in train mode. ``lr_schedule``: ``"constant"`` (the paper's Adam at ``lr``) or ``"cosine"``
+    (annealed from ``lr`` to 0 over all steps, Loshchilov & Hutter 2017: the last weights are those
+    of a settled optimiser rather than of one more noisy step).
     """
     distributed = init_distributed()
     rank, world = rank_and_world()
@@ -119,10 +123,15 @@ def train_loop(
     net: nn.Module = model
     if distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    if lr_schedule not in LR_SCHEDULES:
+        raise SegQCError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     n = len(tensors[0])
     batches = math.ceil(n / batch_size)
     history: list[float] = []
+    scheduler = None
+    if lr_schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * batches))
     net.train()
     show = progress and rank == 0
     started = time.perf_counter()
@@ -148,6 +157,8 @@ def train_loop(
                     total += loss.item() * micro_batches * len(sub)
                     count += len(sub)
                 opt.step()
+                if scheduler is not None:
+                    scheduler.step()
             history.append(total / max(count, 1))
             bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]:.4f}")
             if on_epoch is not None:

@@ -32,6 +32,8 @@ class Segmenter:
         epochs: training epochs (paper: 120). Defaults to 10.
         batch_size: Defaults to 16 (paper).
         lr: Adam learning rate. Defaults to 1e-3 (paper).
+        lr_schedule: ``"constant"`` (paper) or ``"cosine"`` (annealed to 0 over the training; see
+            :func:`segqc.engine.train_loop`). Defaults to ``"constant"``.
         seed: fixes initialisation, data order, augmentation and sampling. Defaults to 0.
         augment: random flips and 90-degree rotations while training. Defaults to True.
         micro_batches: split each batch into this many parts and accumulate their gradients
@@ -55,6 +57,7 @@ class Segmenter:
         epochs: int = 10,
         batch_size: int = 16,
         lr: float = 1e-3,
+        lr_schedule: str = "constant",
         seed: int = 0,
         augment: bool = True,
         micro_batches: int = 1,
@@ -68,6 +71,7 @@ class Segmenter:
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
+        self.lr_schedule = lr_schedule
         self.seed = seed
         self.augment = augment
         self.micro_batches = micro_batches
@@ -112,6 +116,7 @@ class Segmenter:
             progress=self.progress,
             micro_batches=self.micro_batches,
             on_epoch=on_epoch,
+            lr_schedule=self.lr_schedule,
         )
         self.model_ = model.cpu().eval()
         self.rng_ = np.random.default_rng(self.seed)

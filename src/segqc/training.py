@@ -44,6 +44,7 @@ def make_segmenter(cfg: PipelineConfig, *, progress: bool = True) -> Segmenter:
         epochs=cfg.seg_epochs,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
+        lr_schedule=cfg.seg_lr_schedule,
         seed=cfg.seed,
         device=cfg.device,
         progress=progress,

@@ -373,6 +373,13 @@ def training_options(config: str = "segqc.config:PipelineConfig", seed_help: str
         setting("seg_epochs", "Epochs for f."),
         setting("quality_epochs", "Epochs for g."),
         setting("base_width", "U-Net width."),
+        option(
+            "--seg-lr-schedule",
+            type=click.Choice(["constant", "cosine"]),
+            default=None,
+            help="Learning rate of f over its training: constant (the paper's) or cosine (annealed to 0).",
+            default_from=config_default("seg_lr_schedule", config),
+        ),
         seed,
         device_option(config_default("device", config)),
         quiet_option(),

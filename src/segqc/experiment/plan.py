@@ -103,7 +103,7 @@ class Planner:
             "images": index.tolist() if fold else "all",
             # a method's own settings may change its training, unless its f is shared
             "method_params": cfg.method_settings(method) if tkey == method else {},
-            "f": cfg.training_settings("f"),
+            "f": cfg.unit_key("f"),
         }
 
         def compute() -> Payload:
