@@ -67,8 +67,9 @@ TEXT = {
         "judging segmentations made by another model (g learned the errors of this f).",
     ],
     "limits": [
-        "Trained on 1240 ISIC 2017 training images (the rest held out for the gate), one seed; the "
-        "ISIC archive over-represents light skin and images from a few clinics.",
+        "Trained on 1240 ISIC 2017 training images (the rest held out for the gate), one seed. The ISIC "
+        "archive comes mostly from fair-skinned patients and a limited number of clinical centres and "
+        "dermatoscopes; how it does on other populations and devices is not measured.",
         "The guarantees of the gate (out-of-distribution limit, lower bound) hold on average over "
         "images like the held-out training images, not for each image (docs/safety.md).",
         "Images are resized to the model's square input size; lesions much smaller than a few pixels "
@@ -126,6 +127,19 @@ def evaluate(model_dir: Path, data: str, protocol: str) -> dict[str, Any]:
         },
         "per_image": {"ids": list(test.ids), "true": true.tolist(), "predicted": q.tolist()},
     }
+
+
+def operating_point(ev: dict[str, Any]) -> str:
+    """The limit that the default threshold's measured referral and recall set."""
+    gate = ev["gate"]
+    return (
+        f"At the default threshold ({ev['threshold']:g}) it refers "
+        f"{fmt(gate['referral_rate'], 'referral_rate')}% of the test images and catches "
+        f"{fmt(gate['failure_recall'], 'failure_recall')}% of the failures ({gate['passed_failures']} of "
+        f"{gate['n_failures']} failures passed). A gate that must catch a stated share of failures is "
+        "trained with `segqc train --target-failure-recall R --confidence C` (docs/safety.md), at the "
+        "cost of more referrals."
+    )
 
 
 def fmt(entry: dict[str, float], key: str = "") -> str:
@@ -202,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             "referral.referral_rate": round(ev["gate"]["referral_rate"]["estimate"], 4),
             "referral.failure_recall": round(ev["gate"]["failure_recall"]["estimate"], 4),
         },
-        "limits": TEXT["limits"],
+        "limits": [*TEXT["limits"], operating_point(ev)],
         "card": args.doc.as_posix(),
     }
     write_json(args.model / "card.json", card)

@@ -15,13 +15,21 @@ from tests.test_models import one_image
 SHIPPED = MODELS_DIR / "isic2017"
 
 
+def shipped_size() -> int:
+    """The shipped ISIC model's image size, as its bundle.json says."""
+    from segqc.models import shipped_models
+
+    return json.loads((shipped_models()["isic2017"] / "bundle.json").read_text())["image_size"]
+
+
 def test_models_lists_the_shipped_ones():
     result = CliRunner().invoke(cli, ["models"])
     assert result.exit_code == 0, result.output
     card = json.loads((SHIPPED / "card.json").read_text())
     first = result.output.splitlines()[0]
     assert first == f"isic2017: {card['title']}"
-    assert "image size 64, method msp, size " in result.output and " MB" in result.output
+    size = shipped_size()
+    assert f"image size {size}, method msp, size " in result.output and " MB" in result.output
     metric = next(iter(card["metrics"]))
     assert f"test metrics: {metric}=" in result.output
     assert "segqc models NAME" in result.output
@@ -38,7 +46,7 @@ def test_models_name_prints_the_whole_card():
     assert all(f"  - {limit}" in result.output for limit in card["limits"])
     assert all(f"  {metric}: " in result.output for metric in card["metrics"])
     assert f"folder: {SHIPPED}" in result.output
-    assert "image size: 64" in result.output
+    assert f"image size: {shipped_size()}" in result.output
 
 
 def test_models_unknown_name_is_one_line():
