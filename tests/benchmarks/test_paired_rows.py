@@ -1,0 +1,44 @@
+"""``benchmarks/paired_rows.py`` on the committed MC dropout placement runs."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+RUNS = REPO / "docs" / "results" / "isic2017-600-mcdropout-placement"
+
+
+@pytest.fixture(scope="module")
+def paired():
+    spec = importlib.util.spec_from_file_location("paired_rows", REPO / "benchmarks" / "paired_rows.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_row_against_itself_differs_by_exactly_zero(paired, capsys):
+    row = f"{RUNS / 'center' / 'results.json'}:msp"
+    assert paired.main([row, row, "--label-a", "x", "--label-b", "y"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("| x − y |") and "*" not in last
+    assert last.count("+0.000 [+0.000, +0.000]") + last.count("+0.0 [+0.0, +0.0]") == 7
+
+
+def test_the_committed_placement_comparison_is_what_the_script_prints(paired, capsys):
+    a, b = f"{RUNS / 'segnet' / 'results.json'}:mcdropout", f"{RUNS / 'center' / 'results.json'}:mcdropout"
+    paired.main([a, b, "--label-a", "mcdropout, segnet", "--label-b", "mcdropout, center"])
+    assert capsys.readouterr().out == (RUNS / "paired.md").read_text()
+
+
+def test_rows_on_different_images_are_refused(paired, tmp_path):
+    import json
+
+    results = json.loads((RUNS / "center" / "results.json").read_text())
+    results["data"]["test_ids"] = results["data"]["test_ids"][::-1]
+    other = tmp_path / "results.json"
+    other.write_text(json.dumps(results))
+    with pytest.raises(SystemExit, match="not on the same test images"):
+        paired.main([f"{RUNS / 'center' / 'results.json'}:msp", f"{other}:msp"])
