@@ -67,6 +67,19 @@ def test_model_option_takes_a_shipped_name(command, tmp_path, monkeypatch):
     assert "or the name of a shipped model (segqc models)" in param.help
 
 
+def test_a_model_folder_taking_a_shipped_name_is_used_with_a_warning(tmp_path, monkeypatch, capsys):
+    """A folder here named like a shipped model (yours, or planted) wins, but never silently."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "isic2017").mkdir()
+    (tmp_path / "isic2017" / "bundle.json").write_text("{}")
+    (param,) = [p for p in cli.commands["predict"].params if p.name == "model"]
+    assert str(param.type.convert("isic2017", param, None)) == "isic2017"
+    err = capsys.readouterr().err
+    assert "warning: --model isic2017 is the folder" in err and "not the shipped model" in err
+    param.type.convert(str(SHIPPED), param, None)  # a path to the shipped folder itself: no warning
+    assert capsys.readouterr().err == ""
+
+
 def test_predict_with_the_shipped_model_from_anywhere(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     image = one_image(tmp_path)

@@ -252,9 +252,18 @@ class ModelPath(click.Path):
         super().__init__(exists=exists, file_okay=False, path_type=Path)
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        from segqc.models import resolve_model
+        from segqc.models import resolve_model, shipped_models
 
-        return super().convert(resolve_model(value), param, ctx)
+        resolved = resolve_model(value)
+        if str(value) in shipped_models() and resolved != shipped_models()[str(value)]:
+            # a folder here takes a shipped model's name: say so, so that a planted or forgotten
+            # folder cannot silently stand in for the model the user meant
+            click.echo(
+                f"warning: --model {value} is the folder {resolved.resolve()}, not the shipped model "
+                f"{value} (pass the shipped one from another working directory, or rename the folder)",
+                err=True,
+            )
+        return super().convert(resolved, param, ctx)
 
 
 def model_option(help: str, *, dest: str = "model", exists: bool = True) -> Decorator:
