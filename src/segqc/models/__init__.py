@@ -23,11 +23,11 @@ Readers show whatever fields a card has, so a card with more or fewer fields sti
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from segqc.errors import BundleError, UnknownNameError
+from segqc.errors import UnknownNameError
+from segqc.integrity import read_json_object
 
 __all__ = ["CARD_FIELDS", "MODELS_DIR", "model_card", "resolve_model", "shipped_models"]
 
@@ -64,7 +64,7 @@ def model_card(name: str) -> dict[str, Any]:
 
     Raises:
         UnknownNameError: no shipped model has that name (the message lists those that exist).
-        BundleError: its ``card.json`` is not a JSON object.
+        BundleError: its ``card.json`` cannot be read or is not a JSON object.
     """
     models = shipped_models()
     if name not in models:
@@ -73,13 +73,7 @@ def model_card(name: str) -> dict[str, Any]:
     file = models[name] / "card.json"
     if not file.is_file():
         return {"name": name}
-    try:
-        card = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise BundleError(f"{file}: cannot read the model card: {err}") from err
-    if not isinstance(card, dict):
-        raise BundleError(f"{file}: the model card is not a JSON object")
-    return card
+    return read_json_object(file, "the model card")
 
 
 def resolve_model(value: str | Path) -> Path:
