@@ -19,6 +19,12 @@ _C = TypeVar("_C", bound="TrainingSettings")
 LR_SCHEDULES = ("constant", "cosine")
 
 
+def check_lr_schedule(value: str, name: str = "lr_schedule") -> None:
+    """Raise a ``SegQCError`` naming ``name`` unless ``value`` is one of :data:`LR_SCHEDULES`."""
+    if value not in LR_SCHEDULES:
+        raise SegQCError(f"{name} must be one of {', '.join(LR_SCHEDULES)}, got {value!r}")
+
+
 def _setting(default: Any, *stages: str, keyed_when_set: bool = False) -> Any:
     """A training setting with the stages whose result it changes (``"f"``, ``"g"``; none when it
     only enters the metrics or the placement), so an experiment knows which cached units it affects.
@@ -54,10 +60,7 @@ class TrainingSettings:
             )
         if not 0.0 < self.threshold < 1.0:
             raise SegQCError(f"threshold must be in (0, 1), got {self.threshold}")
-        if self.seg_lr_schedule not in LR_SCHEDULES:
-            raise SegQCError(
-                f"seg_lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.seg_lr_schedule!r}"
-            )
+        check_lr_schedule(self.seg_lr_schedule, "seg_lr_schedule")
         for name in ("seg_epochs", "quality_epochs", "batch_size", "base_width", "quality_width"):
             if getattr(self, name) < 1:
                 raise SegQCError(f"{name} must be at least 1, got {getattr(self, name)}")

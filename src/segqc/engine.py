@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from segqc.config import LR_SCHEDULES
+from segqc.config import check_lr_schedule
 from segqc.errors import SegQCError
 
 
@@ -123,8 +123,7 @@ def train_loop(
     net: nn.Module = model
     if distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
-    if lr_schedule not in LR_SCHEDULES:
-        raise SegQCError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
+    check_lr_schedule(lr_schedule)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     n = len(tensors[0])
     batches = math.ceil(n / batch_size)

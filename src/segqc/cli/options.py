@@ -255,7 +255,8 @@ class ModelPath(click.Path):
         from segqc.models import resolve_model, shipped_models
 
         resolved = resolve_model(value)
-        if str(value) in shipped_models() and resolved != shipped_models()[str(value)]:
+        shipped = shipped_models().get(str(value))
+        if shipped is not None and resolved != shipped:
             # a folder here takes a shipped model's name: say so, so that a planted or forgotten
             # folder cannot silently stand in for the model the user meant
             click.echo(

@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,21 +86,25 @@ class UnitStore:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def has(self, unit: Unit) -> bool:
-        """Whether a finished unit of this key is stored (its files are checked only when loaded)."""
+    def _finished(self, unit: Unit) -> dict[str, Any] | None:
+        """The stored ``unit.json`` of a finished unit of this very key, else None."""
         try:
             info = json.loads((self.root / unit.folder / "unit.json").read_text())
-        except (OSError, ValueError):
-            return False
-        return info.get("key") == json.loads(canonical(unit.key))
+            return info if info.get("key") == json.loads(canonical(unit.key)) else None
+        except Exception:  # absent, unfinished or damaged: not finished
+            return None
+
+    def has(self, unit: Unit) -> bool:
+        """Whether a finished unit of this key is stored (its files are checked only when loaded)."""
+        return self._finished(unit) is not None
 
     def load(self, unit: Unit) -> tuple[Payload, float] | None:
         """The cached payload and its compute time, or None if absent, unfinished or of another key."""
         folder = self.root / unit.folder
+        info = self._finished(unit)
+        if info is None:
+            return None
         try:
-            info = json.loads((folder / "unit.json").read_text())
-            if info.get("key") != json.loads(canonical(unit.key)):
-                return None
             payload = Payload(meta=info.get("meta", {}))
             if info.get("has_arrays"):
                 with np.load(folder / "arrays.npz", allow_pickle=False) as z:
@@ -162,8 +167,7 @@ class UnitRunner:
         """The units this run will get, in order: counted, and those not stored kept for the estimate."""
         self.total = len(units)
         self.pending = {u.digest: u.kind for u in units if not self.store.has(u)}
-        kinds = sorted(set(self.pending.values()))
-        counts = ", ".join(f"{sum(k == v for v in self.pending.values())} {k}" for k in kinds)
+        counts = ", ".join(f"{n} {kind}" for kind, n in sorted(Counter(self.pending.values()).items()))
         self.log(f"{len(self.pending)} of {self.total} units to compute ({counts or 'none'})")
 
     def estimate(self) -> str:
