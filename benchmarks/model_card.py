@@ -34,15 +34,17 @@ import numpy as np
 
 from segqc.assess import assess_images
 from segqc.data.splits import load_train_test
+from segqc.experiment.report import format_interval
 from segqc.gate import OUT_OF_DISTRIBUTION
 from segqc.metrics import QUALITY_KEYS
-from segqc.metrics.bootstrap import bootstrap_rows, percentile_interval
+from segqc.metrics.bootstrap import bootstrap_rows, percentile_interval, resample_indices
 from segqc.metrics.segmentation import jaccard
+from segqc.report import TABLE_COLUMNS, format_value
 from segqc.runtime import load_model
 from segqc.utils import write_json
 
 N_RESAMPLES, CONFIDENCE = 2000, 0.95
-PERCENT = {"detection_error", "auroc", "aupr_pass", "aupr_fail"}
+IN_PERCENT = {key for key, _, percent in TABLE_COLUMNS if percent}
 LABELS = {
     "rmse": "RMSE of the predicted Jaccard",
     "detection_error": "Detection error (%)",
@@ -98,8 +100,7 @@ def evaluate(model_dir: Path, data: str, protocol: str) -> dict[str, Any]:
     ood = np.array([OUT_OF_DISTRIBUTION in r.reason for r in results])
     failure = float(model.config.get("failure_jaccard") or 0.7)
     failed = true < failure
-    rng = np.random.default_rng(0)
-    draws = rng.integers(0, len(true), size=(N_RESAMPLES, len(true)))
+    draws, _ = resample_indices(len(true), n_resamples=N_RESAMPLES, seed=0)  # the draws of the quality rows
 
     both = np.stack([referred, failed], 1)
 
@@ -134,19 +135,19 @@ def operating_point(ev: dict[str, Any]) -> str:
     gate = ev["gate"]
     return (
         f"At the default threshold ({ev['threshold']:g}) it refers "
-        f"{fmt(gate['referral_rate'], 'referral_rate')}% of the test images and catches "
-        f"{fmt(gate['failure_recall'], 'failure_recall')}% of the failures ({gate['passed_failures']} of "
+        f"{fmt(gate['referral_rate'], True)}% of the test images and catches "
+        f"{fmt(gate['failure_recall'], True)}% of the failures ({gate['passed_failures']} of "
         f"{gate['n_failures']} failures passed). A gate that must catch a stated share of failures is "
         "trained with `segqc train --target-failure-recall R --confidence C` (docs/safety.md), at the "
         "cost of more referrals."
     )
 
 
-def fmt(entry: dict[str, float], key: str = "") -> str:
-    scale = 100 if key in PERCENT or key in {"referral_rate", "failure_recall", "failure_rate"} else 1
-    digits = 1 if scale == 100 else 3
-    e, lo, hi = (entry[k] * scale for k in ("estimate", "low", "high"))
-    return f"{e:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+def fmt(entry: dict[str, float], percent: bool = False) -> str:
+    """``estimate [low, high]`` as the experiment's tables write them."""
+    return (
+        f"{format_value(entry['estimate'], percent)} {format_interval(entry['low'], entry['high'], percent)}"
+    )
 
 
 def calibration_plot(true: np.ndarray, predicted: np.ndarray, threshold: float, path: Path) -> None:
@@ -271,15 +272,15 @@ def render(card: dict[str, Any], ev: dict[str, Any], plot: str, bundle: dict[str
         "|---|---|",
         f"| Segmentation Jaccard (mean) | {fmt(seg['jaccard'])} |",
         f"| Segmentation Dice (mean) | {fmt(seg['dice'])} |",
-        f"| Failures (Jaccard < {ev['failure_jaccard']:g}, %) | {fmt(seg['failure_rate'], 'failure_rate')} |",
-        *[f"| {LABELS[k]} | {fmt(quality[k], k)} |" for k in QUALITY_KEYS],
+        f"| Failures (Jaccard < {ev['failure_jaccard']:g}, %) | {fmt(seg['failure_rate'], True)} |",
+        *[f"| {LABELS[k]} | {fmt(quality[k], k in IN_PERCENT)} |" for k in QUALITY_KEYS],
         "",
         f"## Referral at the default threshold ({ev['threshold']:g})",
         "",
         "| | Value [95% CI] |",
         "|---|---|",
-        f"| Images referred (%) | {fmt(gate['referral_rate'], 'referral_rate')} |",
-        f"| Failures referred (recall, %) | {fmt(gate['failure_recall'], 'failure_recall')} |",
+        f"| Images referred (%) | {fmt(gate['referral_rate'], True)} |",
+        f"| Failures referred (recall, %) | {fmt(gate['failure_recall'], True)} |",
         f"| Failures that passed | {gate['passed_failures']} of {gate['n_failures']} |",
         f"| Referred as out-of-distribution (%) | {100 * gate['out_of_distribution_rate']:.1f} |",
         "",

@@ -20,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from segqc.metrics import QUALITY_KEYS
+from segqc.experiment.report import format_interval, format_signed
 from segqc.metrics.bootstrap import bootstrap_rows
-
-PERCENT = {"detection_error", "auroc", "aupr_pass", "aupr_fail"}
+from segqc.report import TABLE_COLUMNS, format_value
 
 
 def load_row(spec: str) -> tuple[list[str], list[int], np.ndarray, np.ndarray]:
@@ -36,12 +35,13 @@ def load_row(spec: str) -> tuple[list[str], list[int], np.ndarray, np.ndarray]:
     return results["data"]["test_ids"], seeds, predicted, true
 
 
-def cell(entry: dict, key: str, sign: bool = False) -> str:
-    scale, digits = (100, 1) if key in PERCENT else (1, 3)
-    e, lo, hi = (entry[k] * scale for k in ("estimate", "low", "high"))
-    f = f"{{:{'+' if sign else ''}.{digits}f}}"
+def cell(entry: dict, percent: bool, signed: bool = False) -> str:
+    """``estimate [low, high]`` as the experiment's tables write them; ``*``: the interval excludes zero."""
+    low, high = entry["low"], entry["high"]
+    if not signed:
+        return f"{format_value(entry['estimate'], percent)} {format_interval(low, high, percent)}"
     star = " *" if entry.get("excludes_zero") else ""
-    return f"{f.format(e)} [{f.format(lo)}, {f.format(hi)}]{star}"
+    return f"{format_signed(entry['estimate'], percent)} {format_interval(low, high, percent, True)}{star}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,16 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     res = bootstrap_rows({args.label_a: (p_a, t_a), args.label_b: (p_b, t_b)}, baseline=args.label_b)
     print(f"{len(ids_a)} test images, seeds {seeds_a}, {res['n_resamples']} paired bootstrap resamples")
     print()
-    print("| | " + " | ".join(QUALITY_KEYS) + " |")
-    print("|---" * (len(QUALITY_KEYS) + 1) + "|")
-    for label in (args.label_a, args.label_b):
-        print(f"| {label} | " + " | ".join(cell(res["rows"][label][k], k) for k in QUALITY_KEYS) + " |")
+    print("| | " + " | ".join(label for _, label, _ in TABLE_COLUMNS) + " |")
+    print("|---" * (len(TABLE_COLUMNS) + 1) + "|")
+    for name in (args.label_a, args.label_b):
+        row = res["rows"][name]
+        print(f"| {name} | " + " | ".join(cell(row[k], pct) for k, _, pct in TABLE_COLUMNS) + " |")
     diff = res["difference"][args.label_a]
-    print(
-        f"| {args.label_a} − {args.label_b} | "
-        + " | ".join(cell(diff[k], k, True) for k in QUALITY_KEYS)
-        + " |"
-    )
+    cells = " | ".join(cell(diff[k], pct, True) for k, _, pct in TABLE_COLUMNS)
+    print(f"| {args.label_a} − {args.label_b} | {cells} |")
     return 0
 
 

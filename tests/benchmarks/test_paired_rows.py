@@ -24,7 +24,7 @@ def test_a_row_against_itself_differs_by_exactly_zero(paired, capsys):
     assert paired.main([row, row, "--label-a", "x", "--label-b", "y"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("| x − y |") and "*" not in last
-    assert last.count("+0.000 [+0.000, +0.000]") + last.count("+0.0 [+0.0, +0.0]") == 7
+    assert last.count("0.000 [0.000, 0.000]") + last.count("0.0 [0.0, 0.0]") == 7
 
 
 def test_the_committed_placement_comparison_is_what_the_script_prints(paired, capsys):
