@@ -103,8 +103,12 @@ class TorchRunner:
     def __call__(self, role: str, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         graph = self.graphs[role]
         with torch.inference_mode():
-            args = [
-                torch.from_numpy(np.ascontiguousarray(feeds[name])).to(self.device) for name in graph.inputs
-            ]
+            args = [as_tensor(feeds[name]).to(self.device) for name in graph.inputs]
             out = graph.module(*args)
         return [o.float().cpu().numpy() for o in (out if isinstance(out, tuple) else (out,))]
+
+
+def as_tensor(array: np.ndarray) -> Tensor:
+    """``array`` as a tensor sharing its memory and strides (a channels-last feature map stays
+    channels-last, so the convolutions need no reordering copy); copied only for negative strides."""
+    return torch.from_numpy(array if all(s >= 0 for s in array.strides) else np.ascontiguousarray(array))

@@ -68,7 +68,8 @@ class OnnxRunner:
 
     def __call__(self, role: str, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         spec = self.graphs[role]
-        return self.sessions[role].run(list(spec["outputs"]), {name: feeds[name] for name in spec["inputs"]})
+        feed = {name: np.ascontiguousarray(feeds[name]) for name in spec["inputs"]}  # ORT reads C order
+        return self.sessions[role].run(list(spec["outputs"]), feed)
 
 
 class OnnxSegmenter:

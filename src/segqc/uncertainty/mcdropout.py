@@ -16,8 +16,9 @@ decoder, as in Bayesian SegNet"; ``"segnet"`` is the literal reading, ``"center"
 Sampling is cheap: everything before the first dropout layer is deterministic, so the graph
 ``f_encode`` runs once per batch and only ``f_decode`` is repeated, with several samples stacked along
 the batch axis. ``f_decode`` takes the dropout masks as inputs (``Bernoulli(1 - p) / (1 - p)``,
-element-wise, as ``nn.Dropout`` draws them); ``read_out`` draws them from a NumPy generator, so the
-PyTorch and ONNX Runtime backends give the same samples for the same seed.
+element-wise, as ``nn.Dropout`` draws them); ``read_out`` draws them from a NumPy generator, sample
+by sample, so the PyTorch and ONNX Runtime backends give the same samples for the same seed, however
+many samples are decoded at once.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from segqc.errors import SegQCError, SettingsError
-from segqc.postprocess import entropy
+from segqc.postprocess import entropy, pixel_batch
 from segqc.uncertainty.base import (
     NUM_CLASSES,
     Graph,
@@ -54,9 +55,10 @@ class MCDropout(UncertaintyMethod):
     Args:
         samples: number of dropout samples T. Defaults to 20.
         max_batch: most images decoded at once (samples x batch images); bounds memory. At least
-            one sample is always decoded at a time. On a CPU one sample per decode is fastest
-            (``benchmarks/bench_mcdropout.py``: stacked samples outgrow the caches), so the default
-            equals ``Segmenter.predict``'s batch size; a GPU may gain from more. Defaults to 32.
+            one sample of the batch is always decoded at a time. Defaults to about 2**16 pixels per
+            decode (``postprocess.pixel_batch``, as ``Segmenter.predict``'s batch): stacked samples
+            beyond that outgrow a CPU's caches (``docs/performance.md``, MC dropout); a GPU may gain
+            from more.
         placement: where f's dropout layers sit (:data:`segqc.networks.unet.DROPOUT_PLACEMENTS`):
             ``"center"``, after the bottleneck and the first decoder block (f is msp's, trained once
             for both), or ``"segnet"``, after every central encoder and decoder block as in Bayesian
@@ -67,9 +69,12 @@ class MCDropout(UncertaintyMethod):
 
     stochastic = True
 
-    def __init__(self, *, samples: int = 20, max_batch: int = 32, placement: str = "center") -> None:
-        if samples < 1 or max_batch < 1:
-            raise SegQCError(f"samples and max_batch must be at least 1, got {samples} and {max_batch}")
+    def __init__(self, *, samples: int = 20, max_batch: int | None = None, placement: str = "center") -> None:
+        if samples < 1 or (max_batch is not None and max_batch < 1):
+            raise SegQCError(
+                f"samples and max_batch must be at least 1 (max_batch null: by pixels), "
+                f"got {samples} and {max_batch}"
+            )
         if placement not in PLACEMENTS:
             raise SettingsError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
         self.samples = samples
@@ -115,18 +120,41 @@ class MCDropout(UncertaintyMethod):
     ) -> tuple[np.ndarray, np.ndarray]:
         n = len(images)
         feats = run("f_encode", {"images": images})  # once: everything before dropout is deterministic
-        per_chunk = max(1, self.max_batch // n)
+        limit = self.max_batch or pixel_batch(*images.shape[1:3])
+        per_chunk = max(1, limit // n)
         total = None
         for start in range(0, self.samples, per_chunk):
             k = min(per_chunk, self.samples - start)
-            feed = {f"feat{i}": np.tile(f, (k,) + (1,) * (f.ndim - 1)) for i, f in enumerate(feats)}
-            for i, call in enumerate(layout["dropout"]):
-                feed[f"mask{i}"] = dropout_mask(rng, float(call["p"]), (k * n, *call["shape"]))
+            feed = {f"feat{i}": repeat_batch(f, k) for i, f in enumerate(feats)}
+            feed |= sample_masks(rng, layout["dropout"], n, k)
             (probs,) = run("f_decode", feed)  # (k n, 2, S, S), sample-major
             chunk = probs.reshape(k, n, *probs.shape[1:]).sum(0)
             total = chunk if total is None else total + chunk
         mean = total / np.float32(self.samples)
         return mean[:, 1], entropy(mean)
+
+
+def repeat_batch(features: np.ndarray, k: int) -> np.ndarray:
+    """``k`` copies of an ``(N, C, H, W)`` feature map along the batch axis, in its own memory order:
+    PyTorch's channels-last features stay channels-last (no copy at all for ``k = 1``)."""
+    if k == 1:
+        return features
+    nhwc = features.transpose(0, 2, 3, 1)
+    if nhwc.flags.c_contiguous:
+        return np.tile(nhwc, (k, 1, 1, 1)).transpose(0, 3, 1, 2)
+    return np.tile(features, (k, 1, 1, 1))
+
+
+def sample_masks(
+    rng: np.random.Generator, calls: list[Mapping[str, Any]], n: int, k: int
+) -> dict[str, np.ndarray]:
+    """The masks of ``k`` samples of ``n`` images for each dropout call, sample-major (row ``t n + i``).
+
+    Drawn sample by sample, then call by call, so the samples do not depend on how many are decoded
+    at once: ``max_batch`` changes speed and memory, never the result.
+    """
+    draws = [[dropout_mask(rng, float(call["p"]), (n, *call["shape"])) for call in calls] for _ in range(k)]
+    return {f"mask{i}": np.concatenate([d[i] for d in draws]) for i in range(len(calls))}
 
 
 def dropout_mask(rng: np.random.Generator, p: float, shape: tuple[int, ...]) -> np.ndarray:
