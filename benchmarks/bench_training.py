@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/bench_training.py [--quick] [--sizes 64 128 224] [--width 16] [--batch 16]
-        [--images 64] [--epoch-images 1550] [--data /work/shared/data/isic2017] [--decode-ids 200]
+        [--images 64] [--epoch-images 1550] [--data ../shared/data/isic2017] [--decode-ids 200]
         [--repeats N] [--threads N] [--out FILE]
 
 For each image size, one short "epoch" of ``--images`` random images runs through
@@ -20,7 +20,9 @@ For each image size, one short "epoch" of ``--images`` random images runs throug
 plus the per-batch data preparation alone (indexing + ``to_input`` + ``random_dihedral``) over an
 epoch. And the one-off cost of loading the real data: ``load_folder(root, size=S, ids=<first
 --decode-ids of split.json train>, cache_dir=<fresh temp dir>)`` cold (JPEG decode + resize +
-cache write) vs. warm (cache hit). Prints markdown tables; ``--out`` writes the numbers as JSON.
+cache write) vs. warm (cache hit). And one short epoch of g (``QualityCNN``, ``CNNQualityPredictor.fit``'s
+step) with its input as the concatenation makes it (NCHW) vs. channels_last (what ``fit`` feeds
+it). Prints markdown tables; ``--out`` writes the numbers as JSON.
 """
 
 from __future__ import annotations
@@ -50,9 +52,10 @@ from torch import Tensor, nn
 from segqc.data.dataset import channel_stats, load_folder, to_input
 from segqc.data.transforms import random_dihedral
 from segqc.engine import train_loop
+from segqc.networks.quality_cnn import QualityCNN
 from segqc.uncertainty import create_method
 
-DATA = Path("/work/shared/data/isic2017")
+DATA = Path("../shared/data/isic2017")  # relative to the repository root
 
 
 def epoch_times(args: argparse.Namespace, size: int) -> dict[str, Any]:
@@ -111,6 +114,38 @@ def epoch_times(args: argparse.Namespace, size: int) -> dict[str, Any]:
     return out
 
 
+def g_epoch_times(args: argparse.Namespace, size: int) -> dict[str, Any]:
+    """Short-epoch times of g with NCHW vs channels_last input (``CNNQualityPredictor.fit``'s step)."""
+    rng = np.random.default_rng(size)
+    x = torch.from_numpy(rng.standard_normal((args.images, 5, size, size), dtype=np.float32))
+    target = torch.from_numpy(rng.random(args.images, dtype=np.float32))
+    torch.manual_seed(0)
+    model = QualityCNN(5, args.width)
+    generator = torch.Generator().manual_seed(0)
+    loss_fn = nn.MSELoss()
+
+    def step(layout: torch.memory_format):
+        def run(model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
+            inputs, jaccard = batch
+            (inputs,) = random_dihedral(inputs, generator=generator)
+            return loss_fn(model(inputs.contiguous(memory_format=layout)), jaccard)
+
+        return run
+
+    def epoch(layout: torch.memory_format) -> None:
+        train_loop(model, (x, target), step(layout), epochs=1, batch_size=args.batch, lr=1e-3,
+                   generator=generator, device=torch.device("cpu"), progress=False)  # fmt: skip
+
+    scale = args.epoch_images / args.images
+    out: dict[str, Any] = {"size": size, "images": args.images, "scale_to_epoch": scale}
+    names = ["nchw", "channels_last"]
+    fns = [lambda: epoch(torch.contiguous_format), lambda: epoch(torch.channels_last)]
+    for name, t in zip(names, measure_interleaved(fns, repeats=args.repeats), strict=True):
+        out[name] = {**t, "epoch_s": t["median_s"] * scale, "cpu_epoch_s": t["cpu_median_s"] * scale}
+        print(f"  g {size}px {name}: {out[name]['epoch_s']:.1f} s/epoch", flush=True)
+    return out
+
+
 def decode_times(args: argparse.Namespace, size: int, ids: list[str]) -> dict[str, Any]:
     """``load_folder`` on real data: cold (fresh cache dir: decode + resize + write) vs warm (hit)."""
     with tempfile.TemporaryDirectory(prefix="segqc-bench-cache-") as cache:
@@ -151,6 +186,8 @@ def main() -> None:
     print(header("segqc training benchmark (f, msp)", machine, before), flush=True)
     print("measuring epochs ...", flush=True)
     epochs = [epoch_times(args, size) for size in args.sizes]
+    print("measuring epochs of g ...", flush=True)
+    g_epochs = [g_epoch_times(args, size) for size in args.sizes]
     decodes = []
     split = args.data / "split.json"
     if split.is_file():
@@ -224,11 +261,25 @@ def main() -> None:
                 ],
             )
         )
+    print(f"\n## 3. Seconds per epoch of g ({args.epoch_images} images): input layout\n")
+    rows = [
+        [
+            e["size"],
+            f"{e['nchw']['epoch_s']:.1f}",
+            f"{e['channels_last']['epoch_s']:.1f}",
+            f"{e['nchw']['epoch_s'] / e['channels_last']['epoch_s']:.2f}x",
+            f"{e['nchw']['cpu_epoch_s'] / e['channels_last']['cpu_epoch_s']:.2f}x",
+        ]
+        for e in g_epochs
+    ]
+    head = ["size", "s/epoch: NCHW input", "s/epoch: channels_last (fit)", "speed-up", "speed-up (CPU)"]
+    print(markdown_table(head, rows))
     results = {
         "machine": machine,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "epochs": epochs,
         "load_folder": decodes,
+        "g_epochs": g_epochs,
     }
     finish(results, args.out, before)
 
