@@ -206,6 +206,19 @@ def test_tampered_or_missing_member_is_refused(bundle_dir, tmp_path):
     with pytest.raises(BundleError, match="segmenter-1.onnx: external segmentation model not found"):
         load_model(missing, device="cpu")
 
+    from segqc.integrity import seal
+
+    renamed = Path(shutil.copytree(bundle_dir, tmp_path / "r"))  # resealed: only the names are wrong
+    config = json.loads((renamed / "bundle.json").read_text())
+    config["segmenter"]["external"]["members"][1]["file"] = "../segmenter-0.onnx"
+    (renamed / "bundle.json").write_text(json.dumps(seal(config)))
+    with pytest.raises(BundleError, match="'segmenter.external.members' must list"):
+        load_bundle(renamed, device="cpu")
+    config["segmenter"]["external"]["members"] = config["segmenter"]["external"]["members"][:1]
+    (renamed / "bundle.json").write_text(json.dumps(seal(config)))
+    with pytest.raises(BundleError, match="K >= 2"):
+        load_bundle(renamed, device="cpu")
+
 
 def test_single_model_keeps_the_old_layout(bundle_dir, members, tmp_path):
     """A bundle of one external model is written as before (segmenter.onnx, 'file' and 'source'), and
