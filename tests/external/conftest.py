@@ -90,6 +90,24 @@ def predict_rows(model: Path, images: list[Path], tmp_path: Path) -> tuple[Path,
     return inputs, rows
 
 
+def assert_serve_agrees(model: Path, image: Path, rows: dict, method: str) -> None:
+    """``segqc serve`` of ``model`` answers ``image`` as ``segqc predict`` did (``rows``) and names
+    ``method``; skipped without the service's packages."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+
+    from segqc.service import create_app
+
+    with TestClient(create_app(model)) as client:
+        answer = client.post("/v1/assess", files={"file": (image.name, image.read_bytes(), "image/png")})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["predicted_jaccard"] == pytest.approx(
+            float(rows[image.stem]["predicted_jaccard"]), abs=1e-5
+        )
+        assert client.get("/v1/model").json()["method"] == method
+
+
 def assert_torch_free_predict_agrees(export_dir: Path, inputs: Path, out: Path, rows: dict) -> None:
     """``segqc predict`` on the export, where torch cannot be imported, gives the bundle's ``rows``."""
     from tests.conftest import run_without_torch

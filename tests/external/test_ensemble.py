@@ -20,7 +20,12 @@ from segqc.data.synthetic import write_synthetic
 from segqc.errors import BundleError
 from segqc.external import ExternalSegmenter
 from segqc.runtime import load_model
-from tests.external.conftest import assert_torch_free_predict_agrees, predict_rows, trained_unet
+from tests.external.conftest import (
+    assert_serve_agrees,
+    assert_torch_free_predict_agrees,
+    predict_rows,
+    trained_unet,
+)
 from tests.external.conftest import export as export_net
 
 S = 32
@@ -140,21 +145,7 @@ def test_predict_and_export(bundle_dir, data_dir, tmp_path):
 
     assert (tmp_path / "p" / "report.html").is_file()  # the review page
 
-    pytest.importorskip("fastapi")
-    pytest.importorskip("httpx")
-    from fastapi.testclient import TestClient
-
-    from segqc.service import create_app
-
-    with TestClient(create_app(bundle_dir)) as client:
-        answer = client.post(
-            "/v1/assess", files={"file": (images[0].name, images[0].read_bytes(), "image/png")}
-        )
-        assert answer.status_code == 200, answer.text
-        assert answer.json()["predicted_jaccard"] == pytest.approx(
-            float(torch_rows[images[0].stem]["predicted_jaccard"]), abs=1e-5
-        )
-        assert client.get("/v1/model").json()["method"] == "ensemble"
+    assert_serve_agrees(bundle_dir, images[0], torch_rows, "ensemble")
 
     out = tmp_path / "onnx"
     args = ["--model", str(bundle_dir), "--out", str(out), "--exporter", "torchscript"]
