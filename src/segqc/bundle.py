@@ -4,7 +4,8 @@ A bundle folder holds::
 
     f.safetensors   weights of f (the U-Net of the uncertainty method), or, for an external f
                     (``segqc train --segmenter MODEL.onnx``), ``segmenter.onnx``: a copy of that model,
-                    with its SPEC in ``bundle.json`` (``segmenter.external``)
+                    with its SPEC in ``bundle.json`` (``segmenter.external``); for an ensemble of K
+                    external models (``--segmenter`` K times), ``segmenter-0.onnx`` ... ``-{K-1}.onnx``
     g.safetensors   weights of g (the quality CNN)
     bundle.json     everything else: configs, threshold, the gate (out-of-distribution detector,
                     conformal margin, fitness), provenance, sha256 of both weight files, and the
@@ -26,6 +27,7 @@ Examples::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -42,8 +44,9 @@ from torch import Tensor
 
 from segqc.engine import is_main_process
 from segqc.errors import BundleError, SegQCError, UnknownNameError
-from segqc.external import EXTERNAL_FILE, ExternalSegmenter, load_external_segmenter
+from segqc.external import EXTERNAL_FILE, ExternalSegmenter, external_files, load_external_segmenter
 from segqc.external.predictions import PrecomputedSegmenter
+from segqc.external.runner import MEMBER_FILE
 from segqc.gate import Gate, gate_summary
 from segqc.integrity import SIGNATURE_FILE, seal
 from segqc.model import ManifestModel, check_manifest, check_normalisation, read_manifest_json, self_test
@@ -64,12 +67,13 @@ REQUIRED_KEYS: tuple[tuple[str, ...], ...] = (
     ("predictor_config",), ("predictor_config", "params"),
     ("sha256",), ("sha256", WEIGHT_FILES["segmenter"]), ("sha256", WEIGHT_FILES["predictor"]),
 )  # fmt: skip
-#: The same for a bundle whose f is an external ONNX model (``segmenter.external`` in ``bundle.json``).
+#: The same for a bundle whose f is external ONNX models (``segmenter.external`` in ``bundle.json``),
+#: and the sha256 of each of their files (:func:`segqc.external.external_files`).
 EXTERNAL_REQUIRED_KEYS: tuple[tuple[str, ...], ...] = (
     ("format",), ("method",), ("predictor",), ("image_size",), ("threshold",), ("gate",),
     ("segmenter",), ("segmenter", "params"), ("segmenter", "external"), ("segmenter", "external", "spec"),
     ("predictor_config",), ("predictor_config", "params"),
-    ("sha256",), ("sha256", EXTERNAL_FILE), ("sha256", WEIGHT_FILES["predictor"]),
+    ("sha256",), ("sha256", WEIGHT_FILES["predictor"]),
 )  # fmt: skip
 #: The same for a bundle whose g was trained on precomputed outputs (``segmenter.precomputed``): no f.
 PRECOMPUTED_REQUIRED_KEYS: tuple[tuple[str, ...], ...] = (
@@ -78,6 +82,8 @@ PRECOMPUTED_REQUIRED_KEYS: tuple[tuple[str, ...], ...] = (
     ("segmenter", "precomputed", "kind"), ("predictor_config",), ("predictor_config", "params"),
     ("sha256",), ("sha256", WEIGHT_FILES["predictor"]),
 )  # fmt: skip
+#: Files of f of every kind, removed when a bundle of another kind replaces them.
+F_FILES = (WEIGHT_FILES["segmenter"], EXTERNAL_FILE, MEMBER_FILE.format("*"))
 
 
 @dataclass
@@ -180,21 +186,22 @@ def save_bundle(
     g_tensors, g_config = predictor.state()
     blobs = {WEIGHT_FILES["predictor"]: save_tensors(g_tensors, metadata={"format": str(BUNDLE_FORMAT)})}
     if isinstance(segmenter, PrecomputedSegmenter):
-        f_config, stale = segmenter.config(), [WEIGHT_FILES["segmenter"], EXTERNAL_FILE]
+        f_config = segmenter.config()
     elif isinstance(segmenter, ExternalSegmenter):
-        f_config, stale = segmenter.config(), [WEIGHT_FILES["segmenter"]]
-        blobs[EXTERNAL_FILE] = segmenter.model.blob
+        f_config = segmenter.config()
+        blobs.update(segmenter.files())
     else:
         f_tensors, f_config = segmenter.state()
-        stale = [EXTERNAL_FILE]
         blobs[WEIGHT_FILES["segmenter"]] = save_tensors(f_tensors, metadata={"format": str(BUNDLE_FORMAT)})
     sums = {}
     for name, blob in blobs.items():
         with atomic_write(out / name) as fh:
             fh.write(blob)
         sums[name] = _sha256(blob)
-    for name in stale:  # f of a bundle replaced here, of another kind
-        (out / name).unlink(missing_ok=True)
+    for pattern in F_FILES:  # f of a bundle replaced here, of another kind or with more members
+        for stale in out.glob(pattern):
+            if stale.name not in blobs:
+                stale.unlink(missing_ok=True)
     config: dict[str, Any] = {
         "threshold_rule": {"kind": "fixed", "description": f"fixed {threshold:g}"},
         **(extra or {}),
@@ -229,6 +236,10 @@ def _missing_key(config: dict[str, Any]) -> str | None:
     keys = REQUIRED_KEYS
     if _is_external(config):
         keys = EXTERNAL_REQUIRED_KEYS
+        external = config["segmenter"]["external"]
+        with contextlib.suppress(SegQCError):  # a malformed section: load_external_segmenter names it
+            files = external_files(external if isinstance(external, dict) else {})
+            keys += tuple(("sha256", name) for name in files)
     elif _is_precomputed(config):
         keys = PRECOMPUTED_REQUIRED_KEYS
     for key_path in keys:

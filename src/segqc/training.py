@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,24 +69,27 @@ def make_predictor(name: str, cfg: PipelineConfig, *, progress: bool = True) -> 
 
 
 def external_segmenter(
-    model: str | Path, spec: str | Path | ExternalSpec | None, cfg: PipelineConfig
+    model: str | Path | Sequence[str | Path], spec: str | Path | ExternalSpec | None, cfg: PipelineConfig
 ) -> ExternalSegmenter:
-    """f as an external ONNX model (already trained): fed ``cfg.image_size`` images as ``spec`` (a
-    SPEC.json file, a parsed spec, or None for the defaults) says, read out by ``cfg.method``.
+    """f as an external ONNX model, or an ensemble of K >= 2 of them (already trained): fed
+    ``cfg.image_size`` images as ``spec`` (a SPEC.json file, a parsed spec, or None for the defaults)
+    says, each checked as it loads, read out by ``cfg.method``.
 
     Raises:
-        SegQCError: the file cannot be read or run, does not fit the SPEC, or the method needs f's
-            insides (``UncertaintyMethod.external_ok``).
+        SegQCError: a file cannot be read or run, does not fit the SPEC, or the method reads out another
+            number of external models (``UncertaintyMethod.external_models``).
     """
-    file = Path(model)
-    try:
-        blob = file.read_bytes()
-    except OSError as err:
-        raise SegQCError(f"{file}: cannot read the segmentation model ({err.strerror or err})") from None
+    files = [Path(model)] if isinstance(model, (str, Path)) else [Path(m) for m in model]
     parsed = spec if isinstance(spec, ExternalSpec) else ExternalSpec.load(spec)
-    onnx = ExternalOnnxModel(blob, parsed, cfg.image_size, source=str(file), device=cfg.device)
+    models = []
+    for file in files:
+        try:
+            blob = file.read_bytes()
+        except OSError as err:
+            raise SegQCError(f"{file}: cannot read the segmentation model ({err.strerror or err})") from None
+        models.append(ExternalOnnxModel(blob, parsed, cfg.image_size, source=str(file), device=cfg.device))
     return ExternalSegmenter(
-        onnx, cfg.method, method_params=cfg.method_params, seed=cfg.seed, source=file.name
+        models, cfg.method, method_params=cfg.method_params, seed=cfg.seed, source=[f.name for f in files]
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -11,13 +10,17 @@ from click.testing import CliRunner
 
 from segqc.bundle import load_bundle
 from segqc.cli.export import export
-from segqc.cli.predict import predict
 from segqc.cli.train import train
 from segqc.data.synthetic import write_synthetic
 from segqc.external import ExternalSegmenter
 from segqc.runtime import load_model
-from tests.conftest import run_without_torch
-from tests.external.conftest import ConvNet, trained_unet
+from tests.external.conftest import (
+    ConvNet,
+    assert_serve_agrees,
+    assert_torch_free_predict_agrees,
+    predict_rows,
+    trained_unet,
+)
 from tests.external.conftest import export as export_net
 
 S = 32
@@ -98,39 +101,12 @@ def test_swapped_and_resealed_model_loads_but_fails_its_signature(bundle_dir, tm
         verify_signature(copy, public)
 
 
-def _rows(folder: Path) -> dict[str, dict[str, str]]:
-    with open(folder / "quality.csv", newline="", encoding="utf-8") as fh:
-        return {row["id"]: row for row in csv.DictReader(fh)}
-
-
 def test_predict_serve_and_export(bundle_dir, data_dir, tmp_path):
     images = sorted((data_dir / "images").glob("*.png"))[:6]
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    for file in images:
-        (inputs / file.name).write_bytes(file.read_bytes())
+    inputs, torch_rows = predict_rows(bundle_dir, images, tmp_path)
     runner = CliRunner()
-    result = runner.invoke(predict, ["--model", str(bundle_dir), str(inputs), "--out", str(tmp_path / "p"),
-                                     "--device", "cpu", "--quiet"], catch_exceptions=False)  # fmt: skip
-    assert result.exit_code == 0, result.output
-    torch_rows = _rows(tmp_path / "p")
-    assert len(torch_rows) == 6
 
-    pytest.importorskip("fastapi")
-    pytest.importorskip("httpx")
-    from fastapi.testclient import TestClient
-
-    from segqc.service import create_app
-
-    with TestClient(create_app(bundle_dir)) as client:
-        answer = client.post(
-            "/v1/assess", files={"file": (images[0].name, images[0].read_bytes(), "image/png")}
-        )
-        assert answer.status_code == 200, answer.text
-        assert answer.json()["predicted_jaccard"] == pytest.approx(
-            float(torch_rows[images[0].stem]["predicted_jaccard"]), abs=1e-5
-        )
-        assert client.get("/v1/model").json()["method"] == "msp"
+    assert_serve_agrees(bundle_dir, images[0], torch_rows, "msp")
 
     out = tmp_path / "onnx"
     args = ["--model", str(bundle_dir), "--out", str(out), "--exporter", "torchscript"]
@@ -141,23 +117,7 @@ def test_predict_serve_and_export(bundle_dir, data_dir, tmp_path):
     manifest = json.loads((out / "export.json").read_text())
     assert manifest["parity"]["passed"] and manifest["segmenter"]["external"]["spec"]["scale"] == 255
 
-    # predict on the export where torch cannot be imported: the same answers
-    script = """
-        from click.testing import CliRunner
-        from segqc.cli.predict import predict
-        args = ["--model", sys.argv[1], sys.argv[2], "--out", sys.argv[3], "--quiet"]
-        r = CliRunner().invoke(predict, args)
-        torch_modules = [m for m in sys.modules if m == "torch" or m.startswith("torch.")]
-        print("RESULT", json.dumps({"code": r.exit_code, "torch": torch_modules, "out": r.output[-500:]}))
-    """
-    result_json, output = run_without_torch(script, str(out), str(inputs), str(tmp_path / "q"))
-    assert result_json["code"] == 0 and result_json["torch"] == [], output
-    onnx_rows = _rows(tmp_path / "q")
-    for key, row in torch_rows.items():
-        assert float(onnx_rows[key]["predicted_jaccard"]) == pytest.approx(
-            float(row["predicted_jaccard"]), abs=1e-4
-        )
-        assert onnx_rows[key]["decision"] == row["decision"]
+    assert_torch_free_predict_agrees(out, inputs, tmp_path / "q", torch_rows)
 
 
 def test_methods_that_need_f_insides_are_refused(data_dir, tmp_path):
@@ -165,7 +125,7 @@ def test_methods_that_need_f_insides_are_refused(data_dir, tmp_path):
     args = ["--segmenter", str(model), "--method", "mcdropout", "--data", str(data_dir), "--out",
             str(tmp_path / "b"), "--image-size", str(S), "--device", "cpu", "--quiet"]  # fmt: skip
     result = CliRunner().invoke(train, args)
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a usage error, before any model is loaded
     assert "'mcdropout' needs segqc's own network" in result.output
     assert not (tmp_path / "b").exists()
     result = CliRunner().invoke(train, ["--segmenter-spec", str(model), "--out", str(tmp_path / "c")])

@@ -63,16 +63,18 @@ def _recall_help(threshold: float) -> str:
         "--segmenter",
         "segmenter_file",
         type=click.Path(exists=True, dir_okay=False, path_type=Path),
-        default=None,
+        multiple=True,
         help="Your own segmentation model as an ONNX file: segqc keeps it fixed, runs it on the training "
-        "images and trains only g and the gate; the bundle stores a copy (docs/your-model.md).",
+        "images and trains only g and the gate; the bundle stores a copy (docs/your-model.md). Given K >= 2 "
+        "times (with --method ensemble): an ensemble of K models, fed with one SPEC.",
     ),
     click.option(
         "--segmenter-spec",
         type=click.Path(exists=True, dir_okay=False, path_type=Path),
         default=None,
         help="With --segmenter: SPEC.json saying how to feed it (input size, layout, channel order, "
-        "scale, mean, std) and read its output (logits or probabilities, foreground channel).",
+        "scale, mean, std) and read its output (logits or probabilities, foreground channel); one SPEC "
+        "for every member of an ensemble.",
     ),
     click.option(
         "--predictions",
@@ -94,7 +96,7 @@ def train(
     target_failure_recall: float | None,
     confidence: float | None,
     force: bool,
-    segmenter_file: Path | None,
+    segmenter_file: tuple[Path, ...],
     segmenter_spec: Path | None,
     predictions: Path | None,
     quiet: bool,
@@ -104,7 +106,8 @@ def train(
 
     The bundle folder holds f.safetensors, g.safetensors and bundle.json (settings, threshold,
     checksums, versions, training ids and, when a test split exists, test metrics). With
-    --segmenter, f is your own ONNX model (copied as segmenter.onnx) and only g is trained.
+    --segmenter, f is your own ONNX model (copied as segmenter.onnx; K models, an ensemble with
+    --method ensemble, as segmenter-0.onnx ...) and only g is trained.
 
     \b
     Example:
@@ -112,15 +115,19 @@ def train(
         segqc train --data ../shared/data/isic2017 --protocol split.json --out isic-model \\
             --image-size 128 --target-failure-recall 0.9
         segqc train --segmenter unet.onnx --segmenter-spec SPEC.json --data mydata --out qc-model
+        segqc train --segmenter a.onnx --segmenter b.onnx --segmenter c.onnx --method ensemble \\
+            --segmenter-spec SPEC.json --data mydata --out qc-ensemble
     """
     from segqc.config import PipelineConfig
+    from segqc.errors import SegQCError
+    from segqc.external import external_params
     from segqc.training import external_segmenter, precomputed_segmenter, train_bundle
 
     folder = None
     if predictions is not None:
         from segqc.external.predictions import MAP_METHODS, PredictionFolder
 
-        if segmenter_file is not None:
+        if segmenter_file:
             raise click.UsageError("--predictions and --segmenter exclude each other")
         if data is None:
             raise click.UsageError("--predictions needs --data (the maps are looked up by its image ids)")
@@ -137,9 +144,14 @@ def train(
     check_method(cfg.method, cfg.method_params)
     if confidence is not None and target_failure_recall is None:
         raise click.UsageError("--confidence needs --target-failure-recall")
-    if segmenter_spec is not None and segmenter_file is None:
+    if segmenter_spec is not None and not segmenter_file:
         raise click.UsageError("--segmenter-spec needs --segmenter")
-    segmenter = None if segmenter_file is None else external_segmenter(segmenter_file, segmenter_spec, cfg)
+    if segmenter_file:
+        try:  # the method must read out this many models, before any is loaded
+            external_params(cfg.method, cfg.method_params, len(segmenter_file))
+        except SegQCError as err:
+            raise click.UsageError(str(err)) from None
+    segmenter = external_segmenter(segmenter_file, segmenter_spec, cfg) if segmenter_file else None
     if folder is not None:
         segmenter = precomputed_segmenter(folder, data, cfg)
     bundle = train_bundle(

@@ -10,7 +10,9 @@ from segqc.external.runner import (
     EXTERNAL_FILE,
     ExternalRunner,
     ExternalSegmenter,
+    external_files,
     external_method,
+    external_params,
     load_external_segmenter,
 )
 from segqc.external.spec import ExternalSpec
@@ -21,6 +23,8 @@ __all__ = [
     "ExternalRunner",
     "ExternalSegmenter",
     "ExternalSpec",
+    "external_files",
     "external_method",
+    "external_params",
     "load_external_segmenter",
 ]

@@ -38,7 +38,7 @@ from torch import nn
 from segqc.bundle import Bundle, load_bundle
 from segqc.data.synthetic import make_synthetic
 from segqc.errors import BundleError, SegQCError
-from segqc.external import EXTERNAL_FILE, ExternalSegmenter
+from segqc.external import ExternalSegmenter
 from segqc.integrity import SIGNATURE_FILE, seal
 from segqc.networks.graphs import Normalize
 from segqc.runtime.onnx_backend import (
@@ -200,9 +200,9 @@ def export_onnx(
         g_graph = predictor.graph((x, torch.from_numpy(pred.mask), torch.from_numpy(pred.uncertainty)))
     except NotImplementedError as err:
         raise BundleError(f"{bundle.path}: cannot export to ONNX: {err}") from None
-    if external:  # f is the user's own ONNX model: copied as it is, with its SPEC in the manifest
+    if external:  # f is the user's own ONNX model(s): copied as they are, with the SPEC in the manifest
         graphs, layout = {}, {}
-        files = {EXTERNAL_FILE: segmenter.model.blob}
+        files = segmenter.files()
     else:
         normalize = Normalize(segmenter.mean_, segmenter.std_)
         graphs, layout = segmenter.method_.graphs(segmenter.model_, normalize, x)

@@ -6,7 +6,8 @@ An export folder holds::
                   ``f.onnx`` (uint8 images (N, H, W, 3) -> probs (N, 2, H, W), uncertainty (N, H, W))
                   for a deterministic method; e.g. ``f_encode.onnx`` + ``f_decode.onnx`` for mcdropout
     segmenter.onnx  instead of f's graphs, when f is an external model (``segqc train --segmenter``): the
-                  user's own ONNX file, fed as its SPEC (``segmenter.external`` in export.json) says
+                  user's own ONNX file, fed as its SPEC (``segmenter.external`` in export.json) says;
+                  an ensemble of K such models: ``segmenter-0.onnx`` ... ``segmenter-{K-1}.onnx``
     g.onnx        g: images (N, H, W, 3) uint8, masks (N, H, W) uint8, uncertainty (N, H, W) float32
                   -> quality (N,), the predicted Jaccard
     export.json   method and its settings, the graphs with their input and output names, the method's
@@ -200,7 +201,7 @@ def read_manifest(export_dir: str | Path) -> dict[str, Any]:
             raise BundleError(f"{file}: export manifest lacks the key {key!r}")
     graphs = config["graphs"]
     external = isinstance(config.get("segmenter"), dict) and "external" in config["segmenter"]
-    # f is the method's graphs, or (external) segmenter.onnx, outside 'graphs'
+    # f is the method's graphs, or (external) segmenter.onnx or its members, outside 'graphs'
     ok = isinstance(graphs, dict) and QUALITY_ROLE in graphs and len(graphs) >= (1 if external else 2)
     ok = ok and all(
         isinstance(role, str) and _ROLE.match(role) and isinstance(spec, dict)
@@ -272,7 +273,7 @@ def load_onnx_model(
         seed = int((config.get("pipeline") or {}).get("seed", 0) or 0)
     f_graphs = {role: spec for role, spec in config["graphs"].items() if role != QUALITY_ROLE}
     runner: Runner = OnnxRunner({role: sessions[role] for role in f_graphs}, f_graphs)
-    if "segmenter" in config:  # f is an external model (segmenter.onnx), fed as its SPEC says
+    if "segmenter" in config:  # f is external model(s) (segmenter.onnx or members), fed as the SPEC says
         external = load_external_segmenter(path, config, path / MANIFEST, device=device, threads=threads)
         runner, method = external.runner, external.method_
     segmenter = OnnxSegmenter(runner, method, config.get("layout") or {}, seed=seed)

@@ -46,13 +46,20 @@ class UncertaintyMethod(ABC):
     extra_channels: ClassVar[int] = 0
     #: Whether ``read_out`` draws random numbers (then two unseeded read-outs differ).
     stochastic: ClassVar[bool] = False
-    #: Whether ``read_out`` works on an external segmentation model (``segqc.external``): true when it
-    #: runs only the ``f`` graph (images -> probs, uncertainty), which an external model answers.
-    #: Methods that need f's insides (dropout layers, extra output channels, other graphs) set False.
-    external_ok: ClassVar[bool] = True
+    #: What ``read_out`` needs of external segmentation models (``segqc.external``), which answer only
+    #: the ``f`` graph: ``"one"`` model (``f`` gives ``probs, uncertainty``), ``"members"``, K >= 2
+    #: models (``f`` gives ``member_probs (N, K, S, S)``), or ``None``: it needs f's insides (dropout
+    #: layers, extra output channels, other graphs) and reads out no external model.
+    external_models: ClassVar[str | None] = "one"
 
     def get_params(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    @classmethod
+    def external_params(cls, models: int, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The settings that read out ``models`` external models, from the given ``params``: where a
+        setting follows from the number of models, it is filled in or checked here (a ``SegQCError``)."""
+        return dict(params)
 
     def training_key(self) -> str:
         """Methods with the same key train the same f (same network, loss and settings), so an

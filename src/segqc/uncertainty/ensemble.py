@@ -50,9 +50,9 @@ class DeepEnsemble(UncertaintyMethod):
             A read-out setting only: both maps share one trained ensemble. Defaults to ``"entropy"``.
     """
 
-    # Its graph gives every member's probabilities, which one external model cannot; an external
-    # ensemble gives its members' outputs as samples (``--predictions DIR`` with ``<id>_s<k>.npy``).
-    external_ok = False
+    # Its graph gives every member's probabilities: K >= 2 external models answer it, one cannot (its
+    # members' outputs can also come as samples, ``--predictions DIR`` with ``<id>_s<k>.npy``).
+    external_models = "members"
 
     def __init__(self, *, members: int = 5, map: str = "entropy") -> None:
         if isinstance(members, bool) or not isinstance(members, int) or members < 1:
@@ -61,6 +61,17 @@ class DeepEnsemble(UncertaintyMethod):
             raise SegQCError(f"map must be one of {', '.join(SAMPLE_MAPS)}, got {map!r}")
         self.members = members
         self.map = map
+
+    @classmethod
+    def external_params(cls, models: int, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``members`` is the number of external models: filled in, or refused when it disagrees."""
+        out = {**params, "members": params.get("members", models)}
+        if out["members"] != models:
+            raise SegQCError(
+                f"ensemble setting members={out['members']!r} disagrees with the {models} segmentation "
+                f"models given; leave members out (it is the number of models) or set members={models}"
+            )
+        return out
 
     def training_key(self) -> str:
         return f"ensemble-k{self.members}"  # not the map: it does not change training

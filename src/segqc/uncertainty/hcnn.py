@@ -41,7 +41,7 @@ class Heteroscedastic(UncertaintyMethod):
         samples: noise samples T per pixel in the training loss. Defaults to 100.
     """
 
-    external_ok = False  # needs f's insides, which an external model does not expose
+    external_models = None  # needs f's insides, which an external model does not expose
 
     extra_channels = 1
 

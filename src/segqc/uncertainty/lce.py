@@ -40,7 +40,7 @@ class LearnedConfidence(UncertaintyMethod):
     The current weight is ``lambda_`` (training state, reset by each new method instance, not saved).
     """
 
-    external_ok = False  # needs f's insides, which an external model does not expose
+    external_models = None  # needs f's insides, which an external model does not expose
 
     extra_channels = 1
 

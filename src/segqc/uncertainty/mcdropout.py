@@ -65,7 +65,7 @@ class MCDropout(UncertaintyMethod):
             SegNet (its own f, training key ``"ce-segnet"``). Defaults to ``"center"``.
     """
 
-    external_ok = False  # needs f's insides, which an external model does not expose
+    external_models = None  # needs f's insides, which an external model does not expose
 
     stochastic = True
 
