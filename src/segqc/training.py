@@ -326,7 +326,8 @@ def train_bundle(
     extra: dict[str, Any] = {
         "pipeline": cfg.to_dict(),
         # Heat maps share one colour scale: the largest uncertainty f showed on its training images.
-        "uncertainty_vmax": float(train_samples.uncertainty.max()),
+        # None when f showed none (e.g. an ensemble whose members agreed everywhere): no scale of width 0.
+        "uncertainty_vmax": float(train_samples.uncertainty.max()) or None,
         "data": {
             **info,
             "n_train": len(train),

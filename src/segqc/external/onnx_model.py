@@ -297,6 +297,11 @@ class ExternalOnnxModel:
         n, c = out.shape[:2]
         if 0 in out.shape[1:]:
             raise SegQCError(f"{self.source}: the model's output {tuple(out.shape)} is empty")
+        if out.shape[2] == out.shape[3] == 1:  # a classifier's scores with kept dims, not a segmentation
+            raise SegQCError(
+                f"{self.source}: the model's output {tuple(out.shape)} has one value per image and channel, "
+                "not a segmentation map"
+            )
         if n != len(images):
             raise SegQCError(f"{self.source}: the model gave {n} outputs for {len(images)} images")
         channel = spec.foreground_channel

@@ -40,6 +40,10 @@ def external_files(external: Mapping[str, Any]) -> list[str]:
     members = external.get("members")
     if members is None:
         return [EXTERNAL_FILE]
+    if "file" in external:
+        raise SegQCError(
+            "'segmenter.external' has both 'file' (one model) and 'members' (an ensemble); it must have one"
+        )
     files = [MEMBER_FILE.format(k) for k in range(len(members) if isinstance(members, list) else 0)]
     if len(files) < 2 or any(
         not isinstance(m, dict) or m.get("file") != f for m, f in zip(members, files, strict=True)
@@ -136,6 +140,15 @@ class ExternalSegmenter:
     ) -> None:
         self.runner = ExternalRunner(model)
         self.models = self.runner.models
+        digests = [hashlib.sha256(m.blob).hexdigest() for m in self.models]
+        for k, digest in enumerate(digests):
+            if digest in digests[:k]:  # a copy adds no member: its disagreement (the map) would be lost
+                first = digests.index(digest)
+                raise SegQCError(
+                    f"{self.models[k].source}: the same model as {self.models[first].source} (members "
+                    f"{first} and {k} of the ensemble are identical files); give {len(self.models)} "
+                    "different models"
+                )
         self.model = self.models[0]  # the SPEC, which all members share
         self.method, self.seed = method, seed
         self.method_params = external_params(method, method_params, len(self.models)) or None
@@ -190,10 +203,13 @@ def load_external_segmenter(
         BundleError: a file is missing or changed (named), the section is malformed, or a model does
             not fit its SPEC (named after ``manifest``).
     """
-    section = config.get("segmenter") or {}
+    section = config.get("segmenter")
+    section = section if isinstance(section, dict) else {}
     external, params = section.get("external"), section.get("params")
     if not isinstance(external, dict) or not isinstance(params, dict):
         raise BundleError(f"{manifest}: 'segmenter.external' and 'segmenter.params' must be JSON objects")
+    if not isinstance(config.get("method_params") or {}, dict):
+        raise BundleError(f"{manifest}: 'method_params' must be a JSON object")
     try:
         names = external_files(external)
     except SegQCError as err:
