@@ -171,6 +171,24 @@ def test_assess_images_with_an_onnx_export_matches_torch(msp_export):
         np.testing.assert_allclose(a.uncertainty, b.uncertainty, atol=1e-4)
 
 
+def test_re_export_replaces_its_own_graphs_and_keeps_other_files(tmp_path):
+    """An export removes the graphs of an earlier export in its folder (listed in its manifest), never
+    other ONNX files there (a user's own model), nor files a tampered manifest names outside it."""
+    mcd = tiny_bundle(tmp_path / "mcd", "mcdropout", {"samples": 2})
+    out = export_onnx(mcd, tmp_path / "onnx", exporter="torchscript")
+    assert {"f_encode.onnx", "f_decode.onnx"} <= {p.name for p in out.glob("*.onnx")}
+    (out / "mine.onnx").write_bytes(b"the user's own model")
+    outside = tmp_path / "outside.onnx"
+    outside.write_bytes(b"not the export's")
+    manifest = json.loads((out / MANIFEST).read_text())
+    manifest["sha256"]["../outside.onnx"] = "0" * 64
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    export_onnx(tiny_bundle(tmp_path / "msp", "msp"), out, exporter="torchscript")
+    assert sorted(p.name for p in out.glob("*.onnx")) == ["f.onnx", "g.onnx", "mine.onnx"]
+    assert outside.read_bytes() == b"not the export's"
+    assert load_onnx_model(out, device="cpu").method == "msp"
+
+
 def test_export_refuses_bad_bundles_and_failed_parity(msp_export, tmp_path, monkeypatch):
     bundle, _ = msp_export
     with pytest.raises(BundleError, match="bundle.json"):

@@ -39,7 +39,7 @@ from segqc.bundle import Bundle, load_bundle
 from segqc.data.synthetic import make_synthetic
 from segqc.errors import BundleError, SegQCError
 from segqc.external import ExternalSegmenter
-from segqc.integrity import SIGNATURE_FILE, seal
+from segqc.integrity import SIGNATURE_FILE, read_json_object, seal
 from segqc.networks.graphs import Normalize
 from segqc.runtime.onnx_backend import (
     EXPORT_FORMAT,
@@ -188,6 +188,7 @@ def export_onnx(
         predictor.device = "cpu"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    earlier = _exported_files(out)
     (out / MANIFEST).unlink(missing_ok=True)
 
     size = bundle.image_size
@@ -217,9 +218,8 @@ def export_onnx(
         with atomic_write(out / name) as fh:
             fh.write(blob)
         sums[name] = hashlib.sha256(blob).hexdigest()
-    for stale in out.glob("*.onnx"):
-        if stale.name not in sums:
-            stale.unlink()
+    for stale in earlier - sums.keys():  # an earlier export's graphs; other files are the user's
+        (out / stale).unlink(missing_ok=True)
 
     config = bundle.config
     manifest: dict[str, Any] = {
@@ -284,6 +284,20 @@ def export_onnx(
     write_json(out / MANIFEST, seal(manifest))
     (out / SIGNATURE_FILE).unlink(missing_ok=True)  # a signature of an earlier export no longer holds
     return out
+
+
+def _exported_files(out: Path) -> set[str]:
+    """The files an earlier export in ``out`` wrote (its manifest's checksums): plain names only, so a
+    tampered manifest cannot point outside ``out``; none when there is no readable manifest."""
+    try:
+        sums = read_json_object(out / MANIFEST, "export manifest").get("sha256")
+    except BundleError:
+        return set()
+    if not isinstance(sums, dict):
+        return set()
+    return {
+        name for name in sums if isinstance(name, str) and name == Path(name).name and name.endswith(".onnx")
+    }
 
 
 def _parity(bundle: Bundle, onnx: OnnxModel, images: np.ndarray, pred: SegPrediction, seed: int) -> dict:
