@@ -99,6 +99,17 @@ def mutual_information(samples: np.ndarray, axis: int = 1, *, total: np.ndarray 
     return np.clip(total - expected, 0.0, total)
 
 
+def two_class_map(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(K, H, W)`` foreground probabilities -> foreground probability ``(H, W)`` and uncertainty
+    ``(H, W)``: for K = 1 ``1 - max(p, 1 - p)``, else the entropy of the mean (nats), float32. The map
+    of precomputed outputs that ``msp`` (one map) and ``mcdropout`` (samples) bundles were trained on."""
+    samples = np.asarray(samples, np.float32)
+    p = samples.mean(0)
+    if len(samples) == 1:
+        return p, (1.0 - np.maximum(p, 1.0 - p)).astype(np.float32)
+    return p, entropy(np.stack([1.0 - p, p]), axis=0)
+
+
 def upsample_probs(probs: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bilinear resize of ``(N, h, w)`` maps to ``(N, height, width)``, float32.
 

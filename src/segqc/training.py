@@ -97,7 +97,8 @@ def precomputed_segmenter(
     folder: PredictionFolder, data: DataSource, cfg: PipelineConfig
 ) -> PrecomputedSegmenter:
     """f as precomputed outputs in ``folder``, looked up by image id; each map is checked against the
-    size of its image file when ``data`` is a data folder."""
+    size of its image file when ``data`` is a data folder. ``cfg.method`` (with ``cfg.method_params``)
+    reads them out and must fit the folder's kind (:func:`segqc.external.predictions.map_methods`)."""
     shape_of = None
     if isinstance(data, (str, Path)):
         from segqc.data.readers import find_pairs
@@ -115,7 +116,8 @@ def precomputed_segmenter(
         folder.expect([i for part in data for i in part.ids])
 
     return PrecomputedSegmenter(folder, folder.folder_kind(), image_size=cfg.image_size, shape_of=shape_of,
-                                seed=cfg.seed)  # fmt: skip
+                                seed=cfg.seed, method=cfg.method,
+                                method_params=cfg.method_params)  # fmt: skip
 
 
 def fit_segmenter(cfg: PipelineConfig, data: SegData, *, progress: bool = True) -> Segmenter:

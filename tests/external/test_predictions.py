@@ -14,8 +14,8 @@ from segqc.assess import assess_images
 from segqc.cli.options import EXIT_PARTIAL
 from segqc.cli.predict import predict
 from segqc.errors import DataError
-from segqc.external.predictions import PredictionFolder, two_class_map
-from segqc.postprocess import entropy
+from segqc.external.predictions import PredictionFolder
+from segqc.postprocess import entropy, two_class_map
 from segqc.runtime import load_model
 
 
@@ -139,7 +139,7 @@ def test_samples_need_an_entropy_model(fit_bundle_dir, tmp_path):
     result = CliRunner().invoke(predict, [*args, "--quiet"])
     assert result.exit_code == EXIT_PARTIAL
     reason = _rows(tmp_path / "out" / "errors.csv")["a"]["reason"]
-    assert "samples per image give the map of mcdropout" in reason and "'msp'" in reason
+    assert "samples per image are read out by mcdropout or ensemble" in reason and "'msp'" in reason
 
 
 def _write_maps(data_dir: Path, maps: Path, *, samples: int = 0, seed: int = 0) -> None:
@@ -198,9 +198,10 @@ def test_train_and_predict_on_precomputed_outputs(tmp_path):
             "32", "--quality-epochs", "1", "--device", "cpu", "--quiet", "--force"]  # fmt: skip
     result = CliRunner().invoke(train, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert load_model(tmp_path / "m2", device="cpu").method == "mcdropout"
+    default = load_model(tmp_path / "m2", device="cpu")  # no --method: mcdropout, as before
+    assert default.method == "mcdropout" and default.config["method_params"] == {}
     result = CliRunner().invoke(train, [*args[:-2], "--method", "msp"])
-    assert result.exit_code == 2 and "give 'mcdropout' maps" in result.output
+    assert result.exit_code == 2 and "--method must be mcdropout or ensemble, not 'msp'" in result.output
 
 
 def test_train_refuses_a_bad_or_missing_map(tmp_path):
@@ -222,3 +223,119 @@ def test_train_refuses_a_bad_or_missing_map(tmp_path):
     first.unlink()
     result = CliRunner().invoke(train, args)
     assert result.exit_code == 1 and f"no prediction for {first.stem!r}" in result.output
+
+
+def _copy_images(data: Path, inputs: Path, n: int) -> list[str]:
+    inputs.mkdir()
+    files = sorted((data / "images").glob("*.png"))[:n]
+    for file in files:
+        (inputs / file.name).write_bytes(file.read_bytes())
+    return [f.stem for f in files]
+
+
+@pytest.mark.parametrize("map_", ["entropy", "mutual_information"])
+def test_samples_read_out_by_an_ensemble(tmp_path, map_):
+    from types import SimpleNamespace
+
+    from segqc.cli.train import train
+    from segqc.data.synthetic import write_synthetic
+    from segqc.external.predictions import PrecomputedSegmenter
+    from segqc.postprocess import combine_samples
+
+    data, samples = tmp_path / "data", tmp_path / "samples"
+    write_synthetic(data, 60, 32, seed=2)
+    _write_maps(data, samples, samples=3)
+    out = tmp_path / "model"
+    params = [] if map_ == "entropy" else ["--method-param", f"map={map_}"]
+    args = ["--data", str(data), "--predictions", str(samples), "--out", str(out), "--image-size", "32",
+            "--quality-epochs", "1", "--device", "cpu", "--quiet", "--force", "--method", "ensemble",
+            *params]  # fmt: skip
+    result = CliRunner().invoke(train, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    model = load_model(out, device="cpu")
+    recorded = {} if map_ == "entropy" else {"map": map_}
+    assert model.method == "ensemble" and model.config["method_params"] == recorded
+    assert model.config["segmenter"]["params"]["method_params"] == recorded
+
+    # training (the working size S = 32 here, the images' own): g saw combine_samples of the samples
+    ids = sorted(p.stem for p in (data / "images").glob("*.png"))[:2]
+    seen = PrecomputedSegmenter(
+        PredictionFolder(samples), "samples", image_size=32, method="ensemble", method_params=recorded
+    ).predict_data(SimpleNamespace(ids=ids, images=None))
+    for j, id_ in enumerate(ids):
+        p, z = combine_samples(PredictionFolder(samples).load(id_, None), axis=0, uncertainty=map_)
+        np.testing.assert_allclose(seen.uncertainty[j], z, atol=1e-6)
+        np.testing.assert_allclose(seen.probs[j], p, atol=1e-6)
+
+    # predict: the same map; the number of samples is not checked against members (it may vary)
+    inputs = tmp_path / "in"
+    ids = _copy_images(data, inputs, 2)
+    (samples / f"{ids[1]}_s3.npy").write_bytes((samples / f"{ids[1]}_s0.npy").read_bytes())
+    run = CliRunner().invoke(predict, ["--model", str(out), str(inputs), "--out", str(tmp_path / "p"),
+                                       "--predictions", str(samples), "--quiet"])  # fmt: skip
+    assert run.exit_code == 0, run.output
+    rows = _rows(tmp_path / "p" / "quality.csv")
+    folder = PredictionFolder(samples)
+    for id_, k in zip(ids, (3, 4)):
+        stack = folder.load(id_, None)
+        assert len(stack) == k
+        p, z = combine_samples(stack, axis=0, uncertainty=map_)
+        assert float(rows[id_]["mean_uncertainty"]) == pytest.approx(float(z.mean()), abs=1e-4)
+        [a] = assess_images(model, [np.asarray(Image.open(inputs / f"{id_}.png").convert("RGB"))],
+                            [id_], probabilities=[stack])  # fmt: skip
+        np.testing.assert_allclose(a.uncertainty, z, atol=1e-6)
+        np.testing.assert_array_equal(a.mask, (p > 0.5).astype(np.uint8))
+    if map_ == "mutual_information":  # not the entropy of the mean, which mcdropout would give
+        assert not np.allclose(z, two_class_map(stack)[1], atol=1e-3)
+
+    # one map per image on this bundle: a per-image error, as any other mismatch
+    single = tmp_path / "single"
+    single.mkdir()
+    for id_ in ids:
+        np.save(single / f"{id_}.npy", np.full((32, 32), 0.7, np.float32))
+    run = CliRunner().invoke(predict, ["--model", str(out), str(inputs), "--out", str(tmp_path / "q"),
+                                       "--predictions", str(single), "--quiet"])  # fmt: skip
+    assert run.exit_code == EXIT_PARTIAL, run.output
+    reason = _rows(tmp_path / "q" / "errors.csv")[ids[0]]["reason"]
+    assert "one map per image are read out by msp" in reason and "'ensemble'" in reason
+
+
+@pytest.mark.parametrize(
+    ("kind", "method", "match"),
+    [
+        ("samples", "msp", "samples per image: --method must be mcdropout or ensemble, not 'msp'"),
+        ("samples", "tta", "--method must be mcdropout or ensemble, not 'tta'"),
+        ("single", "ensemble", "one map per image: --method must be msp, not 'ensemble'"),
+        ("single", "mcdropout", "--method must be msp, not 'mcdropout'"),
+    ],
+)
+def test_train_refuses_a_method_that_does_not_read_the_folder(tmp_path, kind, method, match):
+    from segqc.cli.train import train
+    from segqc.data.synthetic import write_synthetic
+
+    data, maps = tmp_path / "data", tmp_path / "maps"
+    write_synthetic(data, 8, 32, seed=2)
+    _write_maps(data, maps, samples=2 if kind == "samples" else 0)
+    args = ["--data", str(data), "--predictions", str(maps), "--out", str(tmp_path / "m"), "--method", method,
+            "--quiet"]  # fmt: skip
+    result = CliRunner().invoke(train, args)
+    assert result.exit_code == 2 and match in result.output, result.output
+    assert result.output.count("\n") == 1  # one line
+
+
+def test_precomputed_maps_are_the_methods_own():
+    from segqc.external.predictions import map_methods, precomputed_method
+    from segqc.postprocess import combine_samples
+
+    assert map_methods("single") == ("msp",) and map_methods("samples")[0] == "mcdropout"
+    assert "ensemble" in map_methods("samples")
+    rng = np.random.default_rng(0)
+    stack = rng.random((4, 5, 6)).astype(np.float32)
+    np.testing.assert_array_equal(precomputed_method("mcdropout").precomputed_map(stack)[1],
+                                  two_class_map(stack)[1])  # fmt: skip
+    for map_ in ("entropy", "mutual_information"):
+        got = precomputed_method("ensemble", {"map": map_, "members": 2}).precomputed_map(stack)
+        for a, b in zip(got, combine_samples(stack, axis=0, uncertainty=map_)):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(DataError, match="'tta' maps, which precomputed outputs cannot give"):
+        precomputed_method("tta")

@@ -14,7 +14,7 @@ import numpy as np
 
 from segqc.data.readers import resize_image
 from segqc.errors import DataError
-from segqc.external.predictions import two_class_map
+from segqc.external.predictions import precomputed_method
 from segqc.postprocess import probs_to_mask, upsample_probs
 from segqc.types import QualitySamples, SegPrediction
 
@@ -101,16 +101,18 @@ def assess_images(
         batch_size: images per forward pass. Defaults to 16.
         probabilities: precomputed outputs of f instead of running it: per image a ``(K, H, W)``
             float array of foreground probabilities in [0, 1] at the image's own size (K = 1: one
-            map; K > 1: samples of a stochastic model). The mask and map at the image's size come from
-            them (:func:`segqc.external.predictions.two_class_map`), g and the gate see them resized
-            to ``image_size``. Defaults to none (f runs).
+            map; K > 1: samples of a stochastic model or an ensemble's members). The model's method
+            reads them out into the mask and map at the image's size (its ``precomputed_map``, with the
+            bundle's ``method_params``: ``msp``, ``mcdropout`` or ``ensemble``), g and the gate see them
+            resized to ``image_size``. Defaults to none (f runs).
 
     Returns:
         One :class:`Assessment` per image, in order.
 
     Raises:
         DataError: an image is not an ``(H, W, 3)`` uint8 array, ``ids`` or ``probabilities`` has the
-            wrong length, or a probability array does not fit its image.
+            wrong length, a probability array does not fit its image, or the model's method reads out
+            no precomputed outputs.
     """
     ids = [str(i) for i in range(len(images))] if ids is None else [str(i) for i in ids]
     if len(ids) != len(images):
@@ -118,8 +120,10 @@ def assess_images(
     if batch_size < 1:
         raise DataError(f"batch size must be at least 1, got {batch_size}")
     checked = [_check_image(image, id_) for image, id_ in zip(images, ids)]
-    given = None
+    given, method = None, None
     if probabilities is not None:
+        if checked:  # (an empty batch, e.g. every image of a chunk refused, needs no read-out)
+            method = precomputed_method(model.method, model.config.get("method_params"))
         if len(probabilities) != len(images):
             raise DataError(f"got {len(images)} images but {len(probabilities)} probability arrays")
         given = [_check_probabilities(p, image, id_) for p, image, id_ in zip(probabilities, checked, ids)]
@@ -128,7 +132,9 @@ def assess_images(
     for start in range(0, len(checked), batch_size):
         batch = checked[start : start + batch_size]
         small = np.stack([resize_image(np.ascontiguousarray(image), size) for image in batch])
-        full = None if given is None else [two_class_map(p) for p in given[start : start + batch_size]]
+        full = None
+        if given is not None and method is not None:
+            full = [method.precomputed_map(p) for p in given[start : start + batch_size]]
         if full is None:
             pred = model.segment(small)
         else:  # f's outputs given: g and the gate see them at the model's size, as they would f's

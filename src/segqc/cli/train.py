@@ -82,7 +82,8 @@ def _recall_help(threshold: float) -> str:
         default=None,
         help="Instead of f, precomputed outputs of your model on the --data images: <id>.png/.npy "
         "foreground probabilities at the image's own size, or samples <id>_s<k>.npy; trains only g and the "
-        "gate (the method follows: msp for one map, mcdropout's entropy map for samples); the bundle then "
+        "gate (the method reads them out: msp for one map; for samples mcdropout, the default, or "
+        "--method ensemble with its map setting); the bundle then "
         "needs `segqc predict --predictions` (docs/your-model.md).",
     ),
     training_options(),
@@ -125,7 +126,7 @@ def train(
 
     folder = None
     if predictions is not None:
-        from segqc.external.predictions import MAP_METHODS, PredictionFolder
+        from segqc.external.predictions import KIND_NAMES, PredictionFolder, map_methods
 
         if segmenter_file:
             raise click.UsageError("--predictions and --segmenter exclude each other")
@@ -136,10 +137,14 @@ def train(
             from segqc.data.readers import find_pairs
 
             folder.expect(find_pairs(data))
-        implied = MAP_METHODS[folder.folder_kind()][0]
-        if method is not None and method != implied:
-            raise click.UsageError(f"--predictions in {predictions} give {implied!r} maps, not {method!r}")
-        method = implied
+        kind = folder.folder_kind()
+        fits = map_methods(kind)  # the methods that read this kind out; the first is the default
+        if method is not None and method not in fits:
+            raise click.UsageError(
+                f"--predictions in {predictions} hold {KIND_NAMES[kind]}: --method must be "
+                f"{' or '.join(fits)}, not {method!r}"
+            )
+        method = fits[0] if method is None else method
     cfg = PipelineConfig().replace(method=method, method_params=method_params or None, **settings)
     check_method(cfg.method, cfg.method_params)
     if confidence is not None and target_failure_recall is None:

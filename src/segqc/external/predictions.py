@@ -9,15 +9,17 @@ Layout of the folder (``segqc predict --predictions DIR``)::
 ``<id>`` is the image's id (in ``segqc predict``: the id of its row in ``quality.csv``, normally the file
 stem). A map has the image's own size ``H x W`` (what a model run on the original image gives); segqc
 resizes it (bilinear) to the model's square size for g and the gate, as it does the image. The
-uncertainty map comes from the maps: one map, ``1 - max(p, 1 - p)`` (the ``msp`` map); K samples, the
-entropy (nats) of their mean (the ``mcdropout`` map). g judges maps of the kind it was trained on, so
-one map needs a model whose method is ``msp`` and samples one whose map is an entropy of a mean.
-NumPy and Pillow only.
+uncertainty map comes from the maps, read out by the model's method
+(:meth:`~segqc.uncertainty.base.UncertaintyMethod.precomputed_map`): one map by ``msp``,
+``1 - max(p, 1 - p)``; K samples by ``mcdropout`` (the entropy of their mean, nats) or ``ensemble``
+(its ``map``: that entropy, or the mutual information ``H(mean) - mean_k H(p_k)``). g judges maps of
+the kind it was trained on, so one map needs a model whose method reads one map and samples one whose
+method reads samples (:func:`map_methods`). NumPy and Pillow only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,24 +27,41 @@ import numpy as np
 from PIL import Image
 
 from segqc.errors import DataError, SegQCError
-from segqc.postprocess import entropy, probs_to_mask, upsample_probs
+from segqc.postprocess import probs_to_mask, upsample_probs
 from segqc.types import SegPrediction
+from segqc.uncertainty import METHODS, UncertaintyMethod, create_method
 
-#: Which methods' maps each kind of precomputed output reproduces (what g was trained on).
-MAP_METHODS = {"single": ("msp",), "samples": ("mcdropout",)}
+#: The method of each kind of precomputed outputs when none is named (``segqc train --predictions``
+#: without ``--method``; the method of every bundle trained before the kind allowed a choice).
+DEFAULT_METHODS = {"single": "msp", "samples": "mcdropout"}
+KIND_NAMES = {"single": "one map per image", "samples": "samples per image"}
 #: Slack on values outside [0, 1] (float rounding); they are clipped.
 SLACK = 1e-5
 MAX_SAMPLES = 1000
 
 
-def two_class_map(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(K, H, W)`` foreground probabilities -> foreground probability ``(H, W)`` and uncertainty
-    ``(H, W)``: for K = 1 ``1 - max(p, 1 - p)``, else the entropy of the mean (nats), float32."""
-    samples = np.asarray(samples, np.float32)
-    p = samples.mean(0)
-    if len(samples) == 1:
-        return p, (1.0 - np.maximum(p, 1.0 - p)).astype(np.float32)
-    return p, entropy(np.stack([1.0 - p, p]), axis=0)
+def map_methods(kind: str) -> tuple[str, ...]:
+    """The methods that read out ``kind`` of precomputed outputs (their ``precomputed``), the default
+    first: a method's own hook decides, so a plug-in method that reads samples is listed too."""
+    names = [n for n in METHODS.names() if METHODS.get(n).precomputed == kind]
+    return tuple(sorted(names, key=lambda n: n != DEFAULT_METHODS.get(kind)))
+
+
+def precomputed_method(method: str, params: Mapping[str, Any] | None = None) -> UncertaintyMethod:
+    """Method ``method`` with ``params``, checked to read out precomputed outputs (its
+    ``precomputed_map`` turns them into the map its g was trained on).
+
+    Raises:
+        DataError: the method reads no precomputed outputs (its map needs f itself).
+    """
+    built = create_method(method, **dict(params or {}))
+    if built.precomputed is None:
+        fits = ", ".join(n for kind in KIND_NAMES for n in map_methods(kind))
+        raise DataError(
+            f"this model's g was trained on {method!r} maps, which precomputed outputs cannot give "
+            f"(they give the maps of {fits})"
+        )
+    return built
 
 
 class PredictionFolder:
@@ -179,11 +198,11 @@ def _check_shape(file: Path, got: tuple[int, ...], shape: tuple[int, ...] | None
 
 def check_method(kind: str, method: str) -> None:
     """A ``DataError`` when the model's g was trained on another kind of map than ``kind`` gives."""
-    if method not in MAP_METHODS[kind]:
-        what = "one map per image" if kind == "single" else "samples per image"
+    fits = map_methods(kind)
+    if method not in fits:
         raise DataError(
-            f"predictions with {what} give the map of {', '.join(MAP_METHODS[kind])}, but this model's g was "
-            f"trained on {method!r} maps; use a model trained with --method {MAP_METHODS[kind][0]}"
+            f"predictions with {KIND_NAMES[kind]} are read out by {' or '.join(fits)}, but this model's g "
+            f"was trained on {method!r} maps; use a model trained with --method {' or '.join(fits)}"
         )
 
 
@@ -202,8 +221,11 @@ class PrecomputedSegmenter:
 
     Args:
         folder: the maps, or ``None`` in a loaded bundle.
-        kind: ``"single"`` (one map per image) or ``"samples"``; sets ``method``, the method whose map
-            the maps give (:data:`MAP_METHODS`).
+        kind: ``"single"`` (one map per image) or ``"samples"``.
+        method: the method that reads the maps out (:func:`map_methods` of ``kind``; its
+            ``precomputed_map``). Defaults to the kind's default, ``msp`` or ``mcdropout``
+            (:data:`DEFAULT_METHODS`).
+        method_params: its settings, recorded in the bundle as given (e.g. ``ensemble``'s ``map``).
         image_size: the model's square size S; maps are turned into a mask and an uncertainty map at
             their own size, then resized to S, as ``segqc predict --predictions`` does.
         shape_of: the original ``(H, W)`` of an image by id, to check each map against; ``None``
@@ -221,10 +243,18 @@ class PrecomputedSegmenter:
         image_size: int,
         shape_of: Callable[[str], tuple[int, int] | None] | None = None,
         seed: int = 0,
+        method: str | None = None,
+        method_params: Mapping[str, Any] | None = None,
     ) -> None:
-        if kind not in MAP_METHODS:
+        if kind not in DEFAULT_METHODS:
             raise SegQCError(
-                f"kind of precomputed outputs must be one of {', '.join(MAP_METHODS)}, got {kind!r}"
+                f"kind of precomputed outputs must be one of {', '.join(DEFAULT_METHODS)}, got {kind!r}"
+            )
+        method = DEFAULT_METHODS[kind] if method is None else method
+        if method not in map_methods(kind):
+            raise SegQCError(
+                f"precomputed outputs with {KIND_NAMES[kind]} are read out by "
+                f"{' or '.join(map_methods(kind))}, not {method!r}"
             )
         self.folder, self.kind, self.image_size, self.shape_of, self.seed = (
             folder,
@@ -233,7 +263,8 @@ class PrecomputedSegmenter:
             shape_of,
             seed,
         )
-        self.method, self.method_params = MAP_METHODS[kind][0], None
+        self.method, self.method_params = method, dict(method_params or {})
+        self.method_ = precomputed_method(method, self.method_params)
         self.device = "cpu"
         self.rng_ = np.random.default_rng(seed)
 
@@ -256,7 +287,7 @@ class PrecomputedSegmenter:
                     f"{self.folder.folder}: {id_!r} has {kind} predictions, the others {self.kind}"
                 )
             shape = self.shape_of(id_) if self.shape_of is not None else None
-            p, z = two_class_map(self.folder.load(id_, shape))
+            p, z = self.method_.precomputed_map(self.folder.load(id_, shape))
             probs.append(upsample_probs(p[None], size, size)[0])
             maps.append(upsample_probs(z[None], size, size)[0])
         if not probs:
@@ -269,6 +300,6 @@ class PrecomputedSegmenter:
         """The bundle's ``segmenter`` section."""
         source = None if self.folder is None else self.folder.folder.name
         return {
-            "params": {"method": self.method, "method_params": {}, "seed": self.seed},
+            "params": {"method": self.method, "method_params": self.method_params, "seed": self.seed},
             "precomputed": {"kind": self.kind, "source": source},
         }

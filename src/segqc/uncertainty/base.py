@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from segqc.errors import SegQCError
 from segqc.registry import Registry
 from segqc.types import Graph, Runner
 
@@ -51,6 +52,10 @@ class UncertaintyMethod(ABC):
     #: models (``f`` gives ``member_probs (N, K, S, S)``), or ``None``: it needs f's insides (dropout
     #: layers, extra output channels, other graphs) and reads out no external model.
     external_models: ClassVar[str | None] = "one"
+    #: Which precomputed outputs of an external model (``segqc.external.predictions``) this method reads
+    #: out with ``precomputed_map``: ``"single"`` (one map per image), ``"samples"`` (K maps per image)
+    #: or ``None`` (none: its map needs f itself).
+    precomputed: ClassVar[str | None] = None
 
     def get_params(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
@@ -60,6 +65,12 @@ class UncertaintyMethod(ABC):
         """The settings that read out ``models`` external models, from the given ``params``: where a
         setting follows from the number of models, it is filled in or checked here (a ``SegQCError``)."""
         return dict(params)
+
+    def precomputed_map(self, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Precomputed foreground probabilities ``(K, H, W)`` of one image -> its foreground probability
+        and uncertainty map ``(H, W)``, float32: the map this method's g was trained on, so the method
+        decides how its kind of outputs (``precomputed``) is read."""
+        raise SegQCError(f"{self.name!r} computes no uncertainty map from precomputed outputs")
 
     def training_key(self) -> str:
         """Methods with the same key train the same f (same network, loss and settings), so an

@@ -53,6 +53,7 @@ class DeepEnsemble(UncertaintyMethod):
     # Its graph gives every member's probabilities: K >= 2 external models answer it, one cannot (its
     # members' outputs can also come as samples, ``--predictions DIR`` with ``<id>_s<k>.npy``).
     external_models = "members"
+    precomputed = "samples"
 
     def __init__(self, *, members: int = 5, map: str = "entropy") -> None:
         if isinstance(members, bool) or not isinstance(members, int) or members < 1:
@@ -72,6 +73,15 @@ class DeepEnsemble(UncertaintyMethod):
                 f"models given; leave members out (it is the number of models) or set members={models}"
             )
         return out
+
+    def precomputed_map(self, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The members' precomputed outputs ``(K, H, W)`` -> their mean and ``map`` (:func:`combine_samples`).
+
+        ``members`` is not checked against K: every sample of the image is combined, whatever their
+        number (the mean and both maps hold for any K >= 1, and a stochastic model's count may vary by
+        image); ``members`` is only recorded, as given.
+        """
+        return combine_samples(maps, axis=0, uncertainty=self.map)
 
     def training_key(self) -> str:
         return f"ensemble-k{self.members}"  # not the map: it does not change training

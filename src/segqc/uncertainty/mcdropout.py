@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from segqc.errors import SegQCError, SettingsError
-from segqc.postprocess import entropy, pixel_batch
+from segqc.postprocess import entropy, pixel_batch, two_class_map
 from segqc.uncertainty.base import (
     NUM_CLASSES,
     Graph,
@@ -68,6 +68,7 @@ class MCDropout(UncertaintyMethod):
     external_models = None  # needs f's insides, which an external model does not expose
 
     stochastic = True
+    precomputed = "samples"  # an external stochastic model's samples, <id>_s<k>.npy
 
     def __init__(self, *, samples: int = 20, max_batch: int | None = None, placement: str = "center") -> None:
         if samples < 1 or (max_batch is not None and max_batch < 1):
@@ -80,6 +81,11 @@ class MCDropout(UncertaintyMethod):
         self.samples = samples
         self.max_batch = max_batch
         self.placement = placement
+
+    def precomputed_map(self, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Samples -> the entropy of their mean; one sample gives ``1 - max(p, 1 - p)``, as segqc has
+        always read one (the bundles trained so are read the same)."""
+        return two_class_map(maps)
 
     def training_key(self) -> str:
         if self.placement == "center":

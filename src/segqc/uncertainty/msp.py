@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from segqc.postprocess import two_class_map
 from segqc.uncertainty.base import UncertaintyMethod, register_method, softmax_probs
 
 if TYPE_CHECKING:
@@ -13,6 +16,12 @@ if TYPE_CHECKING:
 @register_method("msp")
 class MaxSoftmax(UncertaintyMethod):
     """One deterministic forward pass; uncertainty is one minus the winning class probability."""
+
+    precomputed = "single"
+
+    def precomputed_map(self, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One map (several: their mean) -> ``1 - max(p, 1 - p)``."""
+        return two_class_map(np.mean(maps, axis=0, keepdims=True, dtype=np.float32))
 
     def training_key(self) -> str:
         return "ce"  # plain cross-entropy on the plain U-Net, as mcdropout
