@@ -299,6 +299,29 @@ def test_samples_read_out_by_an_ensemble(tmp_path, map_):
     reason = _rows(tmp_path / "q" / "errors.csv")[ids[0]]["reason"]
     assert "one map per image are read out by msp" in reason and "'ensemble'" in reason
 
+    # a bundle whose recorded kind or map its method cannot read is refused at load
+    import json
+
+    from segqc.errors import BundleError
+    from segqc.integrity import seal
+
+    for path, value, match in [
+        (("segmenter", "precomputed", "kind"), "single", "read out by msp, not 'ensemble'"),
+        (("method_params", "map"), "variance", "map must be one of"),
+    ]:
+        config = json.loads((out / "bundle.json").read_text())
+        config.setdefault("method_params", {})
+        node = config
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+        if path[0] == "method_params":
+            config["segmenter"]["params"]["method_params"] = config["method_params"]
+        (out / "bundle.json").write_text(json.dumps(seal(config)))
+        with pytest.raises(BundleError, match=match):
+            load_model(out, device="cpu")
+        (out / "bundle.json").write_text(json.dumps(seal(model.config)))
+
 
 @pytest.mark.parametrize(
     ("kind", "method", "match"),
