@@ -50,8 +50,16 @@ class Squeeze(nn.Module):
         return self.net(x)[:, 0]
 
 
-def export(net: nn.Module, path: Path, shape: tuple[int, ...], *, dynamic_size: bool = False) -> Path:
-    """``net`` as an ONNX file (legacy exporter: fast) with a dynamic batch axis (and H, W)."""
+def export(
+    net: nn.Module,
+    path: Path,
+    shape: tuple[int, ...],
+    *,
+    dynamic_size: bool = False,
+    outputs: tuple[str, ...] = ("output",),
+) -> Path:
+    """``net`` as an ONNX file (legacy exporter: fast) with a dynamic batch axis (and H, W); ``outputs``
+    names its outputs."""
     net.eval()
     axes = {0: "batch"}
     if dynamic_size:
@@ -59,8 +67,8 @@ def export(net: nn.Module, path: Path, shape: tuple[int, ...], *, dynamic_size: 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notices
         torch.onnx.export(
-        net, (torch.rand(shape),), str(path), dynamo=False, input_names=["input"], output_names=["output"],
-        dynamic_axes={"input": axes, "output": {0: "batch"}}, opset_version=17,
+        net, (torch.rand(shape),), str(path), dynamo=False, input_names=["input"], output_names=list(outputs),
+        dynamic_axes={"input": axes, **{o: {0: "batch"} for o in outputs}}, opset_version=17,
     )  # fmt: skip
     return path
 

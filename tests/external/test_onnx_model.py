@@ -64,6 +64,36 @@ def test_probabilities_output(tmp_path, images):
     np.testing.assert_allclose(fg, want, atol=1e-6)
 
 
+class TwoHeads(torch.nn.Module):
+    """A model with two outputs, e.g. an auxiliary head first and the segmentation second."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.aux, self.main = ConvNet(2, seed=3), ConvNet(2, seed=4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.aux(x), self.main(x)
+
+
+def test_output_name_picks_one_of_several_outputs(tmp_path, images):
+    net = TwoHeads()
+    file = export(net, tmp_path / "two.onnx", (1, 3, S, S), outputs=("aux", "seg"))
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        aux, main = (torch.softmax(o, 1)[:, 1].numpy() for o in net(x))
+    first = ExternalOnnxModel(file.read_bytes(), ExternalSpec(), S).foreground(images)
+    np.testing.assert_allclose(first, aux, atol=1e-5)  # by default the first output, as documented
+    named = ExternalOnnxModel(file.read_bytes(), ExternalSpec.from_dict({"output_name": "seg"}), S)
+    np.testing.assert_allclose(named.foreground(images), main, atol=1e-5)
+    assert not np.allclose(aux, main, atol=1e-3)  # the two heads really differ
+    with pytest.raises(
+        SegQCError, match="output_name 'mask' is not an output of the model; its outputs: aux, seg"
+    ):
+        ExternalOnnxModel(file.read_bytes(), ExternalSpec.from_dict({"output_name": "mask"}), S)
+    with pytest.raises(SegQCError, match="output_name"):
+        ExternalSpec.from_dict({"output_name": 3})
+
+
 def test_methods_that_need_f_insides_are_refused(tmp_path):
     file = export(ConvNet(2), tmp_path / "m.onnx", (1, 3, S, S))
     model = ExternalOnnxModel(file.read_bytes(), ExternalSpec(), S)

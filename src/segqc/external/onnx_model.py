@@ -176,6 +176,15 @@ class ExternalOnnxModel:
             )
         inp = inputs[0]
         self.input_name = inp.name
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.output_name = (
+            self.spec.output_name or (outputs or [""])[0]
+        )  # the first unless the SPEC names one
+        if self.output_name not in outputs:
+            raise SegQCError(
+                f"{self.source}: the SPEC's output_name {self.output_name!r} is not an output of the model; "
+                f"its outputs: {', '.join(outputs) or '(none)'}"
+            )
         if inp.type not in _DTYPES:
             raise SegQCError(f"{self.source}: the model's input is {inp.type}; segqc feeds float images")
         self.input_dtype = _DTYPES[inp.type]
@@ -234,8 +243,8 @@ class ExternalOnnxModel:
 
     # -- output -----------------------------------------------------------------------------------
     def raw(self, images: np.ndarray) -> np.ndarray:
-        """The model's own first output on uint8 ``(N, S, S, 3)`` images, as it gives it (in batches of
-        the model's fixed batch size, if it has one).
+        """The model's own output (the SPEC's ``output_name``, else its first) on uint8 ``(N, S, S, 3)``
+        images, as it gives it (in batches of the model's fixed batch size, if it has one).
 
         Raises:
             SegQCError: onnxruntime failed to run the model on these images.
@@ -254,7 +263,7 @@ class ExternalOnnxModel:
 
     def _run(self, images: np.ndarray) -> np.ndarray:
         try:
-            out = self.session.run(None, {self.input_name: self.preprocess(images)})[0]
+            out = self.session.run([self.output_name], {self.input_name: self.preprocess(images)})[0]
         except Exception as err:  # onnxruntime's own types: a shape it does not take, a failing node
             first = (str(err).strip().splitlines() or [""])[0]
             raise SegQCError(

@@ -12,7 +12,9 @@ Every key is optional::
       "mean": [0, 0, 0],            # per channel, after scaling, subtracted (default 0; one number for all)
       "std": [1, 1, 1],             # per channel, after scaling, divided by (default 1)
       "output": "logits",           # logits (default) or probabilities
-      "foreground_channel": null    # output channel of the lesion; default 1 with two channels, 0 with one
+      "foreground_channel": null,   # output channel of the lesion; default 1 with two channels, 0 with one
+      "output_name": null           # which output of a model with several (e.g. deep supervision, a
+                                    # second head); default: the first
     }
 
 A single output channel is the foreground: its sigmoid (``logits``) or itself (``probabilities``).
@@ -50,6 +52,7 @@ class ExternalSpec:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     output: str = "logits"
     foreground_channel: int | None = None
+    output_name: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form; :meth:`from_dict` of it gives the same spec."""
@@ -111,6 +114,9 @@ class ExternalSpec:
         channel = data.get("foreground_channel")
         if channel is not None and (not isinstance(channel, int) or isinstance(channel, bool) or channel < 0):
             raise bad("foreground_channel", "an integer >= 0, or null")
+        output_name = data.get("output_name")
+        if output_name is not None and (not isinstance(output_name, str) or not output_name):
+            raise bad("output_name", "the name of one of the model's outputs, or null")
         return cls(
             input_size=input_size,
             layout=choice("layout", LAYOUTS, "NCHW"),
@@ -121,6 +127,7 @@ class ExternalSpec:
             std=triple("std", 1.0, True),
             output=choice("output", OUTPUTS, "logits"),
             foreground_channel=channel,
+            output_name=output_name,
         )
 
     @classmethod
