@@ -127,6 +127,11 @@ def assess_images(
         if len(probabilities) != len(images):
             raise DataError(f"got {len(images)} images but {len(probabilities)} probability arrays")
         given = [_check_probabilities(p, image, id_) for p, image, id_ in zip(probabilities, checked, ids)]
+        for p, id_ in zip(given, ids):
+            try:
+                method.check_precomputed(p)  # type: ignore[union-attr]
+            except DataError as err:
+                raise DataError(f"{id_}: precomputed probabilities: {err}") from None
     size, threshold, gate = model.image_size, model.threshold, model.gate
     out: list[Assessment] = []
     for start in range(0, len(checked), batch_size):
