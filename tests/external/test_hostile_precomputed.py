@@ -154,3 +154,16 @@ def test_a_rerun_with_predictions_never_keeps_the_decision_on_old_maps(fit_bundl
     run = CliRunner().invoke(predict, args)
     assert run.exit_code == 0 and "assessed 3 images, skipped 0" in run.output, run.output
     assert {float(r["mean_uncertainty"]) for r in _rows(tmp_path / "p" / "quality.csv").values()} == {0.0}
+
+
+@pytest.mark.parametrize(
+    "probs",
+    ["abc", {"a": 1}, [[0.1] * 5] * 3 + [[0.1] * 4], np.full((4, 5), 0.2 + 0.9j), np.full((4, 5), None)],
+)
+def test_assess_images_refuses_probabilities_that_are_not_real_numbers(probs):
+    """Strings, dicts and ragged lists raised ValueError/TypeError; complex maps lost their imaginary part."""
+    from segqc.assess.assess import _check_probabilities
+
+    with pytest.raises(DataError, match="x: precomputed probabilities must be a real numeric"):
+        _check_probabilities(probs, np.zeros((4, 5, 3), np.uint8), "x")
+    assert _check_probabilities(np.full((4, 5), 0.5), np.zeros((4, 5, 3), np.uint8), "x").shape == (1, 4, 5)

@@ -173,7 +173,16 @@ def assess_images(
 
 
 def _check_probabilities(probs: Any, image: np.ndarray, id_: str) -> np.ndarray:
-    p = np.asarray(probs, dtype=np.float32)
+    try:
+        raw = np.asarray(probs)
+    except (ValueError, TypeError):  # ragged nested lists
+        raw = np.asarray(None, object)
+    if raw.dtype.kind not in "fiub":  # complex (its imaginary part dropped), strings, objects
+        raise DataError(
+            f"{id_}: precomputed probabilities must be a real numeric (K, H, W) array, got "
+            f"{raw.dtype if raw.dtype != object else type(probs).__name__}"
+        )
+    p = np.asarray(raw, dtype=np.float32)
     if p.ndim == 2:
         p = p[None]
     if p.ndim != 3 or len(p) < 1 or p.shape[1:] != image.shape[:2]:
