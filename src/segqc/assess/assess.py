@@ -127,6 +127,11 @@ def assess_images(
         if len(probabilities) != len(images):
             raise DataError(f"got {len(images)} images but {len(probabilities)} probability arrays")
         given = [_check_probabilities(p, image, id_) for p, image, id_ in zip(probabilities, checked, ids)]
+        for p, id_ in zip(given, ids):
+            try:
+                method.check_precomputed(p)  # type: ignore[union-attr]
+            except DataError as err:
+                raise DataError(f"{id_}: precomputed probabilities: {err}") from None
     size, threshold, gate = model.image_size, model.threshold, model.gate
     out: list[Assessment] = []
     for start in range(0, len(checked), batch_size):
@@ -168,7 +173,16 @@ def assess_images(
 
 
 def _check_probabilities(probs: Any, image: np.ndarray, id_: str) -> np.ndarray:
-    p = np.asarray(probs, dtype=np.float32)
+    try:
+        raw = np.asarray(probs)
+    except (ValueError, TypeError):  # ragged nested lists
+        raw = np.asarray(None, object)
+    if raw.dtype.kind not in "fiub":  # complex (its imaginary part dropped), strings, objects
+        raise DataError(
+            f"{id_}: precomputed probabilities must be a real numeric (K, H, W) array, got "
+            f"{raw.dtype if raw.dtype != object else type(probs).__name__}"
+        )
+    p = np.asarray(raw, dtype=np.float32)
     if p.ndim == 2:
         p = p[None]
     if p.ndim != 3 or len(p) < 1 or p.shape[1:] != image.shape[:2]:

@@ -40,7 +40,7 @@ from segqc.assess.outputs import (
 )
 from segqc.audit import AuditLog
 from segqc.errors import DataError, SegQCError
-from segqc.external.predictions import PredictionFolder, check_method
+from segqc.external.predictions import PredictionFolder, check_method, precomputed_method
 
 if TYPE_CHECKING:
     from segqc.assess.review_page import ReviewCase
@@ -161,7 +161,10 @@ def assess_files(
         report: write ``report.html``. Defaults to True.
         predictions: precomputed outputs of f, looked up by each image's id
             (:mod:`segqc.external.predictions`); f is then not run. An image without its map, or with a
-            map of the wrong size, range or kind, goes to ``errors.csv``. Defaults to none (f runs).
+            map of the wrong size, range or kind, goes to ``errors.csv``. Every image is then assessed
+            again, none skipped: a row records its image's digest, not its maps', so a map replaced
+            since (or another folder) would otherwise keep the decision on the old one. Defaults to
+            none (f runs).
 
     Raises:
         SegQCError: ``out_dir`` cannot be written, another run is using it
@@ -196,7 +199,15 @@ def _assess_locked(
     todo, skipped = [], []
     for k, (id_, source) in enumerate(zip(ids, sources)):
         row = rows.get(id_)
-        if row is not None and row["source"] == source and done(out, id_) and _unchanged(row, paths[k]):
+        # With precomputed maps never skipped: the row cannot tell whether its maps changed since.
+        redo = predictions is not None
+        if (
+            not redo
+            and row is not None
+            and row["source"] == source
+            and done(out, id_)
+            and _unchanged(row, paths[k])
+        ):
             skipped.append(id_)
             old_errors.pop(source, None)
         else:
@@ -212,6 +223,7 @@ def _assess_locked(
     def log(k: int, **fields: Any) -> None:
         audit.record(request_id=f"{run_id}/{ids[k]}", source=str(paths[k]), model_sha256=model_sha, **fields)
 
+    reader = None  # the model's method, reading out the precomputed outputs
     if predictions is not None:
         predictions.expect(ids)  # so that <id>_s0.npy of an image "<id>_s0" is not read as a sample of <id>
     with tqdm(total=len(todo), desc="assess", unit="image", disable=not progress) as bar:
@@ -227,7 +239,14 @@ def _assess_locked(
                             kind = predictions.kind(ids[k])
                             if kind is not None:
                                 check_method(kind, model.method)
-                            maps.append(predictions.load(ids[k], loaded.rgb.shape[:2]))
+                            stack = predictions.load(ids[k], loaded.rgb.shape[:2])
+                            if reader is None:
+                                reader = precomputed_method(model.method, model.config.get("method_params"))
+                            try:
+                                reader.check_precomputed(stack)
+                            except DataError as err:
+                                raise DataError(f"{predictions.folder}: {ids[k]!r}: {err}") from None
+                            maps.append(stack)
                         except DataError as err:
                             err.sha256 = loaded.sha256  # type: ignore[attr-defined]
                             raise

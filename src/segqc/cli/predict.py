@@ -70,7 +70,8 @@ MANIFESTS = {"torch": "bundle.json", "onnx": "export.json"}
         help="Precomputed outputs of your segmentation model instead of running f: <id>.png (8/16-bit "
         "grey) or <id>.npy (float) foreground probabilities at the image's own size, or samples "
         "<id>_s0.npy, <id>_s1.npy, ..., read out by the model's method (msp for one map; mcdropout or "
-        "ensemble for samples); an image without its map goes to errors.csv (docs/your-model.md).",
+        "ensemble for samples); an image without its map goes to errors.csv (docs/your-model.md). "
+        "Every image is assessed again (its maps may have changed), none skipped as done before.",
     ),
     click.option("--no-report", is_flag=True, help="Do not write report.html."),
     quiet_option(),

@@ -185,6 +185,12 @@ class ExternalOnnxModel:
                 f"{self.source}: the SPEC's output_name {self.output_name!r} is not an output of the model; "
                 f"its outputs: {', '.join(outputs) or '(none)'}"
             )
+        kind = next(str(o.type) for o in self.session.get_outputs() if o.name == self.output_name)
+        if not kind.startswith("tensor("):  # a sequence or map: no (N, C, H, W) array to read
+            raise SegQCError(
+                f"{self.source}: the model's output {self.output_name!r} is a {kind}, not a tensor of "
+                "logits or probabilities; name a tensor output with the SPEC's output_name"
+            )
         if inp.type not in _DTYPES:
             raise SegQCError(f"{self.source}: the model's input is {inp.type}; segqc feeds float images")
         self.input_dtype = _DTYPES[inp.type]
@@ -270,7 +276,10 @@ class ExternalOnnxModel:
                 f"{self.source}: the model failed on a batch of {len(images)} images "
                 f"({type(err).__name__}: {first})"
             ) from None
-        out = np.asarray(out)
+        try:
+            out = np.asarray(out)
+        except ValueError:  # a ragged sequence (refused at load; a guard)
+            out = np.asarray(None, object)
         if not np.issubdtype(out.dtype, np.floating):
             raise SegQCError(
                 f"{self.source}: the model's output is {out.dtype}, not float logits or probabilities "

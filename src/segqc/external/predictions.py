@@ -19,6 +19,8 @@ method reads samples (:func:`map_methods`). NumPy and Pillow only.
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ KIND_NAMES = {"single": "one map per image", "samples": "samples per image"}
 #: Slack on values outside [0, 1] (float rounding); they are clipped.
 SLACK = 1e-5
 MAX_SAMPLES = 1000
+_SAMPLE_NAME = re.compile(r"(.*)_s[0-9]+\.npy", re.DOTALL)
 
 
 def map_methods(kind: str) -> tuple[str, ...]:
@@ -72,6 +75,7 @@ class PredictionFolder:
         if not self.folder.is_dir():
             raise DataError(f"{self.folder}: predictions folder not found")
         self.ids: frozenset[str] = frozenset()
+        self._sample_names: dict[str, set[str]] | None = None  # sample-like file names by id, listed once
         if ids is not None:
             self.expect(ids)
 
@@ -97,10 +101,32 @@ class PredictionFolder:
             not own and len(samples) < MAX_SAMPLES and (self.folder / f"{id_}_s{len(samples)}.npy").is_file()
         ):
             samples.append(self.folder / f"{id_}_s{len(samples)}.npy")
+        stray = sorted(self._sample_files(id_) - {f.name for f in samples} - {f"{i}.npy" for i in self.ids})
+        if stray and not own:  # a gap (_s0, _s2) or more than MAX_SAMPLES: never read fewer silently
+            raise DataError(
+                f"{self.folder}: the samples of {id_!r} must be numbered {id_}_s0.npy to {id_}_s<K-1>.npy "
+                f"without gaps (at most {MAX_SAMPLES}); read {len(samples)}, but {stray[0]} is not "
+                "among them"
+            )
         if len(single) + bool(samples) > 1:
             found = ", ".join(f.name for f in [*single, *samples[:1]])
             raise DataError(f"{self.folder}: several predictions for {id_!r} ({found}); keep one kind")
         return single or samples
+
+    def _sample_files(self, id_: str) -> set[str]:
+        """The names ``<id_>_s<digits>.npy`` in the folder (listed once, at the first look-up)."""
+        if self._sample_names is None:
+            self._sample_names = {}
+            try:
+                names = [entry.name for entry in os.scandir(self.folder)]
+            except OSError as err:
+                reason = err.strerror or err
+                raise DataError(f"{self.folder}: cannot list the predictions ({reason})") from None
+            for name in names:
+                match = _SAMPLE_NAME.fullmatch(name)
+                if match:
+                    self._sample_names.setdefault(match.group(1), set()).add(name)
+        return self._sample_names.get(id_, set())
 
     def kind(self, id_: str) -> str | None:
         """``"single"`` (one map), ``"samples"`` or ``None`` (nothing for ``id_``)."""
@@ -187,7 +213,7 @@ MAX_SIDE = 1 << 15
 
 
 def _check_shape(file: Path, got: tuple[int, ...], shape: tuple[int, ...] | None) -> None:
-    if shape is None and (len(got) != 2 or max(got) > MAX_SIDE):
+    if shape is None and (len(got) != 2 or max(got) > MAX_SIDE or min(got) < 1):
         raise DataError(f"{file}: a prediction must be a 2-d (H, W) map, got shape {got}")
     if shape is not None and tuple(got) != tuple(shape):
         raise DataError(

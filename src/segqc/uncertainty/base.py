@@ -72,6 +72,11 @@ class UncertaintyMethod(ABC):
         decides how its kind of outputs (``precomputed``) is read."""
         raise SegQCError(f"{self.name!r} computes no uncertainty map from precomputed outputs")
 
+    def check_precomputed(self, maps: np.ndarray) -> None:
+        """Raise a ``DataError`` when precomputed outputs ``(K, H, W)`` cannot give this method's map
+        (before ``precomputed_map``, so that a batch job can refer that image alone). Default: any K."""
+        return None
+
     def training_key(self) -> str:
         """Methods with the same key train the same f (same network, loss and settings), so an
         experiment trains it once per seed and reads it out each way. Defaults to the method's name."""

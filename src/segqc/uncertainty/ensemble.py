@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from segqc.errors import SegQCError
+from segqc.errors import DataError, SegQCError
 from segqc.postprocess import SAMPLE_MAPS, combine_samples
 from segqc.types import Graph
 from segqc.uncertainty.base import NUM_CLASSES, Runner, UncertaintyMethod, register_method
@@ -78,10 +78,21 @@ class DeepEnsemble(UncertaintyMethod):
         """The members' precomputed outputs ``(K, H, W)`` -> their mean and ``map`` (:func:`combine_samples`).
 
         ``members`` is not checked against K: every sample of the image is combined, whatever their
-        number (the mean and both maps hold for any K >= 1, and a stochastic model's count may vary by
-        image); ``members`` is only recorded, as given.
+        number (the mean and the entropy hold for any K >= 1, the mutual information for K >= 2:
+        :meth:`check_precomputed`; a stochastic model's count may vary by image); ``members`` is only
+        recorded, as given.
         """
+        self.check_precomputed(maps)
         return combine_samples(maps, axis=0, uncertainty=self.map)
+
+    def check_precomputed(self, maps: np.ndarray) -> None:
+        """The mutual information of one sample is 0 everywhere (nothing to disagree with): g would read
+        that as certainty, so it needs K >= 2 samples."""
+        if self.map == "mutual_information" and len(maps) < 2:
+            raise DataError(
+                f"{len(maps)} sample: map=mutual_information (the samples' disagreement) needs at least 2 "
+                "samples; one gives 0 everywhere, which would read as certainty"
+            )
 
     def training_key(self) -> str:
         return f"ensemble-k{self.members}"  # not the map: it does not change training
