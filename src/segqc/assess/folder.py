@@ -197,10 +197,10 @@ def _assess_locked(
     old_errors = {r["source"] or r["id"]: r for r in read_csv(errors_csv, ERROR_COLUMNS)}
     sources, ids = _plan(out, paths, ids, rows, old_errors)
     todo, skipped = [], []
+    # With precomputed maps never skipped: the row cannot tell whether its maps changed since.
+    redo = predictions is not None
     for k, (id_, source) in enumerate(zip(ids, sources)):
         row = rows.get(id_)
-        # With precomputed maps never skipped: the row cannot tell whether its maps changed since.
-        redo = predictions is not None
         if (
             not redo
             and row is not None

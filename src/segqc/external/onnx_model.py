@@ -176,16 +176,15 @@ class ExternalOnnxModel:
             )
         inp = inputs[0]
         self.input_name = inp.name
-        outputs = [o.name for o in self.session.get_outputs()]
-        self.output_name = (
-            self.spec.output_name or (outputs or [""])[0]
-        )  # the first unless the SPEC names one
+        outputs = {o.name: str(o.type) for o in self.session.get_outputs()}  # name -> tensor(float), ...
+        # the first output unless the SPEC names one
+        self.output_name = self.spec.output_name or next(iter(outputs), "")
         if self.output_name not in outputs:
             raise SegQCError(
                 f"{self.source}: the SPEC's output_name {self.output_name!r} is not an output of the model; "
                 f"its outputs: {', '.join(outputs) or '(none)'}"
             )
-        kind = next(str(o.type) for o in self.session.get_outputs() if o.name == self.output_name)
+        kind = outputs[self.output_name]
         if not kind.startswith("tensor("):  # a sequence or map: no (N, C, H, W) array to read
             raise SegQCError(
                 f"{self.source}: the model's output {self.output_name!r} is a {kind}, not a tensor of "

@@ -101,8 +101,10 @@ class PredictionFolder:
             not own and len(samples) < MAX_SAMPLES and (self.folder / f"{id_}_s{len(samples)}.npy").is_file()
         ):
             samples.append(self.folder / f"{id_}_s{len(samples)}.npy")
-        stray = sorted(self._sample_files(id_) - {f.name for f in samples} - {f"{i}.npy" for i in self.ids})
-        if stray and not own:  # a gap (_s0, _s2) or more than MAX_SAMPLES: never read fewer silently
+        # sample-like names not read, other than the own maps of images named like samples (<id>_s1)
+        unread = [] if own else self._sample_files(id_) - {f.name for f in samples}
+        stray = sorted(name for name in unread if name.removesuffix(".npy") not in self.ids)
+        if stray:  # a gap (_s0, _s2) or more than MAX_SAMPLES: never read fewer silently
             raise DataError(
                 f"{self.folder}: the samples of {id_!r} must be numbered {id_}_s0.npy to {id_}_s<K-1>.npy "
                 f"without gaps (at most {MAX_SAMPLES}); read {len(samples)}, but {stray[0]} is not "
