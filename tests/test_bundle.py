@@ -316,3 +316,50 @@ def test_unfit_model_is_refused_unless_forced(tmp_path):
     bundle = train_tiny_bundle(tmp_path / "forced")
     assert not bundle.fit and bundle.config["gate"]["fitness"]["forced"] is True
     assert bundle.metadata()["gate"]["fitness"]["fit"] is False
+
+
+def test_a_killed_train_resumes_its_trainings_to_the_same_bundle(tmp_path, monkeypatch, capsys):
+    import torch
+
+    import segqc.checkpoint as checkpoint
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same float sums in both runs
+    try:
+        images, masks, ids = make_synthetic(40, 32, seed=5)
+        data = SegData(images, masks, ids)
+        split = (data.subset(range(30)), data.subset(range(30, 40)))
+        cfg = tiny_config(seg_epochs=2, quality_epochs=2)
+        train_bundle(split, None, cfg, tmp_path / "a", progress=False, force=True)
+
+        saves: list[str] = []
+        real_save = checkpoint.TrainingCheckpoint.save
+
+        def save_then_die(self, *args, **kwargs):
+            real_save(self, *args, **kwargs)
+            saves.append(self.path.name)
+            if len(saves) == 3:  # f's two epochs, then g's first
+                raise KeyboardInterrupt
+
+        with monkeypatch.context() as mp:
+            mp.setattr(checkpoint.TrainingCheckpoint, "save", save_then_die)
+            with pytest.raises(KeyboardInterrupt):
+                train_bundle(split, None, cfg, tmp_path / "b", progress=False, force=True)
+        partial = tmp_path / "b" / checkpoint.PARTIAL
+        assert sorted(p.name for p in partial.iterdir()) == ["train-0.safetensors", "train-1.safetensors"]
+        assert not (tmp_path / "b" / "bundle.json").exists()
+
+        capsys.readouterr()
+        train_bundle(split, None, cfg, tmp_path / "b", progress=False, force=True)
+        err = capsys.readouterr().err
+        assert "train-0.safetensors: resumed after epoch 2" in err
+        assert "train-1.safetensors: resumed after epoch 1" in err
+        for name in ("f.safetensors", "g.safetensors"):
+            assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+        assert not partial.exists()
+
+        # another seed in the same folder trains from the start
+        train_bundle(split, None, tiny_config(seed=1), tmp_path / "b", progress=False, force=True)
+        assert "resumed" not in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(threads)

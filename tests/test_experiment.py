@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+import segqc.checkpoint as checkpoint
 import segqc.experiment.units as units
 from segqc.data.dataset import SegData
 from segqc.data.synthetic import make_synthetic, write_synthetic
@@ -58,11 +59,11 @@ def count_units(monkeypatch: pytest.MonkeyPatch, fail_after: int | None = None) 
     """Wrap ``units.run_unit``: record each computed unit; raise after ``fail_after`` of them."""
     calls: list[str] = []
 
-    def wrapped(unit: Unit) -> Payload:
+    def wrapped(unit: Unit, scratch: Path | None = None) -> Payload:
         if fail_after is not None and len(calls) >= fail_after:
             raise Interrupted(unit.label)
         calls.append(unit.label)
-        return RUN_UNIT(unit)
+        return RUN_UNIT(unit, scratch)
 
     monkeypatch.setattr(units, "run_unit", wrapped)
     return calls
@@ -362,6 +363,35 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatc
         f"g-{row}-s0" for row in ("msp", "msp-crossfit", "no-uncertainty", "no-uncertainty-crossfit")
     )
     assert changed["rows"][0]["metrics"] != resumed["rows"][0]["metrics"]
+
+
+def test_a_unit_killed_mid_training_resumes_from_its_last_epoch(tmp_path, monkeypatch, capsys):
+    cfg = SMALL.replace(seg_epochs=3, quality_train="paper")
+    reference = run_experiment(cfg, tmp_path / "a", progress=False)
+
+    saved: list[str] = []
+    real_save = checkpoint.TrainingCheckpoint.save
+
+    def save_then_die(self, *args, **kwargs):
+        real_save(self, *args, **kwargs)
+        saved.append(self.path.parent.name)
+        if len(saved) == 2:  # f after its second of three epochs
+            raise Interrupted(self.path.parent.name)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(checkpoint.TrainingCheckpoint, "save", save_then_die)
+        with pytest.raises(Interrupted):
+            run_experiment(cfg, tmp_path / "b", progress=False)
+    partial = tmp_path / "b" / "units" / units.PARTIAL
+    (folder,) = partial.iterdir()
+    assert folder.name.startswith("f-ce-s0-full-") and (folder / "train-0.safetensors").is_file()
+    assert not list((tmp_path / "b" / "units").glob("f-*/unit.json"))
+
+    capsys.readouterr()
+    resumed = run_experiment(cfg, tmp_path / "b", progress=False)
+    assert "train-0.safetensors: resumed after epoch 2" in capsys.readouterr().err
+    assert comparable(resumed) == comparable(reference)
+    assert not partial.exists()  # each unit's progress goes once the unit is stored
 
 
 def plan_digests(cfg: ExperimentConfig, tmp_path: Path) -> dict[str, str]:

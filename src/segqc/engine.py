@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from segqc.checkpoint import next_checkpoint
 from segqc.config import check_lr_schedule
 from segqc.errors import SegQCError
 
@@ -110,7 +111,9 @@ def train_loop(
     After the first epoch it prints how long the whole training should take; under a
     :func:`time_budget` every batch checks the budget. ``on_epoch(epochs_done, model)``, if given,
     runs after every epoch (e.g. a validation score for a learning curve); it must leave ``model``
-    in train mode. ``lr_schedule``: ``"constant"`` (the paper's Adam at ``lr``) or ``"cosine"``
+    in train mode (it runs only for the epochs this call trains). Inside
+    :func:`segqc.checkpoint.resume_in` the loop saves its state after every epoch and resumes from it.
+    ``lr_schedule``: ``"constant"`` (the paper's Adam at ``lr``) or ``"cosine"``
     (annealed from ``lr`` to 0 over all steps, Loshchilov & Hutter 2017: the last weights are those
     of a settled optimiser rather than of one more noisy step).
     """
@@ -131,11 +134,21 @@ def train_loop(
     scheduler = None
     if lr_schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * batches))
+    # Inside segqc.checkpoint.resume_in the state is saved after every epoch and a rerun resumes
+    # (one process only: under torchrun the ranks would race for one file).
+    settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "lr_schedule": lr_schedule}
+    settings.update(samples=n, micro_batches=micro_batches, desc=desc)
+    checkpoint = None if distributed else next_checkpoint(settings, model)
+    resumed = checkpoint.load(model, opt, scheduler, generator) if checkpoint is not None else None
+    first = 0 if resumed is None else min(resumed.epochs_done, epochs)
+    if resumed is not None:
+        history = resumed.history[:first]
     net.train()
     show = progress and rank == 0
     started = time.perf_counter()
     with tqdm(total=epochs * batches, desc=desc, disable=not show, unit="batch", leave=False) as bar:
-        for epoch in range(epochs):
+        bar.update(first * batches)
+        for epoch in range(first, epochs):
             order = torch.randperm(n, generator=generator)
             total, count = 0.0, 0
             for start in range(0, n, batch_size):
@@ -162,10 +175,13 @@ def train_loop(
             bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]:.4f}")
             if on_epoch is not None:
                 on_epoch(epoch + 1, model)
-            if epoch == 0 and show and epochs > 1:
+            if checkpoint is not None:
+                checkpoint.save(model, opt, scheduler, generator, history)
+            if epoch == first and show and epochs > first + 1:
                 took = time.perf_counter() - started
                 tqdm.write(
-                    f"{desc}: first epoch {took:.1f} s, about {took * epochs:.0f} s for {epochs} epochs",
+                    f"{desc}: first epoch {took:.1f} s, about {took * (epochs - first):.0f} s for "
+                    f"{epochs - first} epochs",
                     file=sys.stderr,
                 )
     model.eval()

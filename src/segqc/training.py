@@ -9,6 +9,7 @@ Each step happens in one primitive, which the demo's :func:`run_pipeline`, ``seg
 
 from __future__ import annotations
 
+import shutil
 import time
 import warnings
 from collections.abc import Sequence
@@ -20,10 +21,11 @@ import numpy as np
 
 from segqc.bundle import Bundle, load_bundle, save_bundle
 from segqc.calibration import choose_threshold, guaranteed_threshold, hold_out, threshold_rule
+from segqc.checkpoint import PARTIAL, resume_in
 from segqc.config import PipelineConfig
-from segqc.data.dataset import SegData
+from segqc.data.dataset import SegData, data_digest
 from segqc.data.splits import DataSource, load_train_test
-from segqc.engine import barrier
+from segqc.engine import barrier, is_main_process
 from segqc.errors import SegQCError
 from segqc.external import ExternalOnnxModel, ExternalSegmenter, ExternalSpec
 from segqc.external.predictions import PrecomputedSegmenter, PredictionFolder, image_shape
@@ -318,10 +320,20 @@ def train_bundle(
         test = None
     train, calibration = hold_out(train, cfg.seed)
 
-    if segmenter is None:
-        segmenter = fit_segmenter(cfg, train, progress=progress)
-    train_samples = quality_samples(train, segment(segmenter, train))
-    g = fit_predictor(predictor, cfg, train_samples, progress=progress)
+    # The trainings save their progress in OUT/.partial after every epoch: a rerun of the same command
+    # resumes them (segqc.checkpoint), and once the bundle is written the folder goes.
+    partial = Path(out_dir) / PARTIAL
+    run_key = {
+        "pipeline": cfg.to_dict(),
+        "predictor": predictor,
+        "train": data_digest(train),
+        "segmenter": "own" if segmenter is None else type(segmenter).__name__,
+    }
+    with resume_in(partial if is_main_process() else None, key=run_key):
+        if segmenter is None:
+            segmenter = fit_segmenter(cfg, train, progress=progress)
+        train_samples = quality_samples(train, segment(segmenter, train))
+        g = fit_predictor(predictor, cfg, train_samples, progress=progress)
     cal_samples = quality_samples(calibration, segment(segmenter, calibration))
     cal_predicted = g.predict(cal_samples)
 
@@ -358,7 +370,8 @@ def train_bundle(
         if not force:
             raise SegQCError(
                 f"the model is not fit to gate segmentations ({'; '.join(gate.fitness['problems'])}); "
-                "nothing was written. Train longer or on more data, or pass --force to write it marked unfit"
+                "no model was written. Train longer or on more data, or pass --force to write it marked "
+                f"unfit (the same command with --force reuses the finished trainings kept in {partial})"
             )
         gate.fitness["forced"] = True
     if test is not None:
@@ -374,6 +387,8 @@ def train_bundle(
         threshold=threshold,
         extra=extra,
     )
+    if is_main_process():
+        shutil.rmtree(partial, ignore_errors=True)
     barrier()  # under torchrun, rank 0 writes the bundle that every rank then loads
     return load_bundle(out, device=cfg.device)
 

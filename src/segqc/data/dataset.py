@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -51,6 +52,15 @@ class SegData:
         if missing:
             raise DataError(f"{len(missing)} ids not in the data, e.g. {', '.join(missing[:5])}")
         return self.subset([position[i] for i in ids])
+
+
+def data_digest(data: SegData) -> str:
+    """Hash of a data set's ids, images and masks (keys of cached and resumable work)."""
+    ids = json.dumps(list(data.ids), sort_keys=True, separators=(",", ":"), default=str)
+    h = hashlib.sha256(ids.encode())
+    h.update(np.ascontiguousarray(data.images).tobytes())
+    h.update(np.ascontiguousarray(data.masks).tobytes())
+    return h.hexdigest()[:16]
 
 
 def default_cache_dir() -> Path:

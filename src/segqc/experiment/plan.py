@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from segqc import __version__
-from segqc.data.dataset import SegData
+from segqc.data.dataset import SegData, data_digest
 from segqc.errors import SegQCError
 from segqc.experiment.config import CROSSFIT_SUFFIX, ExperimentConfig, training_key
-from segqc.experiment.units import Payload, Unit, canonical, data_digest
+from segqc.experiment.units import Payload, Unit, canonical
 from segqc.quality import PREDICTORS
 from segqc.segmenter import Segmenter
 from segqc.training import fit_predictor, fit_segmenter, make_predictor, quality_samples, row_name

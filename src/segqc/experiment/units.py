@@ -4,8 +4,9 @@ A :class:`Unit` is one cacheable piece of work: its ``key`` holds everything its
 (settings, data hashes, the hashes of the units it reads), and its folder is named by its label and
 a hash of the key. :class:`UnitStore` keeps finished units on disk: each unit's files are written
 atomically and its ``unit.json`` (the full key) last, so a killed run leaves either a finished unit
-or none; a unit is loaded only when its stored key equals the wanted one (never silently reused
-with other settings), and a damaged one is recomputed. :class:`UnitRunner` gets units: from memory,
+or none (the trainings of an unfinished one then resume from their last epoch: :mod:`segqc.checkpoint`);
+a unit is loaded only when its stored key equals the wanted one (never silently reused with other
+settings), and a damaged one is recomputed. :class:`UnitRunner` gets units: from memory,
 from the store, or by computing them (:func:`run_unit`), and counts and logs what it did.
 """
 
@@ -15,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from collections import Counter
@@ -27,7 +29,7 @@ import numpy as np
 from torch import Tensor
 
 from segqc import __version__
-from segqc.data.dataset import SegData
+from segqc.checkpoint import PARTIAL, resume_in
 from segqc.engine import check_time_budget, is_main_process
 from segqc.utils import atomic_write, write_json
 
@@ -59,9 +61,11 @@ class Unit:
         return f"{self.label}-{self.digest}"
 
 
-def run_unit(unit: Unit) -> Payload:
-    """Compute one unit: the only place where a unit's work is done."""
-    return unit.compute()
+def run_unit(unit: Unit, scratch: Path | None = None) -> Payload:
+    """Compute one unit: the only place where a unit's work is done. With ``scratch``, its trainings
+    save their progress there after every epoch, and a rerun resumes them (:mod:`segqc.checkpoint`)."""
+    with resume_in(scratch, key={"kind": unit.kind, "digest": unit.digest}):
+        return unit.compute()
 
 
 def canonical(obj: Any) -> str:
@@ -70,14 +74,6 @@ def canonical(obj: Any) -> str:
 
 def hash_key(obj: Any) -> str:
     return hashlib.sha256(canonical(obj).encode()).hexdigest()[:16]
-
-
-def data_digest(data: SegData) -> str:
-    """Hash of a data set's ids, images and masks."""
-    h = hashlib.sha256(canonical(list(data.ids)).encode())
-    h.update(np.ascontiguousarray(data.images).tobytes())
-    h.update(np.ascontiguousarray(data.masks).tobytes())
-    return h.hexdigest()[:16]
 
 
 class UnitStore:
@@ -117,6 +113,10 @@ class UnitStore:
         except Exception:  # absent, unfinished or damaged: recomputed, never trusted
             return None
 
+    def scratch(self, unit: Unit) -> Path:
+        """Where an unfinished unit keeps its trainings' progress; removed once the unit is saved."""
+        return self.root / PARTIAL / unit.folder
+
     def save(self, unit: Unit, payload: Payload, seconds: float) -> None:
         if not is_main_process():  # under torchrun, rank 0 writes; every rank computes the same units
             return
@@ -146,6 +146,9 @@ class UnitStore:
                 "segqc": __version__,
             },
         )
+        shutil.rmtree(self.scratch(unit), ignore_errors=True)
+        with contextlib.suppress(OSError):  # gone once no unit is unfinished
+            (self.root / PARTIAL).rmdir()
 
 
 class UnitRunner:
@@ -196,7 +199,7 @@ class UnitRunner:
         else:
             check_time_budget()
             t0 = time.perf_counter()
-            payload = run_unit(unit)
+            payload = run_unit(unit, self.store.scratch(unit))
             seconds = time.perf_counter() - t0
             self.store.save(unit, payload, seconds)
             self.computed += 1

@@ -1,0 +1,99 @@
+"""Resumable trainings: stopped after any epoch and resumed, they end where uninterrupted ones do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from segqc.checkpoint import resume_in
+from segqc.engine import train_loop
+
+
+class Stop(Exception):
+    pass
+
+
+def fit(epochs: int = 4, kill_in: int | None = None, schedule: str = "cosine"):
+    """A small net with dropout and BatchNorm (global random state, running buffers) and a shuffling
+    generator, seeded as a caller would; returns (weights, history, epochs seen by the hook).
+    ``kill_in``: the run dies at the end of that epoch, before its state is saved (its work is lost)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 1))
+    data = torch.Generator().manual_seed(1)
+    x, y = torch.randn(40, 3, generator=data), torch.randn(40, 1, generator=data)
+    seen: list[int] = []
+
+    def hook(done: int, _model: nn.Module) -> None:
+        seen.append(done)
+        if done == kill_in:
+            raise Stop
+
+    history = train_loop(
+        model,
+        (x, y),
+        lambda m, b: ((m(b[0]) - b[1]) ** 2).mean(),
+        epochs=epochs,
+        batch_size=8,
+        lr=1e-2,
+        generator=torch.Generator().manual_seed(0),
+        device=torch.device("cpu"),
+        progress=False,
+        on_epoch=hook,
+        lr_schedule=schedule,
+    )
+    return model.state_dict(), history, seen
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+@pytest.mark.parametrize("kill_in", [2, 4])
+def test_stopped_and_resumed_equals_uninterrupted(tmp_path, schedule, kill_in):
+    weights, history, _ = fit(schedule=schedule)
+    with resume_in(tmp_path, key="run"), pytest.raises(Stop):
+        fit(kill_in=kill_in, schedule=schedule)
+    assert (tmp_path / "train-0.safetensors").is_file()
+    with resume_in(tmp_path, key="run"):
+        resumed, resumed_history, seen = fit(schedule=schedule)
+    assert seen == list(range(kill_in, 5))  # from the epoch that was lost
+    assert resumed_history == history
+    assert same_weights(resumed, weights)
+    # a finished training resumes to its end without training again
+    with resume_in(tmp_path, key="run"):
+        again, again_history, seen = fit(schedule=schedule)
+    assert seen == [] and again_history == history and same_weights(again, weights)
+
+
+def test_another_key_or_setting_or_a_damaged_file_starts_over(tmp_path, capsys):
+    weights, history, _ = fit()
+    with resume_in(tmp_path, key="run"), pytest.raises(Stop):
+        fit(kill_in=3)
+    with resume_in(tmp_path, key="another run"), pytest.raises(Stop):
+        fit(kill_in=3)
+    assert "saved by another training" in capsys.readouterr().err
+    with resume_in(tmp_path, key="another run"), pytest.raises(Stop):  # more epochs: another training
+        fit(epochs=5, kill_in=1)
+    assert "saved by another training" in capsys.readouterr().err
+    path = tmp_path / "train-0.safetensors"
+    path.write_bytes(path.read_bytes()[:100])
+    with resume_in(tmp_path, key="another run"):
+        again, again_history, seen = fit()
+    assert seen == [1, 2, 3, 4] and "could not be read" in capsys.readouterr().err
+    assert again_history == history and same_weights(again, weights)
+
+
+def test_each_training_of_a_block_has_its_own_file_and_nothing_is_saved_outside_one(tmp_path):
+    with resume_in(tmp_path / "a", key=1):
+        fit(epochs=1)
+        fit(epochs=1)
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert names == ["train-0.safetensors", "train-1.safetensors"]
+    with resume_in(None):
+        fit(epochs=1)
+    fit(epochs=1)
+    assert sorted(Path(tmp_path).iterdir()) == [tmp_path / "a"]
