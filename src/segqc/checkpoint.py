@@ -167,4 +167,4 @@ class TrainingCheckpoint:
         return Resumed(epochs_done, history)
 
     def _note(self, message: str) -> None:
-        print(f"checkpoint {self.path.name}: {message}", file=sys.stderr)
+        print(f"checkpoint {self.path.parent.name}/{self.path.name}: {message}", file=sys.stderr)
