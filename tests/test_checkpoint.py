@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,72 @@ def test_each_training_of_a_block_has_its_own_file_and_nothing_is_saved_outside_
         fit(epochs=1)
     fit(epochs=1)
     assert sorted(Path(tmp_path).iterdir()) == [tmp_path / "a"]
+
+
+def _nan_weight(tensors: dict, meta: dict) -> None:
+    tensors["model.0.weight"][0, 0] = float("nan")
+
+
+def _no_optimiser_state(tensors: dict, meta: dict) -> None:
+    for name in [k for k in tensors if k.startswith("optim.0.")]:
+        del tensors[name]
+
+
+def _wrong_dtype(tensors: dict, meta: dict) -> None:
+    tensors["model.0.weight"] = tensors["model.0.weight"].double()
+
+
+def _other_schedule_state(tensors: dict, meta: dict) -> None:
+    meta["scheduler"] = json.dumps({**json.loads(meta["scheduler"]), "last_epoch": 0})
+
+
+def _more_epochs_done(tensors: dict, meta: dict) -> None:
+    meta["epochs_done"] = "3"
+    meta["history"] = json.dumps([*json.loads(meta["history"]), 0.5])
+
+
+def _short_rng_state(tensors: dict, meta: dict) -> None:
+    tensors["rng.torch"] = tensors["rng.torch"][:10]
+
+
+def _missing_model_tensor(tensors: dict, meta: dict) -> None:
+    del tensors["model.0.weight"]
+
+
+def _no_param_groups(tensors: dict, meta: dict) -> None:
+    meta["param_groups"] = "[]"
+
+
+EDITS = [_nan_weight, _no_optimiser_state, _other_schedule_state, _more_epochs_done]  # caught by the digest
+UNLOADABLE = [_wrong_dtype, _short_rng_state, _missing_model_tensor, _no_param_groups]  # also by the checks
+
+
+@pytest.mark.parametrize(
+    ("tamper", "redigest"),
+    [(t, False) for t in EDITS + UNLOADABLE] + [(t, True) for t in UNLOADABLE],
+)
+def test_a_checkpoint_with_its_fingerprint_but_other_content_starts_over(tmp_path, capsys, tamper, redigest):
+    """The fingerprint names the training, not its state: a file whose tensors or metadata were changed
+    (damage, or an edit) never resumes to other weights and never crashes the loop; with its digest
+    redone, the checks that remain still refuse what cannot be loaded, leaving the objects untouched."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save
+
+    from segqc.checkpoint import _content_digest
+
+    weights, history, _ = fit()
+    with resume_in(tmp_path, key="run"), pytest.raises(Stop):
+        fit(kill_in=3)
+    path = tmp_path / "train-0.safetensors"
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata()
+    tensors = load_file(str(path))
+    tamper(tensors, meta)
+    if redigest:
+        meta["content"] = _content_digest(tensors, meta)
+    path.write_bytes(save(tensors, metadata=meta))
+    capsys.readouterr()
+    with resume_in(tmp_path, key="run"):
+        again, again_history, seen = fit()
+    assert seen == [1, 2, 3, 4] and "could not be read" in capsys.readouterr().err
+    assert again_history == history and same_weights(again, weights)

@@ -19,6 +19,7 @@ rest in its JSON metadata: nothing is unpickled.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import sys
@@ -118,6 +119,7 @@ class TrainingCheckpoint:
             "param_groups": json.dumps(state["param_groups"]),
             "scheduler": json.dumps(None if scheduler is None else scheduler.state_dict()),
         }
+        meta["content"] = _content_digest(tensors, meta)
         with atomic_write(self.path) as fh:
             fh.write(save(tensors, metadata=meta))
 
@@ -128,6 +130,14 @@ class TrainingCheckpoint:
         usable checkpoint of this very training."""
         if not self.path.is_file():
             return None
+        # Loaded all or nothing: a file that fails a check or a load leaves every object as it was.
+        before = (
+            {k: v.clone() for k, v in model.state_dict().items()},
+            copy.deepcopy(opt.state_dict()),
+            None if scheduler is None else copy.deepcopy(scheduler.state_dict()),
+            generator.get_state(),
+            torch.get_rng_state(),
+        )
         try:
             from safetensors import safe_open
             from safetensors.torch import load_file
@@ -138,7 +148,14 @@ class TrainingCheckpoint:
                 self._note("was saved by another training; starting over")
                 return None
             tensors = load_file(str(self.path))
+            # safetensors checks the layout, not the values: a flipped or edited byte would resume
+            # quietly to other weights, so the content is hashed at save and checked here.
+            if meta.get("content") != _content_digest(tensors, meta):
+                raise ValueError("its content does not match its digest")
             model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+            expected = {k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
+            if {k: (v.shape, v.dtype) for k, v in model_state.items()} != expected:
+                raise ValueError("its model tensors are not this model's")
             optim_state: dict[int, dict[str, torch.Tensor]] = {}
             for name, value in tensors.items():
                 if name.startswith("optim."):
@@ -150,21 +167,35 @@ class TrainingCheckpoint:
             epochs_done = int(meta["epochs_done"])
             if epochs_done != len(history) or (scheduler is None) != (scheduler_state is None):
                 raise ValueError("inconsistent checkpoint")
-            rng = tensors["rng.torch"], tensors["rng.generator"], tensors.get("rng.cuda")
+            model.load_state_dict(model_state)
+            opt.load_state_dict(opt_state)
+            if scheduler is not None:
+                scheduler.load_state_dict(scheduler_state)
+            torch.set_rng_state(tensors["rng.torch"])
+            generator.set_state(tensors["rng.generator"])
+            if "rng.cuda" in tensors and torch.cuda.is_available():
+                torch.cuda.set_rng_state(tensors["rng.cuda"])
         except Exception as exc:  # damaged or foreign: train from the start, never trust it
+            model.load_state_dict(before[0])
+            opt.load_state_dict(before[1])
+            if scheduler is not None:
+                scheduler.load_state_dict(before[2])
+            generator.set_state(before[3])
+            torch.set_rng_state(before[4])
             self._note(f"could not be read ({type(exc).__name__}: {exc}); starting over")
             return None
-        # Read and checked above; the fingerprint pins the shapes, so an error here is a bug: raised.
-        model.load_state_dict(model_state)
-        opt.load_state_dict(opt_state)
-        if scheduler is not None:
-            scheduler.load_state_dict(scheduler_state)
-        torch.set_rng_state(rng[0])
-        generator.set_state(rng[1])
-        if rng[2] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rng[2])
         self._note(f"resumed after epoch {epochs_done}")
         return Resumed(epochs_done, history)
 
     def _note(self, message: str) -> None:
         print(f"checkpoint {self.path.parent.name}/{self.path.name}: {message}", file=sys.stderr)
+
+
+def _content_digest(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
+    """sha256 of a checkpoint's tensors (names, dtypes, shapes, bytes) and metadata (but the digest)."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "content"}, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"\n{name} {t.dtype} {list(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
