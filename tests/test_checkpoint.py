@@ -167,3 +167,37 @@ def test_a_checkpoint_with_its_fingerprint_but_other_content_starts_over(tmp_pat
         again, again_history, seen = fit()
     assert seen == [1, 2, 3, 4] and "could not be read" in capsys.readouterr().err
     assert again_history == history and same_weights(again, weights)
+
+
+@pytest.mark.parametrize("method", ["lce", "hcnn", "ensemble"])
+def test_a_loss_with_its_own_state_resumes_exactly(tmp_path, monkeypatch, method):
+    """LCE's loss adapts its weight lambda after every step, HCNN's and LCE's draw random numbers, an
+    ensemble trains several members: killed after an epoch and resumed, f ends where it would have."""
+    import segqc.checkpoint as checkpoint
+    from segqc.data.dataset import SegData
+    from segqc.data.synthetic import make_synthetic
+    from segqc.segmenter import Segmenter
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same float sums in both runs
+    try:
+        data = SegData(*make_synthetic(16, 32, seed=5))
+
+        def make() -> Segmenter:
+            return Segmenter(method, epochs=3, base_width=4, batch_size=8, device="cpu", progress=False)
+
+        weights = make().fit(data).model_.state_dict()
+        real_save = checkpoint.TrainingCheckpoint.save
+
+        def save_then_die(self, *args, **kwargs):
+            real_save(self, *args, **kwargs)
+            raise Stop
+
+        with monkeypatch.context() as mp:
+            mp.setattr(checkpoint.TrainingCheckpoint, "save", save_then_die)
+            with resume_in(tmp_path, key="run"), pytest.raises(Stop):
+                make().fit(data)
+        with resume_in(tmp_path, key="run"):
+            assert same_weights(make().fit(data).model_.state_dict(), weights)
+    finally:
+        torch.set_num_threads(threads)

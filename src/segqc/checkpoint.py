@@ -6,8 +6,8 @@ Inside :func:`resume_in(folder, key) <resume_in>` every :func:`segqc.engine.trai
 state to ``folder/train-<k>.safetensors`` (``k``: the k-th training in the block) after each epoch,
 and a later run of the same work resumes from the last finished epoch, to the same weights as an
 uninterrupted run (same thread count): the model, the optimiser, the learning-rate schedule, the
-loop's shuffling generator and torch's global random state (dropout, HCNN's noise, LCE's hints) are
-all restored.
+loop's shuffling generator, torch's global random state (dropout, HCNN's noise, LCE's hints) and
+what the loss carries between steps (LCE's weight lambda) are all restored.
 
 A checkpoint is used only when its fingerprint matches: the caller's ``key`` (what the training
 depends on: for an experiment unit its digest) and the loop's own settings (epochs, batch size,
@@ -99,6 +99,7 @@ class TrainingCheckpoint:
         scheduler: Any,
         generator: torch.Generator,
         history: list[float],
+        loss_state: Any = None,
     ) -> None:
         from safetensors.torch import save
 
@@ -118,16 +119,23 @@ class TrainingCheckpoint:
             "history": json.dumps(history),
             "param_groups": json.dumps(state["param_groups"]),
             "scheduler": json.dumps(None if scheduler is None else scheduler.state_dict()),
+            "loss_state": json.dumps(None if loss_state is None else loss_state.training_state()),
         }
         meta["content"] = _content_digest(tensors, meta)
         with atomic_write(self.path) as fh:
             fh.write(save(tensors, metadata=meta))
 
     def load(
-        self, model: nn.Module, opt: torch.optim.Optimizer, scheduler: Any, generator: torch.Generator
+        self,
+        model: nn.Module,
+        opt: torch.optim.Optimizer,
+        scheduler: Any,
+        generator: torch.Generator,
+        loss_state: Any = None,
     ) -> Resumed | None:
         """Restore the saved state into the given objects; None (and nothing changed) when there is no
-        usable checkpoint of this very training."""
+        usable checkpoint of this very training. ``loss_state``: what the loss carries between steps
+        (``training_state()`` / ``load_training_state()``, e.g. LCE's weight lambda), or None."""
         if not self.path.is_file():
             return None
         # Loaded all or nothing: a file that fails a check or a load leaves every object as it was.
@@ -137,6 +145,7 @@ class TrainingCheckpoint:
             None if scheduler is None else copy.deepcopy(scheduler.state_dict()),
             generator.get_state(),
             torch.get_rng_state(),
+            None if loss_state is None else loss_state.training_state(),
         )
         try:
             from safetensors import safe_open
@@ -163,14 +172,19 @@ class TrainingCheckpoint:
                     optim_state.setdefault(int(index), {})[field] = value
             opt_state = {"state": optim_state, "param_groups": json.loads(meta["param_groups"])}
             scheduler_state = json.loads(meta["scheduler"])
+            saved_loss_state = json.loads(meta["loss_state"])
             history = [float(v) for v in json.loads(meta["history"])]
             epochs_done = int(meta["epochs_done"])
             if epochs_done != len(history) or (scheduler is None) != (scheduler_state is None):
                 raise ValueError("inconsistent checkpoint")
+            if (loss_state is None) != (saved_loss_state is None):
+                raise ValueError("its loss state is not this training's")
             model.load_state_dict(model_state)
             opt.load_state_dict(opt_state)
             if scheduler is not None:
                 scheduler.load_state_dict(scheduler_state)
+            if loss_state is not None:
+                loss_state.load_training_state(saved_loss_state)
             torch.set_rng_state(tensors["rng.torch"])
             generator.set_state(tensors["rng.generator"])
             if "rng.cuda" in tensors and torch.cuda.is_available():
@@ -182,6 +196,8 @@ class TrainingCheckpoint:
                 scheduler.load_state_dict(before[2])
             generator.set_state(before[3])
             torch.set_rng_state(before[4])
+            if loss_state is not None:
+                loss_state.load_training_state(before[5])
             self._note(f"could not be read ({type(exc).__name__}: {exc}); starting over")
             return None
         self._note(f"resumed after epoch {epochs_done}")
