@@ -201,3 +201,21 @@ def test_a_loss_with_its_own_state_resumes_exactly(tmp_path, monkeypatch, method
             assert same_weights(make().fit(data).model_.state_dict(), weights)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_the_fingerprint_names_the_kind_of_device(tmp_path, monkeypatch):
+    """f trains under bf16 autocast on CUDA and in float32 on a CPU: a run with device "auto" killed on
+    a GPU host and rerun on a CPU one must start over, not go on from the GPU's weights."""
+    import segqc.engine as engine
+
+    seen: list[dict] = []
+    real = engine.next_checkpoint
+
+    def record(settings: dict, model: nn.Module):
+        seen.append(settings)
+        return real(settings, model)
+
+    monkeypatch.setattr(engine, "next_checkpoint", record)
+    with resume_in(tmp_path, key="run"):
+        fit(epochs=1)
+    assert seen[0]["device"] == "cpu"

@@ -141,7 +141,8 @@ def train_loop(
     # Inside segqc.checkpoint.resume_in the state is saved after every epoch and a rerun resumes
     # (one process only: under torchrun the ranks would race for one file).
     settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "lr_schedule": lr_schedule}
-    settings.update(samples=n, micro_batches=micro_batches, desc=desc)
+    # The kind of device too: bf16 autocast on CUDA, float32 on a CPU (a run on "auto" may move hosts).
+    settings.update(samples=n, micro_batches=micro_batches, desc=desc, device=device.type)
     checkpoint = None if distributed else next_checkpoint(settings, model)
     resumed = None
     if checkpoint is not None:
