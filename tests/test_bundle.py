@@ -391,3 +391,28 @@ def test_a_rerun_with_another_given_segmenter_does_not_resume_g(tmp_path, monkey
     capsys.readouterr()
     train_bundle(split, None, cfg, tmp_path / "b", segmenter=second, progress=False, force=True)
     assert "resumed" not in capsys.readouterr().err
+
+
+def test_a_rerun_with_another_segqc_version_does_not_resume(tmp_path, monkeypatch, capsys):
+    """A killed segqc train rerun after an upgrade (another loss or network, the same shapes) trains
+    afresh, as an experiment's units do: the code is part of what a training depends on."""
+    import segqc.checkpoint as checkpoint
+    import segqc.training as training
+
+    images, masks, ids = make_synthetic(40, 32, seed=5)
+    data = SegData(images, masks, ids)
+    split = (data.subset(range(30)), data.subset(range(30, 40)))
+    real_save = checkpoint.TrainingCheckpoint.save
+
+    def save_then_die(self, *args, **kwargs):
+        real_save(self, *args, **kwargs)
+        raise KeyboardInterrupt  # f dies after its first epoch
+
+    with monkeypatch.context() as mp:
+        mp.setattr(checkpoint.TrainingCheckpoint, "save", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            train_bundle(split, None, tiny_config(seg_epochs=2), tmp_path, progress=False, force=True)
+    monkeypatch.setattr(training, "__version__", "99.0")
+    capsys.readouterr()
+    train_bundle(split, None, tiny_config(seg_epochs=2), tmp_path, progress=False, force=True)
+    assert "resumed" not in capsys.readouterr().err

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from segqc import __version__
 from segqc.bundle import Bundle, load_bundle, save_bundle
 from segqc.calibration import choose_threshold, guaranteed_threshold, hold_out, threshold_rule
 from segqc.checkpoint import PARTIAL, resume_in
@@ -326,6 +327,7 @@ def train_bundle(
     partial = Path(out_dir) / PARTIAL
     scratch = partial if is_main_process() else None
     run_key = {
+        "segqc": __version__,  # another release may train otherwise with the same settings
         "pipeline": cfg.to_dict(),
         "predictor": predictor,
         "train": data_digest(train),
