@@ -219,3 +219,30 @@ def test_the_fingerprint_names_the_kind_of_device(tmp_path, monkeypatch):
     with resume_in(tmp_path, key="run"):
         fit(epochs=1)
     assert seen[0]["device"] == "cpu"
+
+
+def test_a_scratch_folder_removed_mid_save_does_not_stop_the_training(tmp_path, monkeypatch):
+    """Two runs computing one experiment unit into one units folder: the first to finish stores it and
+    removes its scratch folder, maybe while the other writes its checkpoint there; that one goes on."""
+    import contextlib
+    import shutil
+
+    import segqc.checkpoint as checkpoint
+
+    weights, history, _ = fit()
+    real = checkpoint.atomic_write
+    raced: list[Path] = []
+
+    @contextlib.contextmanager
+    def racing(path, *args, **kwargs):
+        with real(path, *args, **kwargs) as fh:
+            yield fh
+            if not raced:  # the other run removes the folder between the write and the rename
+                raced.append(path)
+                shutil.rmtree(path.parent)
+
+    monkeypatch.setattr(checkpoint, "atomic_write", racing)
+    with resume_in(tmp_path / "scratch", key="run"):
+        again, again_history, _ = fit()
+    assert raced and again_history == history and same_weights(again, weights)
+    assert (tmp_path / "scratch" / "train-0.safetensors").is_file()

@@ -122,8 +122,15 @@ class TrainingCheckpoint:
             "loss_state": json.dumps(None if loss_state is None else loss_state.training_state()),
         }
         meta["content"] = _content_digest(tensors, meta)
-        with atomic_write(self.path) as fh:
-            fh.write(save(tensors, metadata=meta))
+        blob = save(tensors, metadata=meta)
+        try:
+            with atomic_write(self.path) as fh:
+                fh.write(blob)
+        except FileNotFoundError:
+            # Another run of the same work finished it and removed the scratch folder mid-write (an
+            # experiment unit computed twice into one units folder): written again, into a new one.
+            with atomic_write(self.path) as fh:
+                fh.write(blob)
 
     def load(
         self,
