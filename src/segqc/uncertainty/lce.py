@@ -77,9 +77,11 @@ class LearnedConfidence(UncertaintyMethod):
         return {"lambda": self._lambda}
 
     def load_training_state(self, state: dict[str, Any]) -> None:
-        if set(state) != {"lambda"} or not isinstance(state["lambda"], float) or not state["lambda"] > 0:
+        value = state.get("lambda") if set(state) == {"lambda"} else None
+        # an int when no step has run yet and lambda_init was given as one
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise ValueError(f"not a training state of lce: {state!r}")
-        self._lambda = state["lambda"]
+        self._lambda = value
 
     def draw_hints(self, target: Tensor) -> Tensor:
         """Which samples get hints: bool ``(N, 1, 1)`` (per image) or ``(N, H, W)`` (per pixel)."""
