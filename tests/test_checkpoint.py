@@ -246,3 +246,11 @@ def test_a_scratch_folder_removed_mid_save_does_not_stop_the_training(tmp_path, 
         again, again_history, _ = fit()
     assert raced and again_history == history and same_weights(again, weights)
     assert (tmp_path / "scratch" / "train-0.safetensors").is_file()
+
+
+def test_a_block_without_a_folder_inside_one_is_not_resumable(tmp_path):
+    """resume_in(None) (e.g. a torchrun rank that is not the main one) means no checkpoint, even inside
+    an outer block: its trainings must not take the outer block's files."""
+    with resume_in(tmp_path, key="outer"), resume_in(None):
+        fit(epochs=1)
+    assert list(tmp_path.iterdir()) == []

@@ -57,8 +57,8 @@ def resume_in(folder: str | Path | None, key: Any = None) -> Iterator[None]:
     """
     global _block
     previous = _block
-    if folder is not None:
-        _block = _Block(Path(folder), json.dumps(key, sort_keys=True, default=str))
+    # None switches resuming off inside an outer block too, rather than sharing its files and key
+    _block = None if folder is None else _Block(Path(folder), json.dumps(key, sort_keys=True, default=str))
     try:
         yield
     finally:
