@@ -346,14 +346,16 @@ def test_a_killed_train_resumes_its_trainings_to_the_same_bundle(tmp_path, monke
             with pytest.raises(KeyboardInterrupt):
                 train_bundle(split, None, cfg, tmp_path / "b", progress=False, force=True)
         partial = tmp_path / "b" / checkpoint.PARTIAL
-        assert sorted(p.name for p in partial.iterdir()) == ["train-0.safetensors", "train-1.safetensors"]
+        kept = sorted(str(p.relative_to(partial)) for p in partial.rglob("*.safetensors"))
+        assert kept == ["f/train-0.safetensors", "g/train-0.safetensors"]
         assert not (tmp_path / "b" / "bundle.json").exists()
 
         capsys.readouterr()
         train_bundle(split, None, cfg, tmp_path / "b", progress=False, force=True)
         err = capsys.readouterr().err
         assert "train-0.safetensors: resumed after epoch 2" in err
-        assert "train-1.safetensors: resumed after epoch 1" in err
+        assert err.count("train-0.safetensors: resumed after epoch") == 2
+        assert "resumed after epoch 1" in err
         for name in ("f.safetensors", "g.safetensors"):
             assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
         assert not partial.exists()
@@ -363,3 +365,54 @@ def test_a_killed_train_resumes_its_trainings_to_the_same_bundle(tmp_path, monke
         assert "resumed" not in capsys.readouterr().err
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_rerun_with_another_given_segmenter_does_not_resume_g(tmp_path, monkeypatch, capsys):
+    """g trains on the given f's outputs: a rerun into the same folder with another given f (the same
+    settings and data) must train g afresh, not resume the g trained on the first f's outputs."""
+    import segqc.checkpoint as checkpoint
+
+    images, masks, ids = make_synthetic(40, 32, seed=5)
+    data = SegData(images, masks, ids)
+    split = (data.subset(range(30)), data.subset(range(30, 40)))
+    cfg = tiny_config(quality_epochs=2)
+    first, second = (make_segmenter(tiny_config(seed=s), progress=False).fit(split[0]) for s in (0, 1))
+
+    real_save = checkpoint.TrainingCheckpoint.save
+
+    def save_then_die(self, *args, **kwargs):
+        real_save(self, *args, **kwargs)
+        raise KeyboardInterrupt  # g dies after its first epoch
+
+    with monkeypatch.context() as mp:
+        mp.setattr(checkpoint.TrainingCheckpoint, "save", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            train_bundle(split, None, cfg, tmp_path / "b", segmenter=first, progress=False, force=True)
+    capsys.readouterr()
+    train_bundle(split, None, cfg, tmp_path / "b", segmenter=second, progress=False, force=True)
+    assert "resumed" not in capsys.readouterr().err
+
+
+def test_a_rerun_with_another_segqc_version_does_not_resume(tmp_path, monkeypatch, capsys):
+    """A killed segqc train rerun after an upgrade (another loss or network, the same shapes) trains
+    afresh, as an experiment's units do: the code is part of what a training depends on."""
+    import segqc.checkpoint as checkpoint
+    import segqc.training as training
+
+    images, masks, ids = make_synthetic(40, 32, seed=5)
+    data = SegData(images, masks, ids)
+    split = (data.subset(range(30)), data.subset(range(30, 40)))
+    real_save = checkpoint.TrainingCheckpoint.save
+
+    def save_then_die(self, *args, **kwargs):
+        real_save(self, *args, **kwargs)
+        raise KeyboardInterrupt  # f dies after its first epoch
+
+    with monkeypatch.context() as mp:
+        mp.setattr(checkpoint.TrainingCheckpoint, "save", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            train_bundle(split, None, tiny_config(seg_epochs=2), tmp_path, progress=False, force=True)
+    monkeypatch.setattr(training, "__version__", "99.0")
+    capsys.readouterr()
+    train_bundle(split, None, tiny_config(seg_epochs=2), tmp_path, progress=False, force=True)
+    assert "resumed" not in capsys.readouterr().err

@@ -394,6 +394,20 @@ def test_a_unit_killed_mid_training_resumes_from_its_last_epoch(tmp_path, monkey
     assert not partial.exists()  # each unit's progress goes once the unit is stored
 
 
+def test_a_stored_unit_takes_its_leftover_progress_away(tmp_path):
+    """A unit another run stored while this one still trained it (one units folder, two runs): this
+    one's progress was left in units/.partial; the next run that finds the unit stored removes it."""
+    cfg = SMALL.replace(seg_epochs=1, quality_train="paper")
+    run_experiment(cfg, tmp_path, progress=False)
+    root = tmp_path / "units"
+    stored = [p.parent.name for p in root.glob("*/unit.json")]
+    for name in stored:
+        (root / units.PARTIAL / name).mkdir(parents=True)
+        (root / units.PARTIAL / name / "train-0.safetensors").write_bytes(b"left over")
+    run_experiment(cfg, tmp_path, progress=False)
+    assert stored and not (root / units.PARTIAL).exists()
+
+
 def plan_digests(cfg: ExperimentConfig, tmp_path: Path) -> dict[str, str]:
     images, masks, ids = make_synthetic(20, 32, seed=0)
     data = SegData(images, masks, ids)

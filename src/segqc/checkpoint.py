@@ -6,8 +6,8 @@ Inside :func:`resume_in(folder, key) <resume_in>` every :func:`segqc.engine.trai
 state to ``folder/train-<k>.safetensors`` (``k``: the k-th training in the block) after each epoch,
 and a later run of the same work resumes from the last finished epoch, to the same weights as an
 uninterrupted run (same thread count): the model, the optimiser, the learning-rate schedule, the
-loop's shuffling generator and torch's global random state (dropout, HCNN's noise, LCE's hints) are
-all restored.
+loop's shuffling generator, torch's global random state (dropout, HCNN's noise, LCE's hints) and
+what the loss carries between steps (LCE's weight lambda) are all restored.
 
 A checkpoint is used only when its fingerprint matches: the caller's ``key`` (what the training
 depends on: for an experiment unit its digest) and the loop's own settings (epochs, batch size,
@@ -19,6 +19,7 @@ rest in its JSON metadata: nothing is unpickled.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import sys
@@ -56,8 +57,8 @@ def resume_in(folder: str | Path | None, key: Any = None) -> Iterator[None]:
     """
     global _block
     previous = _block
-    if folder is not None:
-        _block = _Block(Path(folder), json.dumps(key, sort_keys=True, default=str))
+    # None switches resuming off inside an outer block too, rather than sharing its files and key
+    _block = None if folder is None else _Block(Path(folder), json.dumps(key, sort_keys=True, default=str))
     try:
         yield
     finally:
@@ -98,6 +99,7 @@ class TrainingCheckpoint:
         scheduler: Any,
         generator: torch.Generator,
         history: list[float],
+        loss_state: Any = None,
     ) -> None:
         from safetensors.torch import save
 
@@ -117,17 +119,41 @@ class TrainingCheckpoint:
             "history": json.dumps(history),
             "param_groups": json.dumps(state["param_groups"]),
             "scheduler": json.dumps(None if scheduler is None else scheduler.state_dict()),
+            "loss_state": json.dumps(None if loss_state is None else loss_state.training_state()),
         }
-        with atomic_write(self.path) as fh:
-            fh.write(save(tensors, metadata=meta))
+        meta["content"] = _content_digest(tensors, meta)
+        blob = save(tensors, metadata=meta)
+        try:
+            with atomic_write(self.path) as fh:
+                fh.write(blob)
+        except FileNotFoundError:
+            # Another run of the same work finished it and removed the scratch folder mid-write (an
+            # experiment unit computed twice into one units folder): written again, into a new one.
+            with atomic_write(self.path) as fh:
+                fh.write(blob)
 
     def load(
-        self, model: nn.Module, opt: torch.optim.Optimizer, scheduler: Any, generator: torch.Generator
+        self,
+        model: nn.Module,
+        opt: torch.optim.Optimizer,
+        scheduler: Any,
+        generator: torch.Generator,
+        loss_state: Any = None,
     ) -> Resumed | None:
         """Restore the saved state into the given objects; None (and nothing changed) when there is no
-        usable checkpoint of this very training."""
+        usable checkpoint of this very training. ``loss_state``: what the loss carries between steps
+        (``training_state()`` / ``load_training_state()``, e.g. LCE's weight lambda), or None."""
         if not self.path.is_file():
             return None
+        # Loaded all or nothing: a file that fails a check or a load leaves every object as it was.
+        before = (
+            {k: v.clone() for k, v in model.state_dict().items()},
+            copy.deepcopy(opt.state_dict()),
+            None if scheduler is None else copy.deepcopy(scheduler.state_dict()),
+            generator.get_state(),
+            torch.get_rng_state(),
+            None if loss_state is None else loss_state.training_state(),
+        )
         try:
             from safetensors import safe_open
             from safetensors.torch import load_file
@@ -138,7 +164,14 @@ class TrainingCheckpoint:
                 self._note("was saved by another training; starting over")
                 return None
             tensors = load_file(str(self.path))
+            # safetensors checks the layout, not the values: a flipped or edited byte would resume
+            # quietly to other weights, so the content is hashed at save and checked here.
+            if meta.get("content") != _content_digest(tensors, meta):
+                raise ValueError("its content does not match its digest")
             model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+            expected = {k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
+            if {k: (v.shape, v.dtype) for k, v in model_state.items()} != expected:
+                raise ValueError("its model tensors are not this model's")
             optim_state: dict[int, dict[str, torch.Tensor]] = {}
             for name, value in tensors.items():
                 if name.startswith("optim."):
@@ -146,25 +179,46 @@ class TrainingCheckpoint:
                     optim_state.setdefault(int(index), {})[field] = value
             opt_state = {"state": optim_state, "param_groups": json.loads(meta["param_groups"])}
             scheduler_state = json.loads(meta["scheduler"])
+            saved_loss_state = json.loads(meta["loss_state"])
             history = [float(v) for v in json.loads(meta["history"])]
             epochs_done = int(meta["epochs_done"])
             if epochs_done != len(history) or (scheduler is None) != (scheduler_state is None):
                 raise ValueError("inconsistent checkpoint")
-            rng = tensors["rng.torch"], tensors["rng.generator"], tensors.get("rng.cuda")
+            if (loss_state is None) != (saved_loss_state is None):
+                raise ValueError("its loss state is not this training's")
+            model.load_state_dict(model_state)
+            opt.load_state_dict(opt_state)
+            if scheduler is not None:
+                scheduler.load_state_dict(scheduler_state)
+            if loss_state is not None:
+                loss_state.load_training_state(saved_loss_state)
+            torch.set_rng_state(tensors["rng.torch"])
+            generator.set_state(tensors["rng.generator"])
+            if "rng.cuda" in tensors and torch.cuda.is_available():
+                torch.cuda.set_rng_state(tensors["rng.cuda"])
         except Exception as exc:  # damaged or foreign: train from the start, never trust it
+            model.load_state_dict(before[0])
+            opt.load_state_dict(before[1])
+            if scheduler is not None:
+                scheduler.load_state_dict(before[2])
+            generator.set_state(before[3])
+            torch.set_rng_state(before[4])
+            if loss_state is not None:
+                loss_state.load_training_state(before[5])
             self._note(f"could not be read ({type(exc).__name__}: {exc}); starting over")
             return None
-        # Read and checked above; the fingerprint pins the shapes, so an error here is a bug: raised.
-        model.load_state_dict(model_state)
-        opt.load_state_dict(opt_state)
-        if scheduler is not None:
-            scheduler.load_state_dict(scheduler_state)
-        torch.set_rng_state(rng[0])
-        generator.set_state(rng[1])
-        if rng[2] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rng[2])
         self._note(f"resumed after epoch {epochs_done}")
         return Resumed(epochs_done, history)
 
     def _note(self, message: str) -> None:
-        print(f"checkpoint {self.path.name}: {message}", file=sys.stderr)
+        print(f"checkpoint {self.path.parent.name}/{self.path.name}: {message}", file=sys.stderr)
+
+
+def _content_digest(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
+    """sha256 of a checkpoint's tensors (names, dtypes, shapes, bytes) and metadata (but the digest)."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "content"}, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"\n{name} {t.dtype} {list(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -99,6 +100,7 @@ def train_loop(
     micro_batches: int = 1,
     on_epoch: Callable[[int, nn.Module], None] | None = None,
     lr_schedule: str = "constant",
+    loss_state: Any = None,
 ) -> list[float]:
     """Adam on shuffled mini-batches; ``step(model, batch)`` returns the batch loss.
 
@@ -115,7 +117,9 @@ def train_loop(
     :func:`segqc.checkpoint.resume_in` the loop saves its state after every epoch and resumes from it.
     ``lr_schedule``: ``"constant"`` (the paper's Adam at ``lr``) or ``"cosine"``
     (annealed from ``lr`` to 0 over all steps, Loshchilov & Hutter 2017: the last weights are those
-    of a settled optimiser rather than of one more noisy step).
+    of a settled optimiser rather than of one more noisy step). ``loss_state``: an object whose state
+    ``step`` changes from one step to the next (``training_state()`` / ``load_training_state()``, e.g.
+    LCE's method), saved and restored with the loop's.
     """
     distributed = init_distributed()
     rank, world = rank_and_world()
@@ -137,9 +141,12 @@ def train_loop(
     # Inside segqc.checkpoint.resume_in the state is saved after every epoch and a rerun resumes
     # (one process only: under torchrun the ranks would race for one file).
     settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "lr_schedule": lr_schedule}
-    settings.update(samples=n, micro_batches=micro_batches, desc=desc)
+    # The kind of device too: bf16 autocast on CUDA, float32 on a CPU (a run on "auto" may move hosts).
+    settings.update(samples=n, micro_batches=micro_batches, desc=desc, device=device.type)
     checkpoint = None if distributed else next_checkpoint(settings, model)
-    resumed = checkpoint.load(model, opt, scheduler, generator) if checkpoint is not None else None
+    resumed = None
+    if checkpoint is not None:
+        resumed = checkpoint.load(model, opt, scheduler, generator, loss_state)
     first = 0 if resumed is None else min(resumed.epochs_done, epochs)
     if resumed is not None:
         history = resumed.history[:first]
@@ -176,7 +183,7 @@ def train_loop(
             if on_epoch is not None:
                 on_epoch(epoch + 1, model)
             if checkpoint is not None:
-                checkpoint.save(model, opt, scheduler, generator, history)
+                checkpoint.save(model, opt, scheduler, generator, history, loss_state)
             if epoch == first and show and epochs > first + 1:
                 took = time.perf_counter() - started
                 tqdm.write(

@@ -117,6 +117,7 @@ class Segmenter:
             micro_batches=self.micro_batches,
             on_epoch=on_epoch,
             lr_schedule=self.lr_schedule,
+            loss_state=self.method_,  # LCE's lambda, adapted after every step
         )
         self.model_ = model.cpu().eval()
         self.rng_ = np.random.default_rng(self.seed)

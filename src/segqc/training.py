@@ -9,6 +9,7 @@ Each step happens in one primitive, which the demo's :func:`run_pipeline`, ``seg
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import time
 import warnings
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from segqc import __version__
 from segqc.bundle import Bundle, load_bundle, save_bundle
 from segqc.calibration import choose_threshold, guaranteed_threshold, hold_out, threshold_rule
 from segqc.checkpoint import PARTIAL, resume_in
@@ -323,16 +325,21 @@ def train_bundle(
     # The trainings save their progress in OUT/.partial after every epoch: a rerun of the same command
     # resumes them (segqc.checkpoint), and once the bundle is written the folder goes.
     partial = Path(out_dir) / PARTIAL
+    scratch = partial if is_main_process() else None
     run_key = {
+        "segqc": __version__,  # another release may train otherwise with the same settings
         "pipeline": cfg.to_dict(),
         "predictor": predictor,
         "train": data_digest(train),
         "segmenter": "own" if segmenter is None else type(segmenter).__name__,
     }
-    with resume_in(partial if is_main_process() else None, key=run_key):
+    with resume_in(scratch and scratch / "f", key=run_key):
         if segmenter is None:
             segmenter = fit_segmenter(cfg, train, progress=progress)
-        train_samples = quality_samples(train, segment(segmenter, train))
+    train_samples = quality_samples(train, segment(segmenter, train))
+    # g learns from f's outputs, which the settings do not pin (a given f, or f trained with another
+    # thread count): keyed by those outputs, g never resumes a training on another f's.
+    with resume_in(scratch and scratch / "g", key={**run_key, "f_outputs": f_outputs_digest(train_samples)}):
         g = fit_predictor(predictor, cfg, train_samples, progress=progress)
     cal_samples = quality_samples(calibration, segment(segmenter, calibration))
     cal_predicted = g.predict(cal_samples)
@@ -391,6 +398,15 @@ def train_bundle(
         shutil.rmtree(partial, ignore_errors=True)
     barrier()  # under torchrun, rank 0 writes the bundle that every rank then loads
     return load_bundle(out, device=cfg.device)
+
+
+def f_outputs_digest(samples: QualitySamples) -> str:
+    """Hash of f's outputs in quality samples (masks, uncertainty maps, Jaccard): what g trains on
+    beyond the images, which :func:`~segqc.data.dataset.data_digest` covers."""
+    h = hashlib.sha256()
+    for a in (samples.masks, samples.uncertainty, samples.jaccard):
+        h.update(b"-" if a is None else np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
 
 
 def segment(segmenter: Segmenter | ExternalSegmenter | PrecomputedSegmenter, data: SegData) -> SegPrediction:

@@ -146,6 +146,12 @@ class UnitStore:
                 "segqc": __version__,
             },
         )
+        self.drop_scratch(unit)
+
+    def drop_scratch(self, unit: Unit) -> None:
+        """Remove a stored unit's progress (kept by this run, or by another that computed it too)."""
+        if not is_main_process():
+            return
         shutil.rmtree(self.scratch(unit), ignore_errors=True)
         with contextlib.suppress(OSError):  # gone once no unit is unfinished
             (self.root / PARTIAL).rmdir()
@@ -196,6 +202,7 @@ class UnitRunner:
         if cached is not None:
             payload, seconds = cached
             status = f"cached ({seconds:.1f} s when computed)"
+            self.store.drop_scratch(unit)  # left by a run that trained it while another stored it
         else:
             check_time_budget()
             t0 = time.perf_counter()

@@ -103,6 +103,16 @@ class UncertaintyMethod(ABC):
 
         return F.cross_entropy(output[:, :NUM_CLASSES], target)
 
+    def training_state(self) -> dict[str, Any]:
+        """What :meth:`loss` carries from one step to the next (JSON-able; none by default), saved in
+        a training's checkpoint so that a resumed training goes on with it (:mod:`segqc.checkpoint`)."""
+        return {}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        """Go on from a :meth:`training_state`; raises ``ValueError`` on one of another method."""
+        if state != self.training_state():
+            raise ValueError(f"{self.name} keeps no training state, got {state!r}")
+
     def head(self, output: Tensor) -> tuple[Tensor, Tensor]:
         """One raw output ``(N, 2 + extra, H, W)`` -> ``(probs (N, 2, H, W), uncertainty (N, H, W))``."""
         raise NotImplementedError(f"{self.name} has no deterministic head; it overrides graphs()")

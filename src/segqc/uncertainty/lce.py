@@ -16,7 +16,7 @@ update). At test time ``p = softmax(u)`` and ``z = 1 - c`` in ``[0, 1]``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from segqc.errors import SegQCError
 from segqc.uncertainty.base import NUM_CLASSES, UncertaintyMethod, register_method, softmax_probs
@@ -37,7 +37,8 @@ class LearnedConfidence(UncertaintyMethod):
         budget: target ``beta`` of the confidence loss ``mean(-log c)``. Defaults to 0.3.
         lambda_init: starting weight of the confidence loss. Defaults to 0.1.
 
-    The current weight is ``lambda_`` (training state, reset by each new method instance, not saved).
+    The current weight is ``lambda_`` (training state, reset by each new method instance, not saved in
+    the bundle; a training's checkpoint keeps it: :meth:`training_state`).
     """
 
     external_models = None  # needs f's insides, which an external model does not expose
@@ -71,6 +72,16 @@ class LearnedConfidence(UncertaintyMethod):
         total = hinted_nll(probs, confidence, target, hints, EPS) + self._lambda * conf_loss
         self._lambda /= 0.99 if conf_loss.item() > self.budget else 1.01
         return total
+
+    def training_state(self) -> dict[str, Any]:
+        return {"lambda": self._lambda}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        value = state.get("lambda") if set(state) == {"lambda"} else None
+        # an int when no step has run yet and lambda_init was given as one
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"not a training state of lce: {state!r}")
+        self._lambda = value
 
     def draw_hints(self, target: Tensor) -> Tensor:
         """Which samples get hints: bool ``(N, 1, 1)`` (per image) or ``(N, H, W)`` (per pixel)."""
