@@ -360,9 +360,19 @@ def test_a_killed_train_resumes_its_trainings_to_the_same_bundle(tmp_path, monke
             assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
         assert not partial.exists()
 
-        # another seed in the same folder trains from the start
-        train_bundle(split, None, tiny_config(seed=1), tmp_path / "b", progress=False, force=True)
-        assert "resumed" not in capsys.readouterr().err
+        # killed again; rerun with other settings of g only: f resumes, g starts over
+        saves.clear()
+        with monkeypatch.context() as mp:
+            mp.setattr(checkpoint.TrainingCheckpoint, "save", save_then_die)
+            with pytest.raises(KeyboardInterrupt):
+                train_bundle(split, None, cfg, tmp_path / "c", progress=False, force=True)
+        capsys.readouterr()
+        train_bundle(split, None, cfg.replace(quality_epochs=3), tmp_path / "c", progress=False, force=True)
+        err = capsys.readouterr().err
+        assert "f/train-0.safetensors: resumed after epoch 2" in err
+        assert "g/train-0.safetensors: was saved by another training" in err
+        f_a, f_c = ((tmp_path / d / "f.safetensors").read_bytes() for d in "ac")
+        assert f_a == f_c
     finally:
         torch.set_num_threads(threads)
 

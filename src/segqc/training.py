@@ -326,20 +326,21 @@ def train_bundle(
     # resumes them (segqc.checkpoint), and once the bundle is written the folder goes.
     partial = Path(out_dir) / PARTIAL
     scratch = partial if is_main_process() else None
-    run_key = {
+    f_key = {
         "segqc": __version__,  # another release may train otherwise with the same settings
-        "pipeline": cfg.to_dict(),
-        "predictor": predictor,
+        "f": cfg.training_settings("f"),  # g's settings do not change f: a rerun with others keeps it
+        "method": [cfg.method, cfg.method_params],
+        "seed": cfg.seed,
         "train": data_digest(train),
-        "segmenter": "own" if segmenter is None else type(segmenter).__name__,
     }
-    with resume_in(scratch and scratch / "f", key=run_key):
-        if segmenter is None:
+    if segmenter is None:
+        with resume_in(scratch and scratch / "f", key=f_key):
             segmenter = fit_segmenter(cfg, train, progress=progress)
     train_samples = quality_samples(train, segment(segmenter, train))
     # g learns from f's outputs, which the settings do not pin (a given f, or f trained with another
     # thread count): keyed by those outputs, g never resumes a training on another f's.
-    with resume_in(scratch and scratch / "g", key={**run_key, "f_outputs": f_outputs_digest(train_samples)}):
+    g_key = {**f_key, "pipeline": cfg.to_dict(), "predictor": predictor}
+    with resume_in(scratch and scratch / "g", key={**g_key, "f_outputs": f_outputs_digest(train_samples)}):
         g = fit_predictor(predictor, cfg, train_samples, progress=progress)
     cal_samples = quality_samples(calibration, segment(segmenter, calibration))
     cal_predicted = g.predict(cal_samples)

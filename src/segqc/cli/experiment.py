@@ -108,7 +108,8 @@ def _setting(flag: str, help: str, type: click.ParamType) -> Any:
         type=click.FloatRange(min=0, min_open=True),
         default=None,
         metavar="SECONDS",
-        help="Stop cleanly after this long (finished units are kept; rerun the same command to resume); "
+        help="Stop cleanly after this long (finished units and the finished epochs of a training are "
+        "kept; rerun the same command to resume); "
         "exits with status 75.",
     ),
     click.option(
@@ -197,8 +198,8 @@ def experiment(
             )
     except engine.TimeBudgetExceeded:
         click.echo(
-            f"stopped at the time budget ({time_budget:g} s); finished units are kept in {out / 'units'}: "
-            "rerun the same command to resume",
+            f"stopped at the time budget ({time_budget:g} s); finished units, and the finished epochs of "
+            f"the training cut off, are kept in {out / 'units'}: rerun the same command to resume",
             err=True,
         )
         sys.exit(TIME_BUDGET_EXIT)
