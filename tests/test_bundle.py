@@ -426,3 +426,52 @@ def test_a_rerun_with_another_segqc_version_does_not_resume(tmp_path, monkeypatc
     capsys.readouterr()
     train_bundle(split, None, tiny_config(seg_epochs=2), tmp_path, progress=False, force=True)
     assert "resumed" not in capsys.readouterr().err
+
+
+def test_crossfit_trains_g_on_out_of_fold_predictions_and_ships_the_same_f(tmp_path):
+    import torch
+
+    from segqc.training import crossfit_folds, out_of_fold_predictions
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same float sums in every run
+    try:
+        images, masks, ids = make_synthetic(40, 32, seed=5)
+        data = SegData(images, masks, ids)
+        split = (data.subset(range(30)), data.subset(range(30, 40)))
+        cfg = tiny_config()
+        paper = train_bundle(split, None, cfg, tmp_path / "paper", progress=False, force=True)
+        crossfit = train_bundle(
+            split, None, cfg, tmp_path / "cf", quality_train="crossfit", folds=2, progress=False, force=True
+        )
+        assert crossfit.config["quality_train"] == {"kind": "crossfit", "folds": 2}
+        assert paper.config["quality_train"] == {"kind": "paper"}
+        # the bundle's f is the one trained on every training image either way; g learned otherwise
+        f_paper, f_cf = ((tmp_path / d / "f.safetensors").read_bytes() for d in ("paper", "cf"))
+        g_paper, g_cf = ((tmp_path / d / "g.safetensors").read_bytes() for d in ("paper", "cf"))
+        assert f_paper == f_cf and g_paper != g_cf
+
+        # each image is predicted by an f that never trained on it
+        train = split[0].subset(range(24))
+        parts = crossfit_folds(len(train), 2, cfg.seed)
+        assert sorted(np.concatenate(parts).tolist()) == list(range(24)) and not set(parts[0]) & set(parts[1])
+        oof = out_of_fold_predictions(cfg, train, parts, None, {}, progress=False)
+        for index in parts:
+            rest = np.setdiff1d(np.arange(24), index)
+            own = make_segmenter(cfg, progress=False).fit(train.subset(rest)).predict(train.images[index])
+            np.testing.assert_array_equal(oof.mask[index], own.mask)
+            np.testing.assert_array_equal(oof.uncertainty[index], own.uncertainty)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_crossfit_settings_are_checked(tmp_path, tiny_data):
+    train, _ = tiny_data
+    seg = make_segmenter(tiny_config(), progress=False).fit(train)
+    with pytest.raises(SegQCError, match="given segmentation model is not trained here"):
+        train_bundle(None, None, tiny_config(), tmp_path / "m", segmenter=seg, quality_train="crossfit")
+    with pytest.raises(SegQCError, match="quality_train must be one of paper, crossfit"):
+        train_bundle(None, None, tiny_config(), tmp_path / "m", quality_train="both")
+    with pytest.raises(SegQCError, match="too few to train f"):
+        few = (train.subset(range(5)), None)  # 4 images left for f and g once the gate's are held out
+        train_bundle(few, None, tiny_config(), tmp_path / "m", quality_train="crossfit", folds=5)

@@ -39,6 +39,10 @@ from segqc.segmenter import Segmenter
 from segqc.types import QualitySamples, SegPrediction
 from segqc.utils import versions
 
+#: What g learns from in :func:`train_bundle`: f's predictions over its own training images (the
+#: paper's way) or out-of-fold predictions.
+QUALITY_TRAIN = ("paper", "crossfit")
+
 
 def make_segmenter(cfg: PipelineConfig, *, progress: bool = True) -> Segmenter:
     return Segmenter(
@@ -262,6 +266,8 @@ def train_bundle(
     force: bool = False,
     predictor: str = "uncertainty",
     segmenter: Segmenter | ExternalSegmenter | PrecomputedSegmenter | None = None,
+    quality_train: str = "paper",
+    folds: int = 3,
     progress: bool = True,
 ) -> Bundle:
     """Train f and g, learn the gate, check the model is fit for its job, and save it as a bundle.
@@ -302,6 +308,13 @@ def train_bundle(
             a :class:`~segqc.external.predictions.PrecomputedSegmenter` of its outputs, looked up by
             image id): kept fixed, only g and the gate are trained; its ``method`` must be ``cfg.method``.
             Defaults to training segqc's own f.
+        quality_train: what g learns from: ``"paper"``, f's predictions over its own training images
+            (the paper's way), or ``"crossfit"``, out-of-fold predictions: ``folds`` more f's, each
+            trained on the other folds, predict the images of their fold, so that g learns from the
+            failures f makes on images it has not seen (the better f fits its training images, the
+            fewer failures g sees the paper's way); the bundle's f is trained on all the images as
+            before. Defaults to ``"paper"``.
+        folds: folds of the cross-fitting. Defaults to 3.
         progress: show progress bars. Defaults to True.
 
     Raises:
@@ -315,6 +328,13 @@ def train_bundle(
     if segmenter is not None and segmenter.method != cfg.method:
         raise SegQCError(
             f"the given segmenter is read out by {segmenter.method!r}, the settings say {cfg.method!r}"
+        )
+    if quality_train not in QUALITY_TRAIN:
+        raise SegQCError(f"quality_train must be one of {', '.join(QUALITY_TRAIN)}, got {quality_train!r}")
+    if quality_train == "crossfit" and segmenter is not None:
+        raise SegQCError(
+            "cross-fitting retrains f on folds of the training images; a given segmentation model is "
+            "not trained here, so g learns from its outputs as they are (leave out --quality-train crossfit)"
         )
     start = time.perf_counter()
     train, test, info = load_train_test(data, protocol, size=cfg.image_size, seed=cfg.seed)
@@ -333,10 +353,18 @@ def train_bundle(
         "seed": cfg.seed,
         "train": data_digest(train),
     }
+    if quality_train == "crossfit":  # checked before any training
+        parts = crossfit_folds(len(train), folds, cfg.seed)
+        if folds > len(train) or min(len(train) - len(part) for part in parts) < 2:
+            raise SegQCError(f"{folds} folds of {len(train)} training images leave too few to train f")
     if segmenter is None:
         with resume_in(scratch and scratch / "f", key=f_key):
             segmenter = fit_segmenter(cfg, train, progress=progress)
-    train_samples = quality_samples(train, segment(segmenter, train))
+    if quality_train == "crossfit":
+        train_pred = out_of_fold_predictions(cfg, train, parts, scratch, f_key, progress=progress)
+    else:
+        train_pred = segment(segmenter, train)
+    train_samples = quality_samples(train, train_pred)
     # g learns from f's outputs, which the settings do not pin (a given f, or f trained with another
     # thread count): keyed by those outputs, g never resumes a training on another f's.
     g_key = {**f_key, "pipeline": cfg.to_dict(), "predictor": predictor}
@@ -347,6 +375,7 @@ def train_bundle(
 
     extra: dict[str, Any] = {
         "pipeline": cfg.to_dict(),
+        "quality_train": {"kind": quality_train, **({"folds": folds} if quality_train == "crossfit" else {})},
         # Heat maps share one colour scale: the largest uncertainty f showed on its training images.
         # None when f showed none (e.g. an ensemble whose members agreed everywhere): no scale of width 0.
         "uncertainty_vmax": float(train_samples.uncertainty.max()) or None,
@@ -399,6 +428,38 @@ def train_bundle(
         shutil.rmtree(partial, ignore_errors=True)
     barrier()  # under torchrun, rank 0 writes the bundle that every rank then loads
     return load_bundle(out, device=cfg.device)
+
+
+def crossfit_folds(n: int, folds: int, seed: int) -> list[np.ndarray]:
+    """``folds`` disjoint, sorted index sets covering ``range(n)``, drawn with ``seed``."""
+    if folds < 2:
+        raise SegQCError(f"folds must be at least 2, got {folds}")
+    order = np.random.default_rng(seed).permutation(n)
+    return [np.sort(part) for part in np.array_split(order, folds)]
+
+
+def out_of_fold_predictions(
+    cfg: PipelineConfig,
+    train: SegData,
+    parts: list[np.ndarray],
+    scratch: Path | None,
+    f_key: dict[str, Any],
+    *,
+    progress: bool = True,
+) -> SegPrediction:
+    """f's masks and maps on every training image from an f that did not train on it: for each fold,
+    an f trained on the other folds predicts the fold (each training resumable under ``scratch``)."""
+    n = len(train)
+    mask = np.zeros(train.masks.shape, np.uint8)
+    uncertainty = np.zeros(train.masks.shape, np.float32)
+    for k, index in enumerate(parts):
+        rest = np.setdiff1d(np.arange(n), index)
+        fold_key = {**f_key, "fold": [k, len(parts)]}
+        with resume_in(scratch and scratch / f"fold{k + 1}of{len(parts)}", key=fold_key):
+            fold_f = fit_segmenter(cfg, train.subset(rest), progress=progress)
+        pred = fold_f.predict(train.images[index])
+        mask[index], uncertainty[index] = pred.mask, pred.uncertainty
+    return SegPrediction(mask.astype(np.float32), mask, uncertainty)
 
 
 def f_outputs_digest(samples: QualitySamples) -> str:

@@ -77,6 +77,22 @@ def _recall_help(threshold: float) -> str:
         "for every member of an ensemble.",
     ),
     click.option(
+        "--quality-train",
+        type=click.Choice(["paper", "crossfit"]),
+        default="paper",
+        show_default=True,
+        help="What g learns from: f's predictions over its own training images (paper), or out-of-fold "
+        "predictions (crossfit: --folds more trainings of f, each on the other folds, predict their fold, "
+        "so g sees the failures f makes on unseen images; the bundle's f still trains on every image).",
+    ),
+    click.option(
+        "--folds",
+        type=click.IntRange(min=2),
+        default=3,
+        show_default=True,
+        help="Folds of --quality-train crossfit.",
+    ),
+    click.option(
         "--predictions",
         type=click.Path(exists=True, file_okay=False, path_type=Path),
         default=None,
@@ -100,6 +116,8 @@ def train(
     segmenter_file: tuple[Path, ...],
     segmenter_spec: Path | None,
     predictions: Path | None,
+    quality_train: str,
+    folds: int,
     quiet: bool,
     **settings: Any,
 ) -> None:
@@ -161,7 +179,7 @@ def train(
         segmenter = precomputed_segmenter(folder, data, cfg)
     bundle = train_bundle(
         data, protocol, cfg, out, target_failure_recall=target_failure_recall, confidence=confidence,
-        force=force, segmenter=segmenter, progress=not quiet,
+        force=force, segmenter=segmenter, quality_train=quality_train, folds=folds, progress=not quiet,
     )  # fmt: skip
     rule = bundle.config.get("threshold_rule", {})
     click.echo(f"threshold {bundle.threshold:g}: {rule.get('description', '')}")

@@ -28,7 +28,14 @@ from segqc.experiment.config import CROSSFIT_SUFFIX, ExperimentConfig, training_
 from segqc.experiment.units import Payload, Unit, canonical
 from segqc.quality import PREDICTORS
 from segqc.segmenter import Segmenter
-from segqc.training import fit_predictor, fit_segmenter, make_predictor, quality_samples, row_name
+from segqc.training import (
+    crossfit_folds,
+    fit_predictor,
+    fit_segmenter,
+    make_predictor,
+    quality_samples,
+    row_name,
+)
 from segqc.types import SegPrediction
 from segqc.utils import seed_everything
 
@@ -197,8 +204,7 @@ class Planner:
         return rows
 
     def folds(self, seed: int) -> list[np.ndarray]:
-        order = np.random.default_rng(seed).permutation(len(self.train))
-        return [np.sort(part) for part in np.array_split(order, self.cfg.folds)]
+        return crossfit_folds(len(self.train), self.cfg.folds, seed)
 
     def plan(self, seed: int, rows: list[Row]) -> SeedPlan:
         """All units of one seed in order; also the test-prediction unit per method, g unit per row."""
