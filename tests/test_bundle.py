@@ -475,3 +475,11 @@ def test_crossfit_settings_are_checked(tmp_path, tiny_data):
     with pytest.raises(SegQCError, match="too few to train f"):
         few = (train.subset(range(5)), None)  # 4 images left for f and g once the gate's are held out
         train_bundle(few, None, tiny_config(), tmp_path / "m", quality_train="crossfit", folds=5)
+
+
+@pytest.mark.parametrize("folds", [2.5, "3", True])
+def test_crossfit_folds_must_be_a_whole_number(tmp_path, tiny_data, folds):
+    """2.5 used to run 2 folds and record 2.5 in bundle.json: the record of how g was trained lied."""
+    with pytest.raises(SegQCError, match="folds must be a whole number"):
+        train_bundle(tiny_data, None, tiny_config(), tmp_path / "m", quality_train="crossfit", folds=folds)
+    assert not (tmp_path / "m").exists()

@@ -432,6 +432,9 @@ def train_bundle(
 
 def crossfit_folds(n: int, folds: int, seed: int) -> list[np.ndarray]:
     """``folds`` disjoint, sorted index sets covering ``range(n)``, drawn with ``seed``."""
+    # np.array_split would take 2.5 as 2 folds while the bundle records 2.5
+    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)):
+        raise SegQCError(f"folds must be a whole number, got {folds!r}")
     if folds < 2:
         raise SegQCError(f"folds must be at least 2, got {folds}")
     order = np.random.default_rng(seed).permutation(n)
