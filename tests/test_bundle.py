@@ -472,7 +472,9 @@ def test_crossfit_settings_are_checked(tmp_path, tiny_data):
         train_bundle(None, None, tiny_config(), tmp_path / "m", segmenter=seg, quality_train="crossfit")
     with pytest.raises(SegQCError, match="quality_train must be one of paper, crossfit"):
         train_bundle(None, None, tiny_config(), tmp_path / "m", quality_train="both")
-    with pytest.raises(SegQCError, match="too few to train f"):
+    # the message explains the count: 5 images given, 4 left once the gate's are held out
+    told = r"5 folds of 4 training images \(the 1 held out for the gate set aside\)"
+    with pytest.raises(SegQCError, match=told):
         few = (train.subset(range(5)), None)  # 4 images left for f and g once the gate's are held out
         train_bundle(few, None, tiny_config(), tmp_path / "m", quality_train="crossfit", folds=5)
 
