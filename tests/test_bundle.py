@@ -472,6 +472,61 @@ def test_crossfit_settings_are_checked(tmp_path, tiny_data):
         train_bundle(None, None, tiny_config(), tmp_path / "m", segmenter=seg, quality_train="crossfit")
     with pytest.raises(SegQCError, match="quality_train must be one of paper, crossfit"):
         train_bundle(None, None, tiny_config(), tmp_path / "m", quality_train="both")
-    with pytest.raises(SegQCError, match="too few to train f"):
+    # the message explains the count: 5 images given, 4 left once the gate's are held out
+    told = r"5 folds of 4 training images \(the 1 held out for the gate set aside\)"
+    with pytest.raises(SegQCError, match=told):
         few = (train.subset(range(5)), None)  # 4 images left for f and g once the gate's are held out
         train_bundle(few, None, tiny_config(), tmp_path / "m", quality_train="crossfit", folds=5)
+
+
+@pytest.mark.parametrize("folds", [2.5, "3", True])
+def test_crossfit_folds_must_be_a_whole_number(tmp_path, tiny_data, folds):
+    """2.5 used to run 2 folds and record 2.5 in bundle.json: the record of how g was trained lied."""
+    with pytest.raises(SegQCError, match="folds must be a whole number"):
+        train_bundle(tiny_data, None, tiny_config(), tmp_path / "m", quality_train="crossfit", folds=folds)
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_killed_crossfit_train_resumes_every_fold_to_the_same_bundle(tmp_path, monkeypatch, capsys):
+    import torch
+
+    import segqc.checkpoint as checkpoint
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same float sums in both runs
+    try:
+        images, masks, ids = make_synthetic(24, 32, seed=5)
+        data = SegData(images, masks, ids)
+        split = (data.subset(range(18)), data.subset(range(18, 24)))
+        cfg = tiny_config(seg_epochs=2)
+        kw = dict(quality_train="crossfit", folds=2, progress=False, force=True)
+        train_bundle(split, None, cfg, tmp_path / "a", **kw)
+
+        saves: list[str] = []
+        real_save = checkpoint.TrainingCheckpoint.save
+
+        def save_then_die(self, *args, **kwargs):
+            real_save(self, *args, **kwargs)
+            saves.append(self.path.parent.name)
+            if len(saves) == 5:  # f's two epochs, fold 1's two, then fold 2's first
+                raise KeyboardInterrupt
+
+        with monkeypatch.context() as mp:
+            mp.setattr(checkpoint.TrainingCheckpoint, "save", save_then_die)
+            with pytest.raises(KeyboardInterrupt):
+                train_bundle(split, None, cfg, tmp_path / "b", **kw)
+        assert saves == ["f", "f", "fold1of2", "fold1of2", "fold2of2"]
+        capsys.readouterr()
+        train_bundle(split, None, cfg, tmp_path / "b", **kw)
+        err = capsys.readouterr().err
+        for resumed in ("f/train-0.safetensors: resumed after epoch 2",
+                        "fold1of2/train-0.safetensors: resumed after epoch 2",
+                        "fold2of2/train-0.safetensors: resumed after epoch 1"):  # fmt: skip
+            assert resumed in err
+        for name in ("f.safetensors", "g.safetensors"):
+            assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+        a, b = (json.loads((tmp_path / d / "bundle.json").read_text()) for d in "ab")
+        assert a["gate"] == b["gate"] and a["uncertainty_vmax"] == b["uncertainty_vmax"]
+        assert not (tmp_path / "b" / checkpoint.PARTIAL).exists()
+    finally:
+        torch.set_num_threads(threads)

@@ -334,6 +334,16 @@ SMALL = ExperimentConfig(
 )
 
 
+def test_more_folds_than_training_images_is_refused(tmp_path):
+    """Empty folds used to run: an extra f on every training image per empty fold, and a report of
+    "(8 folds)" over 6 images; segqc train refuses these folds, so does the experiment."""
+    import dataclasses
+
+    cfg = dataclasses.replace(SMALL, quality_train="crossfit", n_train=6, n_test=4, folds=8)
+    with pytest.raises(SegQCError, match="8 folds of 6 training images"):
+        run_experiment(cfg, tmp_path / "o", progress=False)
+
+
 @pytest.mark.slow
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatch):
     reference_calls = count_units(monkeypatch)

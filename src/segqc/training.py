@@ -356,7 +356,14 @@ def train_bundle(
     if quality_train == "crossfit":  # checked before any training
         parts = crossfit_folds(len(train), folds, cfg.seed)
         if folds > len(train) or min(len(train) - len(part) for part in parts) < 2:
-            raise SegQCError(f"{folds} folds of {len(train)} training images leave too few to train f")
+            # the count the user sees is not the count given: say where the held-out images went
+            aside = f"the {len(calibration)} held out for the gate"
+            if test is not None:
+                aside = f"the {len(test)} test images and {aside}"
+            raise SegQCError(
+                f"{folds} folds of {len(train)} training images ({aside} set aside) leave too few to "
+                "train f on the other folds; use fewer folds"
+            )
     if segmenter is None:
         with resume_in(scratch and scratch / "f", key=f_key):
             segmenter = fit_segmenter(cfg, train, progress=progress)
@@ -432,6 +439,9 @@ def train_bundle(
 
 def crossfit_folds(n: int, folds: int, seed: int) -> list[np.ndarray]:
     """``folds`` disjoint, sorted index sets covering ``range(n)``, drawn with ``seed``."""
+    # np.array_split would take 2.5 as 2 folds while the bundle records 2.5
+    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)):
+        raise SegQCError(f"folds must be a whole number, got {folds!r}")
     if folds < 2:
         raise SegQCError(f"folds must be at least 2, got {folds}")
     order = np.random.default_rng(seed).permutation(n)

@@ -145,6 +145,24 @@ def test_os_errors_and_interrupts_at_the_edge(raised, code, text, tmp_path, monk
     assert result.stderr.strip() == f"error: {text}" and "Traceback" not in result.output
 
 
+def test_folds_without_crossfit_is_a_usage_error(tmp_path, monkeypatch):
+    """--folds alone would be ignored: g trained the paper's way for someone who asked for folds."""
+    import segqc.training
+
+    def train_bundle(*args, **kwargs):
+        raise AssertionError("trained despite the bad usage")
+
+    monkeypatch.setattr(segqc.training, "train_bundle", train_bundle)
+    for args in (["--folds", "5"], ["--quality-train", "paper", "--folds", "3"]):
+        result = CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "m"), *args])
+        assert result.exit_code == EXIT_USAGE, result.output
+        assert "--folds needs --quality-train crossfit" in result.stderr and "Traceback" not in result.output
+    seen = {}
+    monkeypatch.setattr(segqc.training, "train_bundle", lambda *a, **kw: seen.update(kw) or 1 / 0)
+    CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "m"), "--quality-train", "crossfit"])
+    assert seen["quality_train"] == "crossfit" and seen["folds"] == 3
+
+
 def test_method_param_values_are_json_when_they_parse():
     seen = {}
 

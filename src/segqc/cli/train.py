@@ -88,9 +88,8 @@ def _recall_help(threshold: float) -> str:
     click.option(
         "--folds",
         type=click.IntRange(min=2),
-        default=3,
-        show_default=True,
-        help="Folds of --quality-train crossfit.",
+        default=None,
+        help="Folds of --quality-train crossfit.  [default: 3]",
     ),
     click.option(
         "--predictions",
@@ -117,7 +116,7 @@ def train(
     segmenter_spec: Path | None,
     predictions: Path | None,
     quality_train: str,
-    folds: int,
+    folds: int | None,
     quiet: bool,
     **settings: Any,
 ) -> None:
@@ -167,6 +166,9 @@ def train(
     check_method(cfg.method, cfg.method_params)
     if confidence is not None and target_failure_recall is None:
         raise click.UsageError("--confidence needs --target-failure-recall")
+    if folds is not None and quality_train != "crossfit":
+        # silently ignored, it would leave g trained the paper's way by someone who asked for folds
+        raise click.UsageError("--folds needs --quality-train crossfit")
     if segmenter_spec is not None and not segmenter_file:
         raise click.UsageError("--segmenter-spec needs --segmenter")
     if segmenter_file:
@@ -179,7 +181,7 @@ def train(
         segmenter = precomputed_segmenter(folder, data, cfg)
     bundle = train_bundle(
         data, protocol, cfg, out, target_failure_recall=target_failure_recall, confidence=confidence,
-        force=force, segmenter=segmenter, quality_train=quality_train, folds=folds, progress=not quiet,
+        force=force, segmenter=segmenter, quality_train=quality_train, folds=folds or 3, progress=not quiet,
     )  # fmt: skip
     rule = bundle.config.get("threshold_rule", {})
     click.echo(f"threshold {bundle.threshold:g}: {rule.get('description', '')}")

@@ -224,7 +224,8 @@ class Planner:
             train_side[(m, "reference")] = []
         if "crossfit" in variants:
             folds = self.folds(seed)
-            if min(n - len(f) for f in folds) < 2:
+            # more folds than images leaves empty folds (an f trained on every image, for nothing)
+            if cfg.folds > n or min(n - len(f) for f in folds) < 2:
                 raise SegQCError(f"{cfg.folds} folds of {n} training images leave too few to train f")
             for k, index in enumerate(folds):
                 rest = np.setdiff1d(np.arange(n), index)
