@@ -383,7 +383,8 @@ def train_bundle(
     extra: dict[str, Any] = {
         "pipeline": cfg.to_dict(),
         "quality_train": {"kind": quality_train, **({"folds": folds} if quality_train == "crossfit" else {})},
-        # Heat maps share one colour scale: the largest uncertainty f showed on its training images.
+        # Heat maps share one colour scale: the largest uncertainty in g's training maps (f's on its
+        # training images, or the folds' f's on the images they did not train on, when cross-fitted).
         # None when f showed none (e.g. an ensemble whose members agreed everywhere): no scale of width 0.
         "uncertainty_vmax": float(train_samples.uncertainty.max()) or None,
         "data": {
