@@ -89,6 +89,7 @@ def test_export_writes_checked_graphs_and_manifest(exported):
     for name, digest in manifest["sha256"].items():
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
     assert manifest["method"] == bundle.method and manifest["threshold"] == bundle.threshold
+    assert manifest["quality_train"] == bundle.config.get("quality_train")
     assert manifest["image_size"] == 32 and manifest["opset"] == 18 and "onnxruntime" in manifest["versions"]
     assert manifest["normalisation"]["f"]["mean"] == pytest.approx(bundle.segmenter.mean_)
     assert manifest["normalisation"]["g"]["z_std"] == pytest.approx(bundle.predictor.z_std_)

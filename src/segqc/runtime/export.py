@@ -234,6 +234,7 @@ def export_onnx(
         "gate": config["gate"],
         "uncertainty_vmax": config.get("uncertainty_vmax"),
         "pipeline": config.get("pipeline"),
+        "quality_train": config.get("quality_train"),  # how g was trained: provenance kept with the graphs
         "graphs": {
             role: {"file": graph_file(role), "inputs": list(g.inputs), "outputs": list(g.outputs)}
             for role, g in graphs.items()
