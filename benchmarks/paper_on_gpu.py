@@ -8,7 +8,8 @@ Usage::
 Each seed is an independent experiment process (``--seed-list S --out OUT/seeds/S``); up to
 ``--parallel`` of them share the GPU at once (small networks leave a large GPU mostly idle, so
 several trainings side by side finish sooner than one after another). They share one cache of
-finished units (``OUT/units``), so a rerun of the same command resumes every seed where it stopped.
+finished units (``OUT/units``), so a rerun of the same command resumes every seed where it stopped
+(a training cut off by the budget from its last finished epoch, ``OUT/units/.partial``).
 Each process prints, after the first epoch of every training, how long that training will take, and
 after every unit the time left by its own estimate; each is given the time left of ``--budget``
 (less ``--margin`` for the final step) as its ``--time-budget`` and stops cleanly there.
