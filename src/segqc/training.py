@@ -354,16 +354,11 @@ def train_bundle(
         "train": data_digest(train),
     }
     if quality_train == "crossfit":  # checked before any training
-        parts = crossfit_folds(len(train), folds, cfg.seed)
-        if folds > len(train) or min(len(train) - len(part) for part in parts) < 2:
-            # the count the user sees is not the count given: say where the held-out images went
-            aside = f"the {len(calibration)} held out for the gate"
-            if test is not None:
-                aside = f"the {len(test)} test images and {aside}"
-            raise SegQCError(
-                f"{folds} folds of {len(train)} training images ({aside} set aside) leave too few to "
-                "train f on the other folds; use fewer folds"
-            )
+        # the count the user sees is not the count given: say where the held-out images went
+        aside = f"the {len(calibration)} held out for the gate"
+        if test is not None:
+            aside = f"the {len(test)} test images and {aside}"
+        parts = crossfit_folds(len(train), folds, cfg.seed, set_aside=f" ({aside} set aside)")
     if segmenter is None:
         with resume_in(scratch and scratch / "f", key=f_key):
             segmenter = fit_segmenter(cfg, train, progress=progress)
@@ -438,15 +433,27 @@ def train_bundle(
     return load_bundle(out, device=cfg.device)
 
 
-def crossfit_folds(n: int, folds: int, seed: int) -> list[np.ndarray]:
-    """``folds`` disjoint, sorted index sets covering ``range(n)``, drawn with ``seed``."""
+def crossfit_folds(n: int, folds: int, seed: int, *, set_aside: str = "") -> list[np.ndarray]:
+    """``folds`` disjoint, sorted index sets covering ``range(n)``, drawn with ``seed``.
+
+    Raises:
+        SegQCError: ``folds`` is not a whole number of at least 2, or leaves an empty fold or fewer
+            than 2 images to train each fold's f on (``set_aside`` is added to that message).
+    """
     # np.array_split would take 2.5 as 2 folds while the bundle records 2.5
     if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)):
         raise SegQCError(f"folds must be a whole number, got {folds!r}")
     if folds < 2:
         raise SegQCError(f"folds must be at least 2, got {folds}")
     order = np.random.default_rng(seed).permutation(n)
-    return [np.sort(part) for part in np.array_split(order, folds)]
+    parts = [np.sort(part) for part in np.array_split(order, folds)]
+    # more folds than images leaves empty folds (an f trained on every image, for nothing)
+    if folds > n or min(n - len(part) for part in parts) < 2:
+        raise SegQCError(
+            f"{folds} folds of {n} training images{set_aside} leave too few to train f on the other folds; "
+            "use fewer folds"
+        )
+    return parts
 
 
 def out_of_fold_predictions(
