@@ -24,6 +24,16 @@ ISIC = Path(__file__).resolve().parents[2] / "shared" / "data" / "isic2017"
 torch.set_num_threads(1)
 
 
+@pytest.fixture()
+def one_thread():
+    """One torch thread for this test, whatever an earlier test set: runs compared bit for bit (a
+    resumed training against an uninterrupted one) need the same float sums."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def isic_root() -> Path:
     if not (ISIC / "split.json").is_file():

@@ -26,15 +26,19 @@ def tiny_config(**changes) -> PipelineConfig:
     return PipelineConfig(**{**TINY, **changes})
 
 
-def train_tiny_bundle(out: Path, n: int = 40) -> Bundle:
-    """A bundle trained in about a second: 32x32 synthetic images, width 4, one epoch each."""
+def synthetic_split(n: int = 40) -> tuple[SegData, SegData]:
+    """``n`` synthetic 32x32 images (seed 5): the first three quarters to train on, the rest to test."""
     images, masks, ids = make_synthetic(n, 32, seed=5)
     data = SegData(images, masks, ids)
     cut = n * 3 // 4
+    return data.subset(range(cut)), data.subset(range(cut, n))
+
+
+def train_tiny_bundle(out: Path, n: int = 40) -> Bundle:
+    """A bundle trained in about a second: 32x32 synthetic images, width 4, one epoch each."""
     # One epoch each leaves g near constant, so the model fails its fitness check: forced, since the
     # tests that use it are about files and mechanics, not about a useful g.
-    return train_bundle((data.subset(range(cut)), data.subset(range(cut, n))), None, tiny_config(), out,
-                        progress=False, force=True)  # fmt: skip
+    return train_bundle(synthetic_split(n), None, tiny_config(), out, progress=False, force=True)
 
 
 @pytest.fixture(scope="module")
@@ -307,74 +311,62 @@ def test_non_finite_weights_are_refused_even_with_matching_checksums(copy):
 
 def test_unfit_model_is_refused_unless_forced(tmp_path):
     """One epoch leaves g constant: train_bundle refuses to write it, or writes it marked unfit."""
-    images, masks, ids = make_synthetic(40, 32, seed=5)
-    data = SegData(images, masks, ids)
     with pytest.raises(SegQCError, match="not fit to gate segmentations.*g is constant"):
-        train_bundle((data.subset(range(30)), data.subset(range(30, 40))), None, tiny_config(),
-                     tmp_path / "m", progress=False)  # fmt: skip
+        train_bundle(synthetic_split(), None, tiny_config(), tmp_path / "m", progress=False)
     assert not (tmp_path / "m" / "bundle.json").exists()
     bundle = train_tiny_bundle(tmp_path / "forced")
     assert not bundle.fit and bundle.config["gate"]["fitness"]["forced"] is True
     assert bundle.metadata()["gate"]["fitness"]["fit"] is False
 
 
-def test_a_killed_train_resumes_its_trainings_to_the_same_bundle(tmp_path, monkeypatch, capsys):
-    import torch
-
+def test_a_killed_train_resumes_its_trainings_to_the_same_bundle(one_thread, tmp_path, monkeypatch, capsys):
     import segqc.checkpoint as checkpoint
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same float sums in both runs
-    try:
-        images, masks, ids = make_synthetic(40, 32, seed=5)
-        data = SegData(images, masks, ids)
-        split = (data.subset(range(30)), data.subset(range(30, 40)))
-        cfg = tiny_config(seg_epochs=2, quality_epochs=2)
-        train_bundle(split, None, cfg, tmp_path / "a", progress=False, force=True)
+    split = synthetic_split()
+    cfg = tiny_config(seg_epochs=2, quality_epochs=2)
+    train_bundle(split, None, cfg, tmp_path / "a", progress=False, force=True)
 
-        saves: list[str] = []
-        real_save = checkpoint.TrainingCheckpoint.save
+    saves: list[str] = []
+    real_save = checkpoint.TrainingCheckpoint.save
 
-        def save_then_die(self, *args, **kwargs):
-            real_save(self, *args, **kwargs)
-            saves.append(self.path.name)
-            if len(saves) == 3:  # f's two epochs, then g's first
-                raise KeyboardInterrupt
+    def save_then_die(self, *args, **kwargs):
+        real_save(self, *args, **kwargs)
+        saves.append(self.path.name)
+        if len(saves) == 3:  # f's two epochs, then g's first
+            raise KeyboardInterrupt
 
-        with monkeypatch.context() as mp:
-            mp.setattr(checkpoint.TrainingCheckpoint, "save", save_then_die)
-            with pytest.raises(KeyboardInterrupt):
-                train_bundle(split, None, cfg, tmp_path / "b", progress=False, force=True)
-        partial = tmp_path / "b" / checkpoint.PARTIAL
-        kept = sorted(str(p.relative_to(partial)) for p in partial.rglob("*.safetensors"))
-        assert kept == ["f/train-0.safetensors", "g/train-0.safetensors"]
-        assert not (tmp_path / "b" / "bundle.json").exists()
+    with monkeypatch.context() as mp:
+        mp.setattr(checkpoint.TrainingCheckpoint, "save", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            train_bundle(split, None, cfg, tmp_path / "b", progress=False, force=True)
+    partial = tmp_path / "b" / checkpoint.PARTIAL
+    kept = sorted(str(p.relative_to(partial)) for p in partial.rglob("*.safetensors"))
+    assert kept == ["f/train-0.safetensors", "g/train-0.safetensors"]
+    assert not (tmp_path / "b" / "bundle.json").exists()
 
-        capsys.readouterr()
-        train_bundle(split, None, cfg, tmp_path / "b", progress=False, force=True)
-        err = capsys.readouterr().err
-        assert "train-0.safetensors: resumed after epoch 2" in err
-        assert err.count("train-0.safetensors: resumed after epoch") == 2
-        assert "resumed after epoch 1" in err
-        for name in ("f.safetensors", "g.safetensors"):
-            assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
-        assert not partial.exists()
+    capsys.readouterr()
+    train_bundle(split, None, cfg, tmp_path / "b", progress=False, force=True)
+    err = capsys.readouterr().err
+    assert "train-0.safetensors: resumed after epoch 2" in err
+    assert err.count("train-0.safetensors: resumed after epoch") == 2
+    assert "resumed after epoch 1" in err
+    for name in ("f.safetensors", "g.safetensors"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert not partial.exists()
 
-        # killed again; rerun with other settings of g only: f resumes, g starts over
-        saves.clear()
-        with monkeypatch.context() as mp:
-            mp.setattr(checkpoint.TrainingCheckpoint, "save", save_then_die)
-            with pytest.raises(KeyboardInterrupt):
-                train_bundle(split, None, cfg, tmp_path / "c", progress=False, force=True)
-        capsys.readouterr()
-        train_bundle(split, None, cfg.replace(quality_epochs=3), tmp_path / "c", progress=False, force=True)
-        err = capsys.readouterr().err
-        assert "f/train-0.safetensors: resumed after epoch 2" in err
-        assert "g/train-0.safetensors: was saved by another training" in err
-        f_a, f_c = ((tmp_path / d / "f.safetensors").read_bytes() for d in "ac")
-        assert f_a == f_c
-    finally:
-        torch.set_num_threads(threads)
+    # killed again; rerun with other settings of g only: f resumes, g starts over
+    saves.clear()
+    with monkeypatch.context() as mp:
+        mp.setattr(checkpoint.TrainingCheckpoint, "save", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            train_bundle(split, None, cfg, tmp_path / "c", progress=False, force=True)
+    capsys.readouterr()
+    train_bundle(split, None, cfg.replace(quality_epochs=3), tmp_path / "c", progress=False, force=True)
+    err = capsys.readouterr().err
+    assert "f/train-0.safetensors: resumed after epoch 2" in err
+    assert "g/train-0.safetensors: was saved by another training" in err
+    f_a, f_c = ((tmp_path / d / "f.safetensors").read_bytes() for d in "ac")
+    assert f_a == f_c
 
 
 def test_a_rerun_with_another_given_segmenter_does_not_resume_g(tmp_path, monkeypatch, capsys):
@@ -382,9 +374,7 @@ def test_a_rerun_with_another_given_segmenter_does_not_resume_g(tmp_path, monkey
     settings and data) must train g afresh, not resume the g trained on the first f's outputs."""
     import segqc.checkpoint as checkpoint
 
-    images, masks, ids = make_synthetic(40, 32, seed=5)
-    data = SegData(images, masks, ids)
-    split = (data.subset(range(30)), data.subset(range(30, 40)))
+    split = synthetic_split()
     cfg = tiny_config(quality_epochs=2)
     first, second = (make_segmenter(tiny_config(seed=s), progress=False).fit(split[0]) for s in (0, 1))
 
@@ -409,9 +399,7 @@ def test_a_rerun_with_another_segqc_version_does_not_resume(tmp_path, monkeypatc
     import segqc.checkpoint as checkpoint
     import segqc.training as training
 
-    images, masks, ids = make_synthetic(40, 32, seed=5)
-    data = SegData(images, masks, ids)
-    split = (data.subset(range(30)), data.subset(range(30, 40)))
+    split = synthetic_split()
     real_save = checkpoint.TrainingCheckpoint.save
 
     def save_then_die(self, *args, **kwargs):
@@ -428,41 +416,32 @@ def test_a_rerun_with_another_segqc_version_does_not_resume(tmp_path, monkeypatc
     assert "resumed" not in capsys.readouterr().err
 
 
-def test_crossfit_trains_g_on_out_of_fold_predictions_and_ships_the_same_f(tmp_path):
-    import torch
-
+def test_crossfit_trains_g_on_out_of_fold_predictions_and_ships_the_same_f(one_thread, tmp_path):
     from segqc.training import crossfit_folds, out_of_fold_predictions
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same float sums in every run
-    try:
-        images, masks, ids = make_synthetic(40, 32, seed=5)
-        data = SegData(images, masks, ids)
-        split = (data.subset(range(30)), data.subset(range(30, 40)))
-        cfg = tiny_config()
-        paper = train_bundle(split, None, cfg, tmp_path / "paper", progress=False, force=True)
-        crossfit = train_bundle(
-            split, None, cfg, tmp_path / "cf", quality_train="crossfit", folds=2, progress=False, force=True
-        )
-        assert crossfit.config["quality_train"] == {"kind": "crossfit", "folds": 2}
-        assert paper.config["quality_train"] == {"kind": "paper"}
-        # the bundle's f is the one trained on every training image either way; g learned otherwise
-        f_paper, f_cf = ((tmp_path / d / "f.safetensors").read_bytes() for d in ("paper", "cf"))
-        g_paper, g_cf = ((tmp_path / d / "g.safetensors").read_bytes() for d in ("paper", "cf"))
-        assert f_paper == f_cf and g_paper != g_cf
+    split = synthetic_split()
+    cfg = tiny_config()
+    paper = train_bundle(split, None, cfg, tmp_path / "paper", progress=False, force=True)
+    crossfit = train_bundle(
+        split, None, cfg, tmp_path / "cf", quality_train="crossfit", folds=2, progress=False, force=True
+    )
+    assert crossfit.config["quality_train"] == {"kind": "crossfit", "folds": 2}
+    assert paper.config["quality_train"] == {"kind": "paper"}
+    # the bundle's f is the one trained on every training image either way; g learned otherwise
+    f_paper, f_cf = ((tmp_path / d / "f.safetensors").read_bytes() for d in ("paper", "cf"))
+    g_paper, g_cf = ((tmp_path / d / "g.safetensors").read_bytes() for d in ("paper", "cf"))
+    assert f_paper == f_cf and g_paper != g_cf
 
-        # each image is predicted by an f that never trained on it
-        train = split[0].subset(range(24))
-        parts = crossfit_folds(len(train), 2, cfg.seed)
-        assert sorted(np.concatenate(parts).tolist()) == list(range(24)) and not set(parts[0]) & set(parts[1])
-        oof = out_of_fold_predictions(cfg, train, parts, None, {}, progress=False)
-        for index in parts:
-            rest = np.setdiff1d(np.arange(24), index)
-            own = make_segmenter(cfg, progress=False).fit(train.subset(rest)).predict(train.images[index])
-            np.testing.assert_array_equal(oof.mask[index], own.mask)
-            np.testing.assert_array_equal(oof.uncertainty[index], own.uncertainty)
-    finally:
-        torch.set_num_threads(threads)
+    # each image is predicted by an f that never trained on it
+    train = split[0].subset(range(24))
+    parts = crossfit_folds(len(train), 2, cfg.seed)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(24)) and not set(parts[0]) & set(parts[1])
+    oof = out_of_fold_predictions(cfg, train, parts, None, {}, progress=False)
+    for index in parts:
+        rest = np.setdiff1d(np.arange(24), index)
+        own = make_segmenter(cfg, progress=False).fit(train.subset(rest)).predict(train.images[index])
+        np.testing.assert_array_equal(oof.mask[index], own.mask)
+        np.testing.assert_array_equal(oof.uncertainty[index], own.uncertainty)
 
 
 def test_crossfit_settings_are_checked(tmp_path, tiny_data):
@@ -487,46 +466,39 @@ def test_crossfit_folds_must_be_a_whole_number(tmp_path, tiny_data, folds):
     assert not (tmp_path / "m").exists()
 
 
-def test_a_killed_crossfit_train_resumes_every_fold_to_the_same_bundle(tmp_path, monkeypatch, capsys):
-    import torch
-
+def test_a_killed_crossfit_train_resumes_every_fold_to_the_same_bundle(
+    one_thread, tmp_path, monkeypatch, capsys
+):
     import segqc.checkpoint as checkpoint
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same float sums in both runs
-    try:
-        images, masks, ids = make_synthetic(24, 32, seed=5)
-        data = SegData(images, masks, ids)
-        split = (data.subset(range(18)), data.subset(range(18, 24)))
-        cfg = tiny_config(seg_epochs=2)
-        kw = dict(quality_train="crossfit", folds=2, progress=False, force=True)
-        train_bundle(split, None, cfg, tmp_path / "a", **kw)
+    split = synthetic_split(24)
+    cfg = tiny_config(seg_epochs=2)
+    kw = dict(quality_train="crossfit", folds=2, progress=False, force=True)
+    train_bundle(split, None, cfg, tmp_path / "a", **kw)
 
-        saves: list[str] = []
-        real_save = checkpoint.TrainingCheckpoint.save
+    saves: list[str] = []
+    real_save = checkpoint.TrainingCheckpoint.save
 
-        def save_then_die(self, *args, **kwargs):
-            real_save(self, *args, **kwargs)
-            saves.append(self.path.parent.name)
-            if len(saves) == 5:  # f's two epochs, fold 1's two, then fold 2's first
-                raise KeyboardInterrupt
+    def save_then_die(self, *args, **kwargs):
+        real_save(self, *args, **kwargs)
+        saves.append(self.path.parent.name)
+        if len(saves) == 5:  # f's two epochs, fold 1's two, then fold 2's first
+            raise KeyboardInterrupt
 
-        with monkeypatch.context() as mp:
-            mp.setattr(checkpoint.TrainingCheckpoint, "save", save_then_die)
-            with pytest.raises(KeyboardInterrupt):
-                train_bundle(split, None, cfg, tmp_path / "b", **kw)
-        assert saves == ["f", "f", "fold1of2", "fold1of2", "fold2of2"]
-        capsys.readouterr()
-        train_bundle(split, None, cfg, tmp_path / "b", **kw)
-        err = capsys.readouterr().err
-        for resumed in ("f/train-0.safetensors: resumed after epoch 2",
-                        "fold1of2/train-0.safetensors: resumed after epoch 2",
-                        "fold2of2/train-0.safetensors: resumed after epoch 1"):  # fmt: skip
-            assert resumed in err
-        for name in ("f.safetensors", "g.safetensors"):
-            assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
-        a, b = (json.loads((tmp_path / d / "bundle.json").read_text()) for d in "ab")
-        assert a["gate"] == b["gate"] and a["uncertainty_vmax"] == b["uncertainty_vmax"]
-        assert not (tmp_path / "b" / checkpoint.PARTIAL).exists()
-    finally:
-        torch.set_num_threads(threads)
+    with monkeypatch.context() as mp:
+        mp.setattr(checkpoint.TrainingCheckpoint, "save", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            train_bundle(split, None, cfg, tmp_path / "b", **kw)
+    assert saves == ["f", "f", "fold1of2", "fold1of2", "fold2of2"]
+    capsys.readouterr()
+    train_bundle(split, None, cfg, tmp_path / "b", **kw)
+    err = capsys.readouterr().err
+    for resumed in ("f/train-0.safetensors: resumed after epoch 2",
+                    "fold1of2/train-0.safetensors: resumed after epoch 2",
+                    "fold2of2/train-0.safetensors: resumed after epoch 1"):  # fmt: skip
+        assert resumed in err
+    for name in ("f.safetensors", "g.safetensors"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    a, b = (json.loads((tmp_path / d / "bundle.json").read_text()) for d in "ab")
+    assert a["gate"] == b["gate"] and a["uncertainty_vmax"] == b["uncertainty_vmax"]
+    assert not (tmp_path / "b" / checkpoint.PARTIAL).exists()

@@ -170,7 +170,7 @@ def test_a_checkpoint_with_its_fingerprint_but_other_content_starts_over(tmp_pat
 
 
 @pytest.mark.parametrize("method", ["lce", "hcnn", "ensemble"])
-def test_a_loss_with_its_own_state_resumes_exactly(tmp_path, monkeypatch, method):
+def test_a_loss_with_its_own_state_resumes_exactly(one_thread, tmp_path, monkeypatch, method):
     """LCE's loss adapts its weight lambda after every step, HCNN's and LCE's draw random numbers, an
     ensemble trains several members: killed after an epoch and resumed, f ends where it would have."""
     import segqc.checkpoint as checkpoint
@@ -178,29 +178,24 @@ def test_a_loss_with_its_own_state_resumes_exactly(tmp_path, monkeypatch, method
     from segqc.data.synthetic import make_synthetic
     from segqc.segmenter import Segmenter
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same float sums in both runs
-    try:
-        data = SegData(*make_synthetic(16, 32, seed=5))
+    data = SegData(*make_synthetic(16, 32, seed=5))
 
-        def make() -> Segmenter:
-            return Segmenter(method, epochs=3, base_width=4, batch_size=8, device="cpu", progress=False)
+    def make() -> Segmenter:
+        return Segmenter(method, epochs=3, base_width=4, batch_size=8, device="cpu", progress=False)
 
-        weights = make().fit(data).model_.state_dict()
-        real_save = checkpoint.TrainingCheckpoint.save
+    weights = make().fit(data).model_.state_dict()
+    real_save = checkpoint.TrainingCheckpoint.save
 
-        def save_then_die(self, *args, **kwargs):
-            real_save(self, *args, **kwargs)
-            raise Stop
+    def save_then_die(self, *args, **kwargs):
+        real_save(self, *args, **kwargs)
+        raise Stop
 
-        with monkeypatch.context() as mp:
-            mp.setattr(checkpoint.TrainingCheckpoint, "save", save_then_die)
-            with resume_in(tmp_path, key="run"), pytest.raises(Stop):
-                make().fit(data)
-        with resume_in(tmp_path, key="run"):
-            assert same_weights(make().fit(data).model_.state_dict(), weights)
-    finally:
-        torch.set_num_threads(threads)
+    with monkeypatch.context() as mp:
+        mp.setattr(checkpoint.TrainingCheckpoint, "save", save_then_die)
+        with resume_in(tmp_path, key="run"), pytest.raises(Stop):
+            make().fit(data)
+    with resume_in(tmp_path, key="run"):
+        assert same_weights(make().fit(data).model_.state_dict(), weights)
 
 
 def test_the_fingerprint_names_the_kind_of_device(tmp_path, monkeypatch):
