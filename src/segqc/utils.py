@@ -63,6 +63,12 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[Any]:
         raise
 
 
+def canonical(obj: Any) -> str:
+    """One JSON text per value (sorted keys, no spaces, anything else as ``str``): what keys and
+    digests hash."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write JSON atomically; NaN and infinities become ``null`` (strict JSON has no NaN)."""
     with atomic_write(path, "w") as fh:

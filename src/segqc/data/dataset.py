@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from torch import Tensor
 
 from segqc.data.readers import find_pairs, read_pair, read_protocol
 from segqc.errors import DataError
-from segqc.utils import atomic_write
+from segqc.utils import atomic_write, canonical
 
 _CACHE_VERSION = 1
 
@@ -56,8 +55,7 @@ class SegData:
 
 def data_digest(data: SegData) -> str:
     """Hash of a data set's ids, images and masks (keys of cached and resumable work)."""
-    ids = json.dumps(list(data.ids), sort_keys=True, separators=(",", ":"), default=str)
-    h = hashlib.sha256(ids.encode())
+    h = hashlib.sha256(canonical(list(data.ids)).encode())
     h.update(np.ascontiguousarray(data.images).tobytes())
     h.update(np.ascontiguousarray(data.masks).tobytes())
     return h.hexdigest()[:16]

@@ -24,7 +24,7 @@ import numpy as np
 from segqc import __version__
 from segqc.data.dataset import SegData, data_digest
 from segqc.experiment.config import CROSSFIT_SUFFIX, ExperimentConfig, training_key
-from segqc.experiment.units import Payload, Unit, canonical
+from segqc.experiment.units import Payload, Unit
 from segqc.quality import PREDICTORS
 from segqc.segmenter import Segmenter
 from segqc.training import (
@@ -36,7 +36,7 @@ from segqc.training import (
     row_name,
 )
 from segqc.types import SegPrediction
-from segqc.utils import seed_everything
+from segqc.utils import canonical, seed_everything
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 

@@ -31,7 +31,7 @@ from torch import Tensor
 from segqc import __version__
 from segqc.checkpoint import PARTIAL, resume_in
 from segqc.engine import check_time_budget, is_main_process
-from segqc.utils import atomic_write, write_json
+from segqc.utils import atomic_write, canonical, write_json
 
 
 @dataclass
@@ -66,10 +66,6 @@ def run_unit(unit: Unit, scratch: Path | None = None) -> Payload:
     save their progress there after every epoch, and a rerun resumes them (:mod:`segqc.checkpoint`)."""
     with resume_in(scratch, key={"kind": unit.kind, "digest": unit.digest}):
         return unit.compute()
-
-
-def canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def hash_key(obj: Any) -> str:
