@@ -18,12 +18,17 @@ Jaccard by less than that.
 
 Writes ``curve.json`` (the curve, the rule, the chosen epochs, the command) and ``curve.png`` to
 ``--out``. With ``--time-budget`` a run that runs out of time writes the curve so far (marked
-``"complete": false``) and picks nothing.
+``"complete": false``) and picks nothing. A run that is stopped (budget, kill, end of a session)
+resumes from its last finished epoch when rerun with the same arguments: f's training state is kept
+in ``OUT/.partial/`` (:func:`segqc.checkpoint.resume_in`) and the curve so far in
+``OUT/.partial/curve.json``; both go once ``curve.json`` is written with ``"complete": true``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,7 +37,8 @@ import numpy as np
 import torch
 
 from segqc.calibration import hold_out
-from segqc.data.dataset import to_input
+from segqc.checkpoint import PARTIAL, resume_in
+from segqc.data.dataset import data_digest, to_input
 from segqc.data.splits import load_train_test
 from segqc.engine import TimeBudgetExceeded, time_budget
 from segqc.experiment.report import portable_command
@@ -52,6 +58,18 @@ def choose_epochs(epochs: list[int], scores: list[float], tolerance: float) -> i
     smooth = np.array([values[max(0, i - 1) : i + 2].mean() for i in range(len(values))])
     best = smooth.max()
     return int(epochs[int(np.argmax(smooth >= best - tolerance))])
+
+
+def load_progress(path: Path, key: dict) -> tuple[dict[int, dict[str, float]], float]:
+    """The curve points a stopped run with the same ``key`` recorded, and the seconds they took."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}, 0.0
+    if not isinstance(saved, dict) or saved.get("key") != key:
+        return {}, 0.0
+    points = {int(p["epoch"]): p for p in saved.get("points", [])}
+    return points, max((float(p["seconds"]) for p in points.values()), default=0.0)
 
 
 def heldout_jaccard(model: torch.nn.Module, images: np.ndarray, masks: np.ndarray, mean, std) -> float:
@@ -86,21 +104,34 @@ def main(argv: list[str] | None = None) -> int:
     train, _, info = load_train_test(args.data, args.protocol, size=args.image_size)
     fit_part, heldout = hold_out(train, args.seed)
     seg = Segmenter(method="msp", epochs=args.epochs, seed=args.seed, device=args.device, progress=False)
-    curve: list[dict[str, float]] = []
+    scratch = args.out / PARTIAL
+    key = {
+        "benchmark": "epoch_curve",
+        "data": data_digest(fit_part),
+        "heldout": data_digest(heldout),
+        "image_size": args.image_size,
+        "seed": args.seed,
+        "every": args.every,
+    }
+    # The curve so far, by epoch: a resumed run re-records (identically) the epochs its checkpoint lost.
+    points, seconds_before = load_progress(scratch / "curve.json", key)
     started = time.perf_counter()
 
     def record(done: int, model: torch.nn.Module) -> None:
         if done % args.every == 0 or done == args.epochs:
             score = heldout_jaccard(model, heldout.images, heldout.masks, seg.mean_, seg.std_)
-            curve.append({"epoch": done, "heldout_jaccard": score, "seconds": time.perf_counter() - started})
+            seconds = seconds_before + time.perf_counter() - started
+            points[done] = {"epoch": done, "heldout_jaccard": score, "seconds": seconds}
+            write_json(scratch / "curve.json", {"key": key, "points": list(points.values())})
             print(f"epoch {done}: held-out Jaccard {score:.4f}", file=sys.stderr, flush=True)
 
     complete = True
     try:
-        with time_budget(args.time_budget):
+        with time_budget(args.time_budget), resume_in(scratch, key=key):
             seg.fit(fit_part, on_epoch=record)
     except TimeBudgetExceeded:
         complete = False
+    curve = [points[e] for e in sorted(points) if e <= args.epochs]
     result = {
         "command": portable_command(["python", "benchmarks/epoch_curve.py", *(argv or sys.argv[1:])]),
         "data": {**info, "n_fit": len(fit_part), "n_heldout": len(heldout), "heldout_ids": list(heldout.ids)},
@@ -112,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         "complete": complete,
         "rule": RULE.format(tolerance=args.tolerance),
         "chosen_epochs": None,
-        "seconds": time.perf_counter() - started,
+        "seconds": seconds_before + time.perf_counter() - started,
         "versions": versions(),
     }
     if complete and curve:
@@ -121,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "curve.json", result)
+    if complete:
+        shutil.rmtree(scratch, ignore_errors=True)
     if curve:
         import matplotlib
 

@@ -40,3 +40,47 @@ def test_a_short_curve_on_synthetic_images(curve_module, tmp_path):
     assert [c["epoch"] for c in result["curve"]] == [1, 2]
     assert result["chosen_epochs"] in (1, 2) and result["complete"]
     assert (out / "curve.png").is_file()
+
+
+def test_a_stopped_curve_resumes_to_the_uninterrupted_one(curve_module, tmp_path, monkeypatch):
+    args = ["--image-size", "32", "--epochs", "4", "--every", "1", "--device", "cpu"]
+    assert curve_module.main([*args, "--out", str(tmp_path / "whole")]) == 0
+    whole = json.loads((tmp_path / "whole" / "curve.json").read_text())
+
+    from segqc import checkpoint
+
+    real_save = checkpoint.TrainingCheckpoint.save
+    saves = []
+
+    def save_then_die(self, *a, **kw):
+        real_save(self, *a, **kw)
+        saves.append(1)
+        if len(saves) == 2:
+            raise KeyboardInterrupt  # killed after epoch 2 was saved
+
+    out = tmp_path / "split"
+    monkeypatch.setattr(checkpoint.TrainingCheckpoint, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        curve_module.main([*args, "--out", str(out)])
+    monkeypatch.undo()
+    assert not (out / "curve.json").exists() and (out / ".partial" / "curve.json").is_file()
+    assert curve_module.main([*args, "--out", str(out)]) == 0
+    split = json.loads((out / "curve.json").read_text())
+    assert [c["epoch"] for c in split["curve"]] == [1, 2, 3, 4]
+    assert [c["heldout_jaccard"] for c in split["curve"]] == [c["heldout_jaccard"] for c in whole["curve"]]
+    assert split["chosen_epochs"] == whole["chosen_epochs"]
+    assert not (out / ".partial").exists()  # finished: the scratch is gone
+
+
+def test_a_curve_with_other_settings_starts_over(curve_module, tmp_path, capsys):
+    out = tmp_path / "curve"
+    base = ["--image-size", "32", "--every", "1", "--device", "cpu", "--out", str(out)]
+    assert curve_module.main([*base, "--epochs", "2", "--time-budget", "0"]) == 75
+    (out / ".partial").mkdir(exist_ok=True)
+    (out / ".partial" / "curve.json").write_text(
+        '{"key": {"seed": 99}, "points": [{"epoch": 1, "heldout_jaccard": 1.0, "seconds": 5}]}'
+    )
+    assert curve_module.main([*base, "--epochs", "2"]) == 0
+    result = json.loads((out / "curve.json").read_text())
+    assert [c["epoch"] for c in result["curve"]] == [1, 2]
+    assert result["curve"][0]["heldout_jaccard"] < 1.0  # the other run's point was not taken
