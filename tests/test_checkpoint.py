@@ -249,3 +249,26 @@ def test_a_block_without_a_folder_inside_one_is_not_resumable(tmp_path):
     with resume_in(tmp_path, key="outer"), resume_in(None):
         fit(epochs=1)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_resumed_training_carries_the_seconds_it_ran_before(tmp_path, monkeypatch):
+    from segqc import checkpoint
+
+    class Clock:  # 10 s pass between any two readings
+        now = 0.0
+
+        @classmethod
+        def perf_counter(cls) -> float:
+            cls.now += 10.0
+            return cls.now
+
+    monkeypatch.setattr(checkpoint, "time", Clock)
+    with resume_in(tmp_path, key="run") as block, pytest.raises(Stop):
+        fit(kill_in=3)
+    assert block.carried_seconds == 0.0  # nothing was resumed in the first run
+    with resume_in(tmp_path, key="run") as block:
+        fit()
+    # saved after epoch 2: two saves after the checkpoint's start, 10 s per reading
+    assert block.carried_seconds == 20.0
+    with resume_in(None) as nothing:
+        assert nothing is None

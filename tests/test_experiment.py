@@ -388,8 +388,17 @@ def test_a_unit_killed_mid_training_resumes_from_its_last_epoch(tmp_path, monkey
         if len(saved) == 2:  # f after its second of three epochs
             raise Interrupted(self.path.parent.name)
 
+    class SlowClock:  # the killed run's training clock: 1000 s pass between any two readings
+        now = 0.0
+
+        @classmethod
+        def perf_counter(cls) -> float:
+            cls.now += 1000.0
+            return cls.now
+
     with monkeypatch.context() as mp:
         mp.setattr(checkpoint.TrainingCheckpoint, "save", save_then_die)
+        mp.setattr(checkpoint, "time", SlowClock)
         with pytest.raises(Interrupted):
             run_experiment(cfg, tmp_path / "b", progress=False)
     partial = tmp_path / "b" / "units" / units.PARTIAL
@@ -399,8 +408,13 @@ def test_a_unit_killed_mid_training_resumes_from_its_last_epoch(tmp_path, monkey
 
     capsys.readouterr()
     resumed = run_experiment(cfg, tmp_path / "b", progress=False)
-    assert "train-0.safetensors: resumed after epoch 2" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "train-0.safetensors: resumed after epoch 2" in err
     assert comparable(resumed) == comparable(reference)
+    # the unit's compute time is the whole training's, the killed run's part included
+    (f_unit,) = (tmp_path / "b" / "units").glob("f-ce-s0-full-*/unit.json")
+    assert json.loads(f_unit.read_text())["seconds"] >= 1000.0
+    assert resumed["compute_time_s"] >= 1000.0
     assert not partial.exists()  # each unit's progress goes once the unit is stored
 
 

@@ -8,6 +8,8 @@ and a later run of the same work resumes from the last finished epoch, to the sa
 uninterrupted run (same thread count): the model, the optimiser, the learning-rate schedule, the
 loop's shuffling generator, torch's global random state (dropout, HCNN's noise, LCE's hints) and
 what the loss carries between steps (LCE's weight lambda) are all restored.
+The seconds a training ran before it was stopped are kept too, so that a resumed unit's recorded
+compute time is the whole training's (:attr:`ResumeBlock.carried_seconds`).
 
 A checkpoint is used only when its fingerprint matches: the caller's ``key`` (what the training
 depends on: for an experiment unit its digest) and the loop's own settings (epochs, batch size,
@@ -23,6 +25,7 @@ import copy
 import hashlib
 import json
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,28 +42,36 @@ PARTIAL = ".partial"
 
 
 @dataclass
-class _Block:
+class ResumeBlock:
+    """One :func:`resume_in` block: where its trainings save, under which key, and what they resumed."""
+
     folder: Path
     key: str
     trainings: int = 0  # train_loop calls so far in this block: names their files
+    #: Seconds its resumed trainings had already run in earlier, stopped runs (so that a resumed
+    #: unit's recorded compute time is the whole training's, not only the part after the resume).
+    carried_seconds: float = 0.0
 
 
-_block: _Block | None = None
+_block: ResumeBlock | None = None
 
 
 @contextlib.contextmanager
-def resume_in(folder: str | Path | None, key: Any = None) -> Iterator[None]:
+def resume_in(folder: str | Path | None, key: Any = None) -> Iterator[ResumeBlock | None]:
     """Make the trainings inside this block resumable from ``folder`` (None: not resumable).
 
     ``key`` (JSON-able) is what the trainings depend on beyond the loop's own settings (data, seed,
-    method); a checkpoint saved under another key is never resumed.
+    method); a checkpoint saved under another key is never resumed. Yields the block (None when
+    ``folder`` is None), whose ``carried_seconds`` says how much earlier runs had trained.
     """
     global _block
     previous = _block
     # None switches resuming off inside an outer block too, rather than sharing its files and key
-    _block = None if folder is None else _Block(Path(folder), json.dumps(key, sort_keys=True, default=str))
+    _block = (
+        None if folder is None else ResumeBlock(Path(folder), json.dumps(key, sort_keys=True, default=str))
+    )
     try:
-        yield
+        yield _block
     finally:
         _block = previous
 
@@ -74,7 +85,7 @@ def next_checkpoint(settings: dict[str, Any], model: nn.Module) -> TrainingCheck
     shapes = {name: list(t.shape) for name, t in model.state_dict().items()}
     what = {"key": _block.key, "index": index, "settings": settings, "shapes": shapes}
     fingerprint = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
-    return TrainingCheckpoint(_block.folder / f"train-{index}.safetensors", fingerprint)
+    return TrainingCheckpoint(_block.folder / f"train-{index}.safetensors", fingerprint, _block)
 
 
 @dataclass
@@ -88,9 +99,12 @@ class Resumed:
 class TrainingCheckpoint:
     """One training's state file: written atomically after each epoch, read once at the start."""
 
-    def __init__(self, path: Path, fingerprint: str) -> None:
+    def __init__(self, path: Path, fingerprint: str, block: ResumeBlock | None = None) -> None:
         self.path = path
         self.fingerprint = fingerprint
+        self.block = block
+        self.started = time.perf_counter()
+        self.carried_seconds = 0.0  # this training's seconds in earlier runs, once resumed
 
     def save(
         self,
@@ -120,6 +134,7 @@ class TrainingCheckpoint:
             "param_groups": json.dumps(state["param_groups"]),
             "scheduler": json.dumps(None if scheduler is None else scheduler.state_dict()),
             "loss_state": json.dumps(None if loss_state is None else loss_state.training_state()),
+            "seconds": repr(self.carried_seconds + time.perf_counter() - self.started),
         }
         meta["content"] = _content_digest(tensors, meta)
         blob = save(tensors, metadata=meta)
@@ -182,6 +197,9 @@ class TrainingCheckpoint:
             saved_loss_state = json.loads(meta["loss_state"])
             history = [float(v) for v in json.loads(meta["history"])]
             epochs_done = int(meta["epochs_done"])
+            carried = float(meta.get("seconds", "0"))  # absent in checkpoints older than the field
+            if not 0 <= carried < float("inf"):
+                raise ValueError("its training time is not a time")
             if epochs_done != len(history) or (scheduler is None) != (scheduler_state is None):
                 raise ValueError("inconsistent checkpoint")
             if (loss_state is None) != (saved_loss_state is None):
@@ -207,6 +225,10 @@ class TrainingCheckpoint:
                 loss_state.load_training_state(before[5])
             self._note(f"could not be read ({type(exc).__name__}: {exc}); starting over")
             return None
+        self.carried_seconds = carried
+        self.started = time.perf_counter()
+        if self.block is not None:
+            self.block.carried_seconds += carried
         self._note(f"resumed after epoch {epochs_done}")
         return Resumed(epochs_done, history)
 

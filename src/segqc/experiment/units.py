@@ -61,11 +61,15 @@ class Unit:
         return f"{self.label}-{self.digest}"
 
 
-def run_unit(unit: Unit, scratch: Path | None = None) -> Payload:
+def run_unit(unit: Unit, scratch: Path | None = None) -> tuple[Payload, float]:
     """Compute one unit: the only place where a unit's work is done. With ``scratch``, its trainings
-    save their progress there after every epoch, and a rerun resumes them (:mod:`segqc.checkpoint`)."""
-    with resume_in(scratch, key={"kind": unit.kind, "digest": unit.digest}):
-        return unit.compute()
+    save their progress there after every epoch, and a rerun resumes them (:mod:`segqc.checkpoint`).
+
+    Returns the payload and the seconds its resumed trainings had run before this call (0 if none).
+    """
+    with resume_in(scratch, key={"kind": unit.kind, "digest": unit.digest}) as block:
+        payload = unit.compute()
+    return payload, 0.0 if block is None else block.carried_seconds
 
 
 def hash_key(obj: Any) -> str:
@@ -202,13 +206,14 @@ class UnitRunner:
         else:
             check_time_budget()
             t0 = time.perf_counter()
-            payload = run_unit(unit, self.store.scratch(unit))
-            seconds = time.perf_counter() - t0
+            payload, carried = run_unit(unit, self.store.scratch(unit))
+            seconds = time.perf_counter() - t0 + carried  # the whole work's, across stopped runs
             self.store.save(unit, payload, seconds)
             self.computed += 1
             self.seconds_by_kind.setdefault(unit.kind, []).append(seconds)
             self.pending.pop(unit.digest, None)
-            status = f"computed in {seconds:.1f} s{self.estimate()}"
+            earlier = f", {carried:.0f} s of it in earlier runs" if carried else ""
+            status = f"computed in {seconds:.1f} s{earlier}{self.estimate()}"
         self.compute_seconds += seconds
         self.memo[unit.digest] = payload
         self.done += 1
