@@ -502,3 +502,26 @@ def test_a_killed_crossfit_train_resumes_every_fold_to_the_same_bundle(
     a, b = (json.loads((tmp_path / d / "bundle.json").read_text()) for d in "ab")
     assert a["gate"] == b["gate"] and a["uncertainty_vmax"] == b["uncertainty_vmax"]
     assert not (tmp_path / "b" / checkpoint.PARTIAL).exists()
+
+
+def test_train_removes_only_the_progress_it_kept(tmp_path):
+    """``OUT/.partial`` may hold a user's own files: a finished train removes its f, g and fold
+    folders there, and the folder itself only when nothing else is left in it."""
+    from segqc.checkpoint import PARTIAL
+    from segqc.training import drop_progress
+
+    partial = tmp_path / PARTIAL
+    for name in ("f", "g", "fold1of3", "fold3of3"):
+        (partial / name).mkdir(parents=True)
+        (partial / name / "train-0.safetensors").write_bytes(b"progress")
+    (partial / "notes").mkdir()
+    (partial / "notes" / "mine.txt").write_text("keep me")
+    drop_progress(partial)
+    assert sorted(p.name for p in partial.iterdir()) == ["notes"]
+    assert (partial / "notes" / "mine.txt").read_text() == "keep me"
+    (partial / "notes" / "mine.txt").unlink()
+    (partial / "notes").rmdir()
+    (partial / "f").mkdir()
+    drop_progress(partial)
+    assert not partial.exists()
+    drop_progress(partial)  # nothing there: nothing to do

@@ -9,6 +9,7 @@ Each step happens in one primitive, which the demo's :func:`run_pipeline`, ``seg
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import time
@@ -428,9 +429,19 @@ def train_bundle(
         extra=extra,
     )
     if is_main_process():
-        shutil.rmtree(partial, ignore_errors=True)
+        drop_progress(partial)
     barrier()  # under torchrun, rank 0 writes the bundle that every rank then loads
     return load_bundle(out, device=cfg.device)
+
+
+def drop_progress(partial: Path) -> None:
+    """Remove the trainings' progress that :func:`train_bundle` kept in ``partial``: only the folders it
+    makes (``f``, ``g``, ``foldKofN``), and ``partial`` itself once empty, never anything else there."""
+    for folder in [partial / "f", partial / "g", *partial.glob("fold*of*")]:
+        if folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):  # absent, or holds someone else's files
+        partial.rmdir()
 
 
 def crossfit_folds(n: int, folds: int, seed: int, *, set_aside: str = "") -> list[np.ndarray]:
