@@ -78,6 +78,32 @@ def test_heteroscedastic_nll_matches_numpy_with_seeded_noise():
     assert got.item() == pytest.approx(expected, rel=1e-10)
 
 
+def test_heteroscedastic_nll_two_class_form_has_the_general_value_and_gradients():
+    """Two classes take a cheaper closed form (softplus of the margin); it must be the softmax form."""
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(3, 2, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    variance = (torch.rand(3, 4, 5, generator=g, dtype=torch.float64) * 2).requires_grad_()
+    target = torch.randint(0, 2, (3, 4, 5), generator=g)
+    noise = torch.randn(20, 3, 2, 4, 5, generator=g, dtype=torch.float64)
+    noisy = logits.unsqueeze(0) + variance.sqrt()[None, :, None] * noise
+    log_p = noisy.log_softmax(2).gather(2, target[None, :, None].expand(20, -1, 1, -1, -1)).squeeze(2)
+    general = (math.log(20) - torch.logsumexp(log_p, 0)).mean()
+    fast = heteroscedastic_nll(logits, variance, target, noise)
+    torch.testing.assert_close(fast, general, rtol=1e-12, atol=0)
+    grads = torch.autograd.grad(fast, (logits, variance))
+    torch.testing.assert_close(
+        grads, torch.autograd.grad(general, (logits, variance)), rtol=1e-10, atol=1e-14
+    )
+    # more classes: the general form, which for three classes is not the two-class one
+    three = heteroscedastic_nll(
+        torch.zeros(1, 3, 1, 1),
+        torch.zeros(1, 1, 1),
+        torch.zeros(1, 1, 1, dtype=torch.long),
+        torch.zeros(2, 1, 3, 1, 1),
+    )
+    assert three.item() == pytest.approx(math.log(3))
+
+
 def test_hcnn_loss_uses_softplus_variance_and_global_rng():
     method = create_method("hcnn", samples=1000)
     variance = 0.8

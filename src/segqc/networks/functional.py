@@ -95,9 +95,17 @@ def heteroscedastic_nll(logits: Tensor, variance: Tensor, target: Tensor, noise:
     Returns:
         The scalar loss (mean over pixels).
     """
-    noisy = logits.unsqueeze(0) + variance.sqrt()[None, :, None] * noise  # (T, N, C, H, W)
-    index = target.unsqueeze(0).unsqueeze(2).expand(noise.shape[0], -1, 1, -1, -1)
-    log_p = noisy.log_softmax(dim=2).gather(2, index).squeeze(2)  # (T, N, H, W)
+    if logits.shape[1] == 2:
+        # Two classes: log softmax(z)[t] = -softplus(z_other - z_t), on the same draws; the same value
+        # up to rounding at less than half the cost (T x N x H x W instead of twice that, no gather).
+        sign = 1.0 - 2.0 * target.to(logits.dtype)  # z_other - z_t = sign * (z_1 - z_0)
+        margin = (logits[:, 1] - logits[:, 0]) * sign  # (N, H, W)
+        spread = (noise[:, :, 1] - noise[:, :, 0]) * sign  # (T, N, H, W)
+        log_p = -F.softplus(margin.unsqueeze(0) + variance.sqrt().unsqueeze(0) * spread)
+    else:
+        noisy = logits.unsqueeze(0) + variance.sqrt()[None, :, None] * noise  # (T, N, C, H, W)
+        index = target.unsqueeze(0).unsqueeze(2).expand(noise.shape[0], -1, 1, -1, -1)
+        log_p = noisy.log_softmax(dim=2).gather(2, index).squeeze(2)  # (T, N, H, W)
     return (math.log(noise.shape[0]) - torch.logsumexp(log_p, dim=0)).mean()
 
 
