@@ -121,7 +121,10 @@ def main() -> None:
                 ]
             )
         v = r["values"]
-        print(f"size {size}: loss {v['softmax form']:.6f} (softmax form), {v['two-class form']:.6f} (two-class)")
+        print(
+            f"size {size}: loss {v['softmax form']:.6f} (softmax form), "
+            f"{v['two-class form']:.6f} (two-class form)"
+        )
     head = ["px", "timed", "softmax form ms (wall / CPU)", "two-class form ms (wall / CPU)", "CPU speed-up"]
     print("\n" + markdown_table(head, rows))
     finish(results, args.out, before)
