@@ -9,7 +9,8 @@ channel::
 
     loss = -mean_pixels log( 1/T sum_t softmax(u + sigma * eps_t)[y] ),    T = samples = 100,
 
-computed stably as ``log T - logsumexp_t log_softmax(u + sigma * eps_t)[y]``. At test time nothing is
+computed stably as ``log T - logsumexp_t log_softmax(u + sigma * eps_t)[y]`` (for two classes as
+``log softmax(v)[y] = -softplus(v_other - v_y)``, on the same draws). At test time nothing is
 sampled: ``p = softmax(u)`` and ``z = sigma^2`` (>= 0, unbounded).
 """
 
