@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 import time
@@ -61,15 +62,36 @@ def choose_epochs(epochs: list[int], scores: list[float], tolerance: float) -> i
 
 
 def load_progress(path: Path, key: dict) -> tuple[dict[int, dict[str, float]], float]:
-    """The curve points a stopped run with the same ``key`` recorded, and the seconds they took."""
+    """The curve points a stopped run with the same ``key`` recorded, and the seconds they took; none
+    when the file is absent, another run's, or damaged (any point that is not an evaluated epoch with a
+    finite score and time)."""
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}, 0.0
-    if not isinstance(saved, dict) or saved.get("key") != key:
+    if not isinstance(saved, dict) or saved.get("key") != key or not isinstance(saved.get("points"), list):
         return {}, 0.0
-    points = {int(p["epoch"]): p for p in saved.get("points", [])}
+    grid = set(range(key["every"], key["epochs"] + 1, key["every"])) | {key["epochs"]}
+    points = {}
+    for p in saved["points"]:
+        if not isinstance(p, dict) or type(p.get("epoch")) is not int or p["epoch"] not in grid:
+            return {}, 0.0
+        values = [p.get("heldout_jaccard"), p.get("seconds")]
+        if not all(type(v) in (int, float) and math.isfinite(v) and v >= 0 for v in values):
+            return {}, 0.0
+        points[p["epoch"]] = p
     return points, max((float(p["seconds"]) for p in points.values()), default=0.0)
+
+
+def checkpointed_epochs(scratch: Path) -> int:
+    """The epochs f's training state in ``scratch`` has done (0: none, or unreadable)."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(scratch / "train-0.safetensors"), framework="pt") as fh:
+            return int((fh.metadata() or {}).get("epochs_done", 0))
+    except Exception:
+        return 0
 
 
 def heldout_jaccard(model: torch.nn.Module, images: np.ndarray, masks: np.ndarray, mean, std) -> float:
@@ -112,9 +134,16 @@ def main(argv: list[str] | None = None) -> int:
         "image_size": args.image_size,
         "seed": args.seed,
         "every": args.every,
+        "epochs": args.epochs,  # f's learning-rate schedule: another --epochs is another training
     }
     # The curve so far, by epoch: a resumed run re-records (identically) the epochs its checkpoint lost.
     points, seconds_before = load_progress(scratch / "curve.json", key)
+    evaluated = set(range(args.every, args.epochs + 1, args.every)) | {args.epochs}
+    if any(e not in points for e in evaluated if e <= checkpointed_epochs(scratch)):
+        # f's checkpoint without the curve it went with (lost, damaged, another run's) would resume to
+        # a curve with a gap: both start over
+        shutil.rmtree(scratch, ignore_errors=True)
+        points, seconds_before = {}, 0.0
     started = time.perf_counter()
 
     def record(done: int, model: torch.nn.Module) -> None:

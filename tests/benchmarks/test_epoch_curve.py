@@ -84,3 +84,79 @@ def test_a_curve_with_other_settings_starts_over(curve_module, tmp_path, capsys)
     result = json.loads((out / "curve.json").read_text())
     assert [c["epoch"] for c in result["curve"]] == [1, 2]
     assert result["curve"][0]["heldout_jaccard"] < 1.0  # the other run's point was not taken
+
+
+def _stop_after_saves(monkeypatch, n):
+    """Kill the run (KeyboardInterrupt) right after f's n-th checkpoint was saved."""
+    from segqc import checkpoint
+
+    real_save = checkpoint.TrainingCheckpoint.save
+    saves = []
+
+    def save_then_die(self, *a, **kw):
+        real_save(self, *a, **kw)
+        saves.append(1)
+        if len(saves) == n:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.TrainingCheckpoint, "save", save_then_die)
+
+
+def test_a_stopped_curve_rerun_with_more_epochs_keeps_no_point_of_the_other_training(
+    curve_module, tmp_path, monkeypatch
+):
+    # --epochs sets f's learning-rate schedule: a point of the 3-epoch training is not one of the 4-epoch one
+    out = tmp_path / "curve"
+    base = ["--image-size", "32", "--every", "2", "--device", "cpu", "--out", str(out)]
+    _stop_after_saves(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        curve_module.main([*base, "--epochs", "3"])
+    monkeypatch.undo()
+    assert curve_module.main([*base, "--epochs", "4"]) == 0
+    result = json.loads((out / "curve.json").read_text())
+    assert [c["epoch"] for c in result["curve"]] == [2, 4]
+
+
+@pytest.mark.parametrize(
+    "progress",
+    [
+        None,  # lost
+        "{not json",
+        '{"key": null, "points": []}',
+        "[1, 2]",
+        "KEY",  # the right key, unusable points
+    ],
+)
+def test_a_curve_whose_progress_is_lost_or_damaged_starts_over(curve_module, tmp_path, monkeypatch, progress):
+    # f's checkpoint is useless without the curve it went with: resuming it would leave out the early points
+    out = tmp_path / "curve"
+    args = ["--image-size", "32", "--epochs", "3", "--every", "1", "--device", "cpu", "--out", str(out)]
+    _stop_after_saves(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        curve_module.main(args)
+    monkeypatch.undo()
+    saved = out / ".partial" / "curve.json"
+    if progress is None:
+        saved.unlink()
+    elif progress == "KEY":
+        key = json.loads(saved.read_text())["key"]
+        saved.write_text(json.dumps({"key": key, "points": [{"epoch": "one"}, "x", {"epoch": 2}]}))
+    else:
+        saved.write_text(progress)
+    assert curve_module.main(args) == 0
+    result = json.loads((out / "curve.json").read_text())
+    assert [c["epoch"] for c in result["curve"]] == [1, 2, 3] and result["complete"]
+
+
+def test_a_curve_stopped_before_its_first_evaluation_keeps_its_training(
+    curve_module, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "curve"
+    args = ["--image-size", "32", "--epochs", "3", "--every", "3", "--device", "cpu", "--out", str(out)]
+    _stop_after_saves(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        curve_module.main(args)
+    monkeypatch.undo()
+    assert not (out / ".partial" / "curve.json").exists()
+    assert curve_module.main(args) == 0
+    assert "resumed after epoch 1" in capsys.readouterr().err
