@@ -160,3 +160,38 @@ def test_a_curve_stopped_before_its_first_evaluation_keeps_its_training(
     assert not (out / ".partial" / "curve.json").exists()
     assert curve_module.main(args) == 0
     assert "resumed after epoch 1" in capsys.readouterr().err
+
+
+def test_a_resumed_curve_counts_the_time_of_the_epochs_after_its_last_point(
+    curve_module, tmp_path, monkeypatch
+):
+    """The curve's seconds are f's training time so far: a run stopped between two evaluations trained
+    epochs after its last point, and their time is in f's checkpoint, not in the curve so far."""
+    from types import SimpleNamespace
+
+    from segqc import checkpoint
+
+    clock = [0.0]
+    fake_time = SimpleNamespace(perf_counter=lambda: clock[0])
+    monkeypatch.setattr(curve_module, "time", fake_time)
+    monkeypatch.setattr(checkpoint, "time", fake_time)
+    real_save = checkpoint.TrainingCheckpoint.save
+    saves = []
+
+    def ten_seconds_an_epoch(self, *a, **kw):  # the clock moves only here: 10 s an epoch
+        clock[0] += 10.0
+        real_save(self, *a, **kw)
+        saves.append(1)
+        if len(saves) == 3:
+            raise KeyboardInterrupt  # stopped after epoch 3, one epoch past the point at epoch 2
+
+    monkeypatch.setattr(checkpoint.TrainingCheckpoint, "save", ten_seconds_an_epoch)
+    out = tmp_path / "curve"
+    args = ["--image-size", "32", "--epochs", "4", "--every", "2", "--device", "cpu", "--out", str(out)]
+    with pytest.raises(KeyboardInterrupt):
+        curve_module.main(args)
+    assert curve_module.main(args) == 0
+    result = json.loads((out / "curve.json").read_text())
+    # uninterrupted: epoch 2 evaluated after 1 epoch's save (10 s), epoch 4 after 3 (30 s), 40 s in all
+    assert [c["seconds"] for c in result["curve"]] == [10.0, 30.0]
+    assert result["seconds"] == 40.0
