@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         "every": args.every,
         "epochs": args.epochs,  # f's learning-rate schedule: another --epochs is another training
     }
-    # The curve so far, by epoch: a resumed run re-records (identically) the epochs its checkpoint lost.
+    # The curve so far, by epoch: a resumed run re-records the epochs its checkpoint lost.
     points = load_progress(scratch / "curve.json", key)
     evaluated = set(range(args.every, args.epochs + 1, args.every)) | {args.epochs}
     if any(e not in points for e in evaluated if e <= checkpointed_epochs(scratch)):
@@ -150,7 +150,16 @@ def main(argv: list[str] | None = None) -> int:
         """f's training time so far, in this run and (from its checkpoint) the stopped ones."""
         return (0.0 if block is None else block.carried_seconds) + time.perf_counter() - started
 
+    first = True
+
     def record(done: int, model: torch.nn.Module) -> None:
+        nonlocal first
+        if first:
+            # f's first epoch in this run: the stopped run's points from here on are of a training state
+            # f is not in (one it did not resume: damaged, another kind of device; or epochs lost)
+            first = False
+            for epoch in [e for e in points if e >= done]:
+                del points[epoch]
         if done % args.every == 0 or done == args.epochs:
             score = heldout_jaccard(model, heldout.images, heldout.masks, seg.mean_, seg.std_)
             points[done] = {"epoch": done, "heldout_jaccard": score, "seconds": trained_seconds()}

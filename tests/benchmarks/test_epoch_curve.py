@@ -195,3 +195,31 @@ def test_a_resumed_curve_counts_the_time_of_the_epochs_after_its_last_point(
     # uninterrupted: epoch 2 evaluated after 1 epoch's save (10 s), epoch 4 after 3 (30 s), 40 s in all
     assert [c["seconds"] for c in result["curve"]] == [10.0, 30.0]
     assert result["seconds"] == 40.0
+
+
+def test_a_curve_whose_training_starts_over_keeps_no_later_point_of_the_stopped_one(
+    curve_module, tmp_path, monkeypatch
+):
+    """When f's checkpoint cannot be resumed (damaged, or saved on another kind of device, whose f differs),
+    f trains from the start again: the stopped run's points past where it has got are not this f's."""
+    from segqc import checkpoint
+    from segqc.engine import TimeBudgetExceeded
+
+    out = tmp_path / "curve"
+    args = ["--image-size", "32", "--epochs", "3", "--every", "1", "--device", "cpu", "--out", str(out)]
+    monkeypatch.setattr(curve_module, "heldout_jaccard", lambda *a: 1.0)  # the other device's f
+    _stop_after_saves(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        curve_module.main(args)
+    monkeypatch.undo()
+    (out / ".partial" / "train-0.safetensors").write_bytes(b"not this device's")
+    real_save = checkpoint.TrainingCheckpoint.save
+
+    def budget_after_one(self, *a, **kw):
+        real_save(self, *a, **kw)
+        raise TimeBudgetExceeded("out of time")
+
+    monkeypatch.setattr(checkpoint.TrainingCheckpoint, "save", budget_after_one)
+    assert curve_module.main(args) == 75
+    result = json.loads((out / "curve.json").read_text())
+    assert [c["epoch"] for c in result["curve"]] == [1] and result["curve"][0]["heldout_jaccard"] < 1.0
