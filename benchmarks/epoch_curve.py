@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 import time
@@ -60,16 +61,36 @@ def choose_epochs(epochs: list[int], scores: list[float], tolerance: float) -> i
     return int(epochs[int(np.argmax(smooth >= best - tolerance))])
 
 
-def load_progress(path: Path, key: dict) -> tuple[dict[int, dict[str, float]], float]:
-    """The curve points a stopped run with the same ``key`` recorded, and the seconds they took."""
+def load_progress(path: Path, key: dict) -> dict[int, dict[str, float]]:
+    """The curve points a stopped run with the same ``key`` recorded; none when the file is absent,
+    another run's, or damaged (any point that is not an evaluated epoch with a finite score and time)."""
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
-        return {}, 0.0
-    if not isinstance(saved, dict) or saved.get("key") != key:
-        return {}, 0.0
-    points = {int(p["epoch"]): p for p in saved.get("points", [])}
-    return points, max((float(p["seconds"]) for p in points.values()), default=0.0)
+        return {}
+    if not isinstance(saved, dict) or saved.get("key") != key or not isinstance(saved.get("points"), list):
+        return {}
+    grid = set(range(key["every"], key["epochs"] + 1, key["every"])) | {key["epochs"]}
+    points = {}
+    for p in saved["points"]:
+        if not isinstance(p, dict) or type(p.get("epoch")) is not int or p["epoch"] not in grid:
+            return {}
+        values = [p.get("heldout_jaccard"), p.get("seconds")]
+        if not all(type(v) in (int, float) and math.isfinite(v) and v >= 0 for v in values):
+            return {}
+        points[p["epoch"]] = p
+    return points
+
+
+def checkpointed_epochs(scratch: Path) -> int:
+    """The epochs f's training state in ``scratch`` has done (0: none, or unreadable)."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(scratch / "train-0.safetensors"), framework="pt") as fh:
+            return int((fh.metadata() or {}).get("epochs_done", 0))
+    except Exception:
+        return 0
 
 
 def heldout_jaccard(model: torch.nn.Module, images: np.ndarray, masks: np.ndarray, mean, std) -> float:
@@ -112,22 +133,42 @@ def main(argv: list[str] | None = None) -> int:
         "image_size": args.image_size,
         "seed": args.seed,
         "every": args.every,
+        "epochs": args.epochs,  # f's learning-rate schedule: another --epochs is another training
     }
-    # The curve so far, by epoch: a resumed run re-records (identically) the epochs its checkpoint lost.
-    points, seconds_before = load_progress(scratch / "curve.json", key)
+    # The curve so far, by epoch: a resumed run re-records the epochs its checkpoint lost.
+    points = load_progress(scratch / "curve.json", key)
+    evaluated = set(range(args.every, args.epochs + 1, args.every)) | {args.epochs}
+    if any(e not in points for e in evaluated if e <= checkpointed_epochs(scratch)):
+        # f's checkpoint without the curve it went with (lost, damaged, another run's) would resume to
+        # a curve with a gap: both start over
+        shutil.rmtree(scratch, ignore_errors=True)
+        points = {}
     started = time.perf_counter()
+    block = None  # the resume_in block: the seconds f had trained in stopped runs, once resumed
+
+    def trained_seconds() -> float:
+        """f's training time so far, in this run and (from its checkpoint) the stopped ones."""
+        return (0.0 if block is None else block.carried_seconds) + time.perf_counter() - started
+
+    first = True
 
     def record(done: int, model: torch.nn.Module) -> None:
+        nonlocal first
+        if first:
+            # f's first epoch in this run: the stopped run's points from here on are of a training state
+            # f is not in (one it did not resume: damaged, another kind of device; or epochs lost)
+            first = False
+            for epoch in [e for e in points if e >= done]:
+                del points[epoch]
         if done % args.every == 0 or done == args.epochs:
             score = heldout_jaccard(model, heldout.images, heldout.masks, seg.mean_, seg.std_)
-            seconds = seconds_before + time.perf_counter() - started
-            points[done] = {"epoch": done, "heldout_jaccard": score, "seconds": seconds}
+            points[done] = {"epoch": done, "heldout_jaccard": score, "seconds": trained_seconds()}
             write_json(scratch / "curve.json", {"key": key, "points": list(points.values())})
             print(f"epoch {done}: held-out Jaccard {score:.4f}", file=sys.stderr, flush=True)
 
     complete = True
     try:
-        with time_budget(args.time_budget), resume_in(scratch, key=key):
+        with time_budget(args.time_budget), resume_in(scratch, key=key) as block:
             seg.fit(fit_part, on_epoch=record)
     except TimeBudgetExceeded:
         complete = False
@@ -143,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "complete": complete,
         "rule": RULE.format(tolerance=args.tolerance),
         "chosen_epochs": None,
-        "seconds": seconds_before + time.perf_counter() - started,
+        "seconds": trained_seconds(),
         "versions": versions(),
     }
     if complete and curve:

@@ -525,3 +525,27 @@ def test_train_removes_only_the_progress_it_kept(tmp_path):
     drop_progress(partial)
     assert not partial.exists()
     drop_progress(partial)  # nothing there: nothing to do
+
+
+def test_train_leaves_a_users_fold_like_names_and_links_in_partial(tmp_path):
+    """Only ``foldKofN`` (K, N numbers) is train's: ``folder_of_photos`` or ``foldXofY`` is not, and a
+    link named ``f`` or ``fold1of3`` goes with neither its target nor itself."""
+    from segqc.checkpoint import PARTIAL
+    from segqc.training import drop_progress
+
+    partial = tmp_path / PARTIAL
+    partial.mkdir()
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "image.png").write_bytes(b"png")
+    mine = ["fold_of_", "foldXofY", "folder_of_photos", "foldof", "fold1of3.bak"]
+    for name in mine:
+        (partial / name).mkdir()
+        (partial / name / "mine.txt").write_text("keep me")
+    (partial / "f").symlink_to(data)
+    (partial / "fold1of3").symlink_to(data)
+    (partial / "g").write_text("a file")
+    (partial / "fold2of3").mkdir()
+    drop_progress(partial)
+    assert sorted(p.name for p in partial.iterdir()) == sorted([*mine, "f", "fold1of3", "g"])
+    assert (data / "image.png").read_bytes() == b"png"

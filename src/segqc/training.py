@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import shutil
 import time
 import warnings
@@ -437,7 +438,8 @@ def train_bundle(
 def drop_progress(partial: Path) -> None:
     """Remove the trainings' progress that :func:`train_bundle` kept in ``partial``: only the folders it
     makes (``f``, ``g``, ``foldKofN``), and ``partial`` itself once empty, never anything else there."""
-    for folder in [partial / "f", partial / "g", *partial.glob("fold*of*")]:
+    folds = [p for p in partial.glob("fold*of*") if re.fullmatch(r"fold\d+of\d+", p.name)]
+    for folder in [partial / "f", partial / "g", *folds]:
         if folder.is_dir() and not folder.is_symlink():
             shutil.rmtree(folder, ignore_errors=True)
     with contextlib.suppress(OSError):  # absent, or holds someone else's files
