@@ -61,6 +61,11 @@ def choose_epochs(epochs: list[int], scores: list[float], tolerance: float) -> i
     return int(epochs[int(np.argmax(smooth >= best - tolerance))])
 
 
+def evaluated_epochs(every: int, epochs: int) -> set[int]:
+    """The epochs at which the curve is evaluated: every ``every``-th, and the last."""
+    return set(range(every, epochs + 1, every)) | {epochs}
+
+
 def load_progress(path: Path, key: dict) -> dict[int, dict[str, float]]:
     """The curve points a stopped run with the same ``key`` recorded; none when the file is absent,
     another run's, or damaged (any point that is not an evaluated epoch with a finite score and time)."""
@@ -70,7 +75,7 @@ def load_progress(path: Path, key: dict) -> dict[int, dict[str, float]]:
         return {}
     if not isinstance(saved, dict) or saved.get("key") != key or not isinstance(saved.get("points"), list):
         return {}
-    grid = set(range(key["every"], key["epochs"] + 1, key["every"])) | {key["epochs"]}
+    grid = evaluated_epochs(key["every"], key["epochs"])
     points = {}
     for p in saved["points"]:
         if not isinstance(p, dict) or type(p.get("epoch")) is not int or p["epoch"] not in grid:
@@ -137,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     # The curve so far, by epoch: a resumed run re-records the epochs its checkpoint lost.
     points = load_progress(scratch / "curve.json", key)
-    evaluated = set(range(args.every, args.epochs + 1, args.every)) | {args.epochs}
+    evaluated = evaluated_epochs(args.every, args.epochs)
     if any(e not in points for e in evaluated if e <= checkpointed_epochs(scratch)):
         # f's checkpoint without the curve it went with (lost, damaged, another run's) would resume to
         # a curve with a gap: both start over
@@ -160,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             first = False
             for epoch in [e for e in points if e >= done]:
                 del points[epoch]
-        if done % args.every == 0 or done == args.epochs:
+        if done in evaluated:
             score = heldout_jaccard(model, heldout.images, heldout.masks, seg.mean_, seg.std_)
             points[done] = {"epoch": done, "heldout_jaccard": score, "seconds": trained_seconds()}
             write_json(scratch / "curve.json", {"key": key, "points": list(points.values())})

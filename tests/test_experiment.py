@@ -59,7 +59,7 @@ def count_units(monkeypatch: pytest.MonkeyPatch, fail_after: int | None = None) 
     """Wrap ``units.run_unit``: record each computed unit; raise after ``fail_after`` of them."""
     calls: list[str] = []
 
-    def wrapped(unit: Unit, scratch: Path | None = None) -> Payload:
+    def wrapped(unit: Unit, scratch: Path | None = None) -> tuple[Payload, float]:
         if fail_after is not None and len(calls) >= fail_after:
             raise Interrupted(unit.label)
         calls.append(unit.label)

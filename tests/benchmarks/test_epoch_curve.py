@@ -42,27 +42,33 @@ def test_a_short_curve_on_synthetic_images(curve_module, tmp_path):
     assert (out / "curve.png").is_file()
 
 
+def _stopped_run(curve_module, monkeypatch, args, saves):
+    """Run the curve with ``args`` and kill it (KeyboardInterrupt) right after f's ``saves``-th
+    checkpoint was saved; then undo every patch made so far, as a fresh process would start."""
+    from segqc import checkpoint
+
+    real_save = checkpoint.TrainingCheckpoint.save
+    done = []
+
+    def save_then_die(self, *a, **kw):
+        real_save(self, *a, **kw)
+        done.append(1)
+        if len(done) == saves:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.TrainingCheckpoint, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        curve_module.main(args)
+    monkeypatch.undo()
+
+
 def test_a_stopped_curve_resumes_to_the_uninterrupted_one(curve_module, tmp_path, monkeypatch):
     args = ["--image-size", "32", "--epochs", "4", "--every", "1", "--device", "cpu"]
     assert curve_module.main([*args, "--out", str(tmp_path / "whole")]) == 0
     whole = json.loads((tmp_path / "whole" / "curve.json").read_text())
 
-    from segqc import checkpoint
-
-    real_save = checkpoint.TrainingCheckpoint.save
-    saves = []
-
-    def save_then_die(self, *a, **kw):
-        real_save(self, *a, **kw)
-        saves.append(1)
-        if len(saves) == 2:
-            raise KeyboardInterrupt  # killed after epoch 2 was saved
-
     out = tmp_path / "split"
-    monkeypatch.setattr(checkpoint.TrainingCheckpoint, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        curve_module.main([*args, "--out", str(out)])
-    monkeypatch.undo()
+    _stopped_run(curve_module, monkeypatch, [*args, "--out", str(out)], 2)  # killed after epoch 2 was saved
     assert not (out / "curve.json").exists() and (out / ".partial" / "curve.json").is_file()
     assert curve_module.main([*args, "--out", str(out)]) == 0
     split = json.loads((out / "curve.json").read_text())
@@ -86,32 +92,13 @@ def test_a_curve_with_other_settings_starts_over(curve_module, tmp_path, capsys)
     assert result["curve"][0]["heldout_jaccard"] < 1.0  # the other run's point was not taken
 
 
-def _stop_after_saves(monkeypatch, n):
-    """Kill the run (KeyboardInterrupt) right after f's n-th checkpoint was saved."""
-    from segqc import checkpoint
-
-    real_save = checkpoint.TrainingCheckpoint.save
-    saves = []
-
-    def save_then_die(self, *a, **kw):
-        real_save(self, *a, **kw)
-        saves.append(1)
-        if len(saves) == n:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(checkpoint.TrainingCheckpoint, "save", save_then_die)
-
-
 def test_a_stopped_curve_rerun_with_more_epochs_keeps_no_point_of_the_other_training(
     curve_module, tmp_path, monkeypatch
 ):
     # --epochs sets f's learning-rate schedule: a point of the 3-epoch training is not one of the 4-epoch one
     out = tmp_path / "curve"
     base = ["--image-size", "32", "--every", "2", "--device", "cpu", "--out", str(out)]
-    _stop_after_saves(monkeypatch, 3)
-    with pytest.raises(KeyboardInterrupt):
-        curve_module.main([*base, "--epochs", "3"])
-    monkeypatch.undo()
+    _stopped_run(curve_module, monkeypatch, [*base, "--epochs", "3"], 3)
     assert curve_module.main([*base, "--epochs", "4"]) == 0
     result = json.loads((out / "curve.json").read_text())
     assert [c["epoch"] for c in result["curve"]] == [2, 4]
@@ -131,10 +118,7 @@ def test_a_curve_whose_progress_is_lost_or_damaged_starts_over(curve_module, tmp
     # f's checkpoint is useless without the curve it went with: resuming it would leave out the early points
     out = tmp_path / "curve"
     args = ["--image-size", "32", "--epochs", "3", "--every", "1", "--device", "cpu", "--out", str(out)]
-    _stop_after_saves(monkeypatch, 2)
-    with pytest.raises(KeyboardInterrupt):
-        curve_module.main(args)
-    monkeypatch.undo()
+    _stopped_run(curve_module, monkeypatch, args, 2)
     saved = out / ".partial" / "curve.json"
     if progress is None:
         saved.unlink()
@@ -153,10 +137,7 @@ def test_a_curve_stopped_before_its_first_evaluation_keeps_its_training(
 ):
     out = tmp_path / "curve"
     args = ["--image-size", "32", "--epochs", "3", "--every", "3", "--device", "cpu", "--out", str(out)]
-    _stop_after_saves(monkeypatch, 1)
-    with pytest.raises(KeyboardInterrupt):
-        curve_module.main(args)
-    monkeypatch.undo()
+    _stopped_run(curve_module, monkeypatch, args, 1)
     assert not (out / ".partial" / "curve.json").exists()
     assert curve_module.main(args) == 0
     assert "resumed after epoch 1" in capsys.readouterr().err
@@ -208,10 +189,7 @@ def test_a_curve_whose_training_starts_over_keeps_no_later_point_of_the_stopped_
     out = tmp_path / "curve"
     args = ["--image-size", "32", "--epochs", "3", "--every", "1", "--device", "cpu", "--out", str(out)]
     monkeypatch.setattr(curve_module, "heldout_jaccard", lambda *a: 1.0)  # the other device's f
-    _stop_after_saves(monkeypatch, 2)
-    with pytest.raises(KeyboardInterrupt):
-        curve_module.main(args)
-    monkeypatch.undo()
+    _stopped_run(curve_module, monkeypatch, args, 2)
     (out / ".partial" / "train-0.safetensors").write_bytes(b"not this device's")
     real_save = checkpoint.TrainingCheckpoint.save
 
