@@ -319,6 +319,23 @@ def test_unfit_model_is_refused_unless_forced(tmp_path):
     assert bundle.metadata()["gate"]["fitness"]["fit"] is False
 
 
+def _saved_seconds(partial: Path) -> float:
+    """The seconds the checkpoints under ``partial`` say their trainings have run."""
+    from safetensors import safe_open
+
+    total = 0.0
+    for path in partial.rglob("*.safetensors"):
+        with safe_open(str(path), "pt") as f:
+            total += float(f.metadata()["seconds"])
+    return total
+
+
+def _assert_compute_time_carries(bundle_dir: Path, earlier: float) -> None:
+    """The bundle's compute time is its own run's plus what the stopped run's trainings had done."""
+    timing = json.loads((bundle_dir / "bundle.json").read_text())["timing"]
+    assert timing["compute_s"] - timing["train_s"] == pytest.approx(earlier, abs=1e-6)
+
+
 def test_a_killed_train_resumes_its_trainings_to_the_same_bundle(one_thread, tmp_path, monkeypatch, capsys):
     import segqc.checkpoint as checkpoint
 
@@ -343,9 +360,12 @@ def test_a_killed_train_resumes_its_trainings_to_the_same_bundle(one_thread, tmp
     kept = sorted(str(p.relative_to(partial)) for p in partial.rglob("*.safetensors"))
     assert kept == ["f/train-0.safetensors", "g/train-0.safetensors"]
     assert not (tmp_path / "b" / "bundle.json").exists()
+    earlier = _saved_seconds(partial)
 
     capsys.readouterr()
     train_bundle(split, None, cfg, tmp_path / "b", progress=False, force=True)
+    _assert_compute_time_carries(tmp_path / "a", 0.0)
+    _assert_compute_time_carries(tmp_path / "b", earlier)
     err = capsys.readouterr().err
     assert "train-0.safetensors: resumed after epoch 2" in err
     assert err.count("train-0.safetensors: resumed after epoch") == 2
@@ -436,7 +456,8 @@ def test_crossfit_trains_g_on_out_of_fold_predictions_and_ships_the_same_f(one_t
     train = split[0].subset(range(24))
     parts = crossfit_folds(len(train), 2, cfg.seed)
     assert sorted(np.concatenate(parts).tolist()) == list(range(24)) and not set(parts[0]) & set(parts[1])
-    oof = out_of_fold_predictions(cfg, train, parts, None, {}, progress=False)
+    oof, carried = out_of_fold_predictions(cfg, train, parts, None, {}, progress=False)
+    assert carried == 0.0  # nothing to resume without a folder
     for index in parts:
         rest = np.setdiff1d(np.arange(24), index)
         own = make_segmenter(cfg, progress=False).fit(train.subset(rest)).predict(train.images[index])
@@ -490,8 +511,10 @@ def test_a_killed_crossfit_train_resumes_every_fold_to_the_same_bundle(
         with pytest.raises(KeyboardInterrupt):
             train_bundle(split, None, cfg, tmp_path / "b", **kw)
     assert saves == ["f", "f", "fold1of2", "fold1of2", "fold2of2"]
+    earlier = _saved_seconds(tmp_path / "b" / checkpoint.PARTIAL)
     capsys.readouterr()
     train_bundle(split, None, cfg, tmp_path / "b", **kw)
+    _assert_compute_time_carries(tmp_path / "b", earlier)  # f's and both folds' earlier seconds
     err = capsys.readouterr().err
     for resumed in ("f/train-0.safetensors: resumed after epoch 2",
                     "fold1of2/train-0.safetensors: resumed after epoch 2",

@@ -361,19 +361,26 @@ def train_bundle(
         if test is not None:
             aside = f"the {len(test)} test images and {aside}"
         parts = crossfit_folds(len(train), folds, cfg.seed, set_aside=f" ({aside} set aside)")
+    carried = 0.0  # seconds the trainings resumed here had run in earlier, stopped runs
     if segmenter is None:
-        with resume_in(scratch and scratch / "f", key=f_key):
+        with resume_in(scratch and scratch / "f", key=f_key) as block:
             segmenter = fit_segmenter(cfg, train, progress=progress)
+        carried += block.carried_seconds if block else 0.0
     if quality_train == "crossfit":
-        train_pred = out_of_fold_predictions(cfg, train, parts, scratch, f_key, progress=progress)
+        train_pred, folds_carried = out_of_fold_predictions(
+            cfg, train, parts, scratch, f_key, progress=progress
+        )
+        carried += folds_carried
     else:
         train_pred = segment(segmenter, train)
     train_samples = quality_samples(train, train_pred)
     # g learns from f's outputs, which the settings do not pin (a given f, or f trained with another
     # thread count): keyed by those outputs, g never resumes a training on another f's.
     g_key = {**f_key, "pipeline": cfg.to_dict(), "predictor": predictor}
-    with resume_in(scratch and scratch / "g", key={**g_key, "f_outputs": f_outputs_digest(train_samples)}):
+    g_key["f_outputs"] = f_outputs_digest(train_samples)
+    with resume_in(scratch and scratch / "g", key=g_key) as block:
         g = fit_predictor(predictor, cfg, train_samples, progress=progress)
+    carried += block.carried_seconds if block else 0.0
     cal_samples = quality_samples(calibration, segment(segmenter, calibration))
     cal_predicted = g.predict(cal_samples)
 
@@ -419,7 +426,9 @@ def train_bundle(
     if test is not None:
         extra["test_metrics"] = evaluate(segmenter, g, test, threshold, cfg.threshold)
         extra["data"].update(n_test=len(test), test_ids=list(test.ids))
-    extra["timing"] = {"train_s": time.perf_counter() - start}
+    # train_s: this run's wall time; compute_s: the whole work's, with a stopped run's trainings
+    train_s = time.perf_counter() - start
+    extra["timing"] = {"train_s": train_s, "compute_s": train_s + carried}
     out = save_bundle(
         out_dir,
         segmenter,
@@ -477,20 +486,23 @@ def out_of_fold_predictions(
     f_key: dict[str, Any],
     *,
     progress: bool = True,
-) -> SegPrediction:
+) -> tuple[SegPrediction, float]:
     """f's masks and maps on every training image from an f that did not train on it: for each fold,
-    an f trained on the other folds predicts the fold (each training resumable under ``scratch``)."""
+    an f trained on the other folds predicts the fold (each training resumable under ``scratch``).
+    Also returns the seconds the folds' resumed trainings had run in earlier, stopped runs."""
     n = len(train)
     mask = np.zeros(train.masks.shape, np.uint8)
     uncertainty = np.zeros(train.masks.shape, np.float32)
+    carried = 0.0
     for k, index in enumerate(parts):
         rest = np.setdiff1d(np.arange(n), index)
         fold_key = {**f_key, "fold": [k, len(parts)]}
-        with resume_in(scratch and scratch / f"fold{k + 1}of{len(parts)}", key=fold_key):
+        with resume_in(scratch and scratch / f"fold{k + 1}of{len(parts)}", key=fold_key) as block:
             fold_f = fit_segmenter(cfg, train.subset(rest), progress=progress)
+        carried += block.carried_seconds if block else 0.0
         pred = fold_f.predict(train.images[index])
         mask[index], uncertainty[index] = pred.mask, pred.uncertainty
-    return SegPrediction(mask.astype(np.float32), mask, uncertainty)
+    return SegPrediction(mask.astype(np.float32), mask, uncertainty), carried
 
 
 def f_outputs_digest(samples: QualitySamples) -> str:
