@@ -138,8 +138,9 @@ def operating_point(ev: dict[str, Any]) -> str:
         f"{fmt(gate['referral_rate'], True)}% of the test images and catches "
         f"{fmt(gate['failure_recall'], True)}% of the failures ({gate['passed_failures']} of "
         f"{gate['n_failures']} failures passed). A gate that must catch a stated share of failures is "
-        "trained with `segqc train --target-failure-recall R --confidence C` (docs/safety.md), at the "
-        "cost of more referrals."
+        "made from this model, without training, with `segqc recalibrate --model MODEL --data DATA "
+        "--target-failure-recall R --confidence C` (or trained with those options of `segqc train`; "
+        "docs/safety.md), at the cost of more referrals."
     )
 
 

@@ -161,3 +161,31 @@ def guaranteed_threshold(
         "min_failures_needed": needed,
         "n_referred": int(referred.sum()),
     }
+
+
+def check_recall_target(target_failure_recall: float | None, confidence: float | None) -> None:
+    """Refuse a target failure recall outside (0, 1], or a confidence without one."""
+    if target_failure_recall is not None and not 0.0 < target_failure_recall <= 1.0:
+        raise SegQCError(f"target failure recall must be in (0, 1], got {target_failure_recall}")
+    if confidence is not None and target_failure_recall is None:
+        raise SegQCError("a confidence needs a target failure recall (--target-failure-recall)")
+
+
+def referral_threshold(
+    predicted: np.ndarray,
+    true: np.ndarray,
+    failure_jaccard: float,
+    target_failure_recall: float | None = None,
+    confidence: float | None = None,
+) -> tuple[float, dict | None]:
+    """The referral threshold and its ``threshold_rule`` record, from g's ``predicted`` Jaccard of
+    held-out images and their ``true`` one: ``failure_jaccard`` itself (rule None) without a target,
+    else :func:`choose_threshold`, or :func:`guaranteed_threshold` with a ``confidence``."""
+    check_recall_target(target_failure_recall, confidence)
+    if target_failure_recall is None:
+        return failure_jaccard, None
+    if confidence is None:
+        chosen = choose_threshold(predicted, true, target_failure_recall, failure_jaccard)
+    else:
+        chosen = guaranteed_threshold(predicted, true, target_failure_recall, confidence, failure_jaccard)
+    return chosen["threshold"], threshold_rule(chosen, target_failure_recall)

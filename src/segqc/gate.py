@@ -97,6 +97,31 @@ class Gate:
     def to_config(self) -> dict[str, Any]:
         return {"ood": self.ood.to_config(), "conformal": self.conformal, "fitness": self.fitness}
 
+    def with_threshold(
+        self,
+        threshold: float,
+        heldout_predicted: np.ndarray,
+        heldout_jaccard: np.ndarray,
+        failure_jaccard: float,
+    ) -> Gate:
+        """This gate at another referral threshold, its fitness assessed again on the held-out images
+        (g's ``heldout_predicted`` and their true ``heldout_jaccard``, the images the out-of-distribution
+        limit and the conformal margin were set on; neither depends on the threshold)."""
+        fitness = assess_fitness(heldout_predicted, heldout_jaccard, threshold, failure_jaccard)
+        conformal, calibration = self.conformal, self.ood.calibration or {}
+        if not conformal.get("guaranteed", True):
+            fitness["notes"].append(
+                f"{conformal.get('n_heldout')} held-out images are too few for a {conformal['confidence']:g} "
+                "lower bound (it is 0 for every image)"
+            )
+        if not calibration.get("guaranteed", True):
+            fitness["notes"].append(
+                f"{calibration.get('n_heldout')} held-out images are too few to hold the "
+                f"out-of-distribution false referral rate at {self.ood.alpha:g} "
+                f"(need {calibration.get('min_heldout_for_alpha')})"
+            )
+        return Gate(float(threshold), self.ood, conformal, fitness)
+
     @classmethod
     def from_config(cls, config: Any, threshold: float) -> Gate:
         """Rebuild and check the manifest's ``gate``.
@@ -204,19 +229,8 @@ def fit_gate(
     detector = OODDetector.fit(features, image_size=int(train.images.shape[1]))
     detector.calibrate(image_features(heldout.images, heldout.masks, heldout.uncertainty), ood_alpha)
     conformal = conformal_margin(heldout_predicted, heldout.jaccard, bound_confidence)
-    fitness = assess_fitness(heldout_predicted, heldout.jaccard, threshold, failure_jaccard)
-    if not conformal["guaranteed"]:
-        fitness["notes"].append(
-            f"{conformal['n_heldout']} held-out images are too few for a {bound_confidence:g} lower bound "
-            "(it is 0 for every image)"
-        )
-    if not detector.calibration["guaranteed"]:
-        fitness["notes"].append(
-            f"{detector.calibration['n_heldout']} held-out images are too few to hold the "
-            f"out-of-distribution false referral rate at {ood_alpha:g} "
-            f"(need {detector.calibration['min_heldout_for_alpha']})"
-        )
-    return Gate(float(threshold), detector, conformal, fitness)
+    gate = Gate(float(threshold), detector, conformal)
+    return gate.with_threshold(threshold, heldout_predicted, heldout.jaccard, failure_jaccard)
 
 
 def unfit_warning(model: Any) -> str | None:

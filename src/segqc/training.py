@@ -24,10 +24,10 @@ import numpy as np
 
 from segqc import __version__
 from segqc.bundle import Bundle, load_bundle, save_bundle
-from segqc.calibration import choose_threshold, guaranteed_threshold, hold_out, threshold_rule
+from segqc.calibration import check_recall_target, hold_out, referral_threshold
 from segqc.checkpoint import PARTIAL, resume_in
 from segqc.config import PipelineConfig
-from segqc.data.dataset import SegData, data_digest
+from segqc.data.dataset import SegData, data_digest, masks_digest
 from segqc.data.splits import DataSource, load_train_test
 from segqc.engine import barrier, is_main_process
 from segqc.errors import SegQCError
@@ -323,10 +323,7 @@ def train_bundle(
         SegQCError: bad settings or data, a held-out set with too few failures for the asked threshold
             rule, or (without ``force``) a model that fails its fitness check.
     """
-    if target_failure_recall is not None and not 0.0 < target_failure_recall <= 1.0:
-        raise SegQCError(f"target failure recall must be in (0, 1], got {target_failure_recall}")
-    if confidence is not None and target_failure_recall is None:
-        raise SegQCError("a confidence needs a target failure recall (--target-failure-recall)")
+    check_recall_target(target_failure_recall, confidence)
     if segmenter is not None and segmenter.method != cfg.method:
         raise SegQCError(
             f"the given segmenter is read out by {segmenter.method!r}, the settings say {cfg.method!r}"
@@ -397,20 +394,15 @@ def train_bundle(
             "train_ids": list(train.ids),
             "n_calibration": len(calibration),
             "calibration_ids": list(calibration.ids),
+            # the truth the threshold was chosen on, checked when it is chosen again (segqc.recalibrate)
+            "calibration_masks_sha256": masks_digest(calibration),
         },
     }
-    threshold = cfg.threshold
-    if target_failure_recall is not None:
-        if confidence is None:
-            chosen = choose_threshold(
-                cal_predicted, cal_samples.jaccard, target_failure_recall, cfg.threshold
-            )
-        else:
-            chosen = guaranteed_threshold(
-                cal_predicted, cal_samples.jaccard, target_failure_recall, confidence, cfg.threshold
-            )
-        threshold = chosen["threshold"]
-        extra["threshold_rule"] = threshold_rule(chosen, target_failure_recall)
+    threshold, rule = referral_threshold(
+        cal_predicted, cal_samples.jaccard, cfg.threshold, target_failure_recall, confidence
+    )
+    if rule is not None:
+        extra["threshold_rule"] = rule
     gate = fit_gate(
         train_samples, cal_samples, cal_predicted, threshold, cfg.threshold,
         bound_confidence=bound_confidence, ood_alpha=ood_alpha,

@@ -27,6 +27,7 @@ from segqc.cli.list_methods import list_methods
 from segqc.cli.models import models
 from segqc.cli.options import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PARTIAL, EXIT_USAGE, Group
 from segqc.cli.predict import predict
+from segqc.cli.recalibrate import recalibrate
 from segqc.cli.serve import serve
 from segqc.cli.sign import keygen, sign
 from segqc.cli.synth import synth
@@ -51,8 +52,8 @@ def cli() -> None:
 
 
 _COMMANDS = (
-    demo, experiment, train, predict, export, sign, keygen, serve, download_command, synth, list_methods,
-    models,
+    demo, experiment, train, recalibrate, predict, export, sign, keygen, serve, download_command, synth,
+    list_methods, models,
 )  # fmt: skip
 for _command in _COMMANDS:
     cli.add_command(_command)

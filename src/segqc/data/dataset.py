@@ -61,6 +61,14 @@ def data_digest(data: SegData) -> str:
     return h.hexdigest()[:16]
 
 
+def masks_digest(data: SegData) -> str:
+    """Hash of a data set's ids and masks: the truth a referral threshold is chosen on (images are left
+    out, as their decoding may change in the last bits with the image library's version)."""
+    h = hashlib.sha256(canonical(list(data.ids)).encode())
+    h.update(np.ascontiguousarray(data.masks).tobytes())
+    return h.hexdigest()[:16]
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("SEGQC_CACHE", Path.home() / ".cache" / "segqc"))
 

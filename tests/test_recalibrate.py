@@ -1,0 +1,150 @@
+"""segqc.recalibrate: another referral threshold without training, as training with it would give."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from segqc.cli import cli
+from segqc.config import PipelineConfig
+from segqc.data.synthetic import write_synthetic
+from segqc.errors import SegQCError
+from segqc.recalibrate import recalibrate_bundle
+from segqc.training import train_bundle
+
+TINY = dict(image_size=32, base_width=4, quality_width=4, seg_epochs=2, quality_epochs=2, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    """A data folder with its protocol, and two bundles trained on it alike but for the threshold:
+    ``fixed`` (0.7) and ``r90`` (--target-failure-recall 0.9)."""
+    root = tmp_path_factory.mktemp("recalibrate")
+    ids = sorted(write_synthetic(root / "d", 60, 32, seed=2))
+    (root / "split.json").write_text(json.dumps({"train": ids[:45], "test": ids[45:]}))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the two trainings must give the same f and g bit for bit
+    try:
+        cfg = PipelineConfig(**TINY)
+        for name, target in (("fixed", None), ("r90", 0.9)):
+            train_bundle(
+                root / "d", root / "split.json", cfg, root / name, target_failure_recall=target,
+                progress=False, force=True,
+            )  # fmt: skip
+    finally:
+        torch.set_num_threads(before)
+    return {"data": root / "d", "protocol": root / "split.json", "fixed": root / "fixed", "r90": root / "r90"}
+
+
+def _config(folder: Path) -> dict:
+    return json.loads((folder / "bundle.json").read_text())
+
+
+def test_recalibrating_gives_the_bundle_training_with_that_target_gives(trained, tmp_path, one_thread):
+    source = (trained["fixed"] / "bundle.json").read_bytes()
+    out = recalibrate_bundle(
+        trained["fixed"], trained["data"], trained["protocol"], tmp_path / "m", target_failure_recall=0.9,
+        force=True,
+    )  # fmt: skip
+    fixed, r90, new = _config(trained["fixed"]), _config(trained["r90"]), _config(tmp_path / "m")
+    assert (trained["fixed"] / "bundle.json").read_bytes() == source  # the model given is not changed
+    for name in ("f.safetensors", "g.safetensors"):  # same f and g as the model given
+        assert (tmp_path / "m" / name).read_bytes() == (trained["fixed"] / name).read_bytes()
+        assert (trained["r90"] / name).read_bytes() == (trained["fixed"] / name).read_bytes()
+    # the threshold, its rule and the gate's fitness are those of the training with the target
+    assert new["threshold"] == r90["threshold"] == out.threshold and new["threshold"] != fixed["threshold"]
+    assert new["threshold_rule"] == r90["threshold_rule"]
+    assert new["gate"] == r90["gate"]
+    assert new["test_metrics"] == r90["test_metrics"]  # the test split was found again and scored
+    assert new["recalibrated"]["from_manifest_sha256"] == fixed["manifest_sha256"]
+    assert new["recalibrated"]["previous_threshold"] == 0.7
+    assert new["data"] == fixed["data"] and new["pipeline"] == fixed["pipeline"]
+
+    # and back: no target is the fixed threshold, with the fixed model's gate
+    back = recalibrate_bundle(
+        tmp_path / "m", trained["data"], trained["protocol"], tmp_path / "back", target_failure_recall=None,
+        force=True,
+    )  # fmt: skip
+    assert back.threshold == 0.7 and _config(tmp_path / "back")["gate"] == fixed["gate"]
+    assert _config(tmp_path / "back")["threshold_rule"] == fixed["threshold_rule"]
+
+
+def test_a_confidence_is_chosen_with_its_bound(trained, tmp_path, one_thread):
+    bundle = recalibrate_bundle(
+        trained["fixed"], trained["data"], trained["protocol"], tmp_path / "m", target_failure_recall=0.5,
+        confidence=0.6, force=True,
+    )  # fmt: skip
+    rule = bundle.config["threshold_rule"]
+    assert rule["kind"] == "guaranteed_failure_recall" and rule["confidence"] == 0.6
+    assert rule["threshold"] == bundle.threshold and rule["recall_lower_bound"] >= 0.5
+
+
+def test_other_data_than_the_model_was_trained_on_is_refused(trained, tmp_path):
+    ids = json.loads(trained["protocol"].read_text())
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"train": ids["train"][1:], "test": ids["test"]}))
+    with pytest.raises(SegQCError, match="held-out images of this data are not the model's"):
+        recalibrate_bundle(
+            trained["fixed"], trained["data"], other, tmp_path / "m", target_failure_recall=0.9
+        )
+
+    # the same ids with another truth: one held-out mask redrawn
+    held = _config(trained["fixed"])["data"]["calibration_ids"][0]
+    relabelled = tmp_path / "d"
+    relabelled.mkdir()
+    for sub in ("images", "masks"):
+        (relabelled / sub).mkdir()
+        for path in (trained["data"] / sub).iterdir():
+            (relabelled / sub / path.name).write_bytes(path.read_bytes())
+    mask = next((relabelled / "masks").glob(f"{held}*"))
+    Image.fromarray(255 - np.asarray(Image.open(mask))).save(mask)
+    with pytest.raises(SegQCError, match="masks of the model's held-out images differ"):
+        recalibrate_bundle(
+            trained["fixed"], relabelled, trained["protocol"], tmp_path / "m", target_failure_recall=0.9
+        )
+    assert not (tmp_path / "m").exists()
+
+
+def test_the_model_folder_itself_is_refused_as_out(trained):
+    with pytest.raises(SegQCError, match="another folder than the model"):
+        recalibrate_bundle(
+            trained["fixed"],
+            trained["data"],
+            trained["protocol"],
+            trained["fixed"],
+            target_failure_recall=0.9,
+        )
+
+
+def test_an_unfit_model_is_not_written_without_force(trained, tmp_path, monkeypatch):
+    # g of two epochs on 36 images is near constant: unfit at any threshold, so only --force writes it
+    assert _config(trained["fixed"])["gate"]["fitness"]["fit"] is False
+    with pytest.raises(SegQCError, match="not fit to gate"):
+        recalibrate_bundle(
+            trained["fixed"], trained["data"], trained["protocol"], tmp_path / "m", target_failure_recall=0.9
+        )
+    assert not (tmp_path / "m").exists()
+
+
+def test_recalibrate_command(trained, tmp_path):
+    model = ["recalibrate", "--model", str(trained["fixed"]), "--device", "cpu"]
+    args = [*model, "--data", str(trained["data"]), "--protocol", str(trained["protocol"])]
+    result = CliRunner().invoke(
+        cli, [*args, "--out", str(tmp_path / "m"), "--target-failure-recall", "0.9", "--force"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "threshold 0.7 -> " in result.output and "failures caught" in result.output
+    assert _config(tmp_path / "m")["threshold"] == _config(trained["r90"])["threshold"]
+
+    usage = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "u"), "--confidence", "0.9"])
+    assert usage.exit_code == 2 and "--confidence needs --target-failure-recall" in usage.output
+    unfit = CliRunner().invoke(
+        cli, [*args[:-4], "--out", str(tmp_path / "n"), "--target-failure-recall", "0.9"]
+    )
+    assert unfit.exit_code == 1 and "error:" in unfit.output and "Traceback" not in unfit.output
