@@ -148,3 +148,29 @@ def test_recalibrate_command(trained, tmp_path):
         cli, [*args[:-4], "--out", str(tmp_path / "n"), "--target-failure-recall", "0.9"]
     )
     assert unfit.exit_code == 1 and "error:" in unfit.output and "Traceback" not in unfit.output
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda c: c.__setitem__("data", ["not", "an", "object"]),
+        lambda c: c.__setitem__("data", "d"),
+        lambda c: c["data"].__setitem__("calibration_ids", [["x"], *c["data"]["calibration_ids"][1:]]),
+        lambda c: c["data"].__setitem__("calibration_ids", [{"id": 1}]),
+    ],
+)
+def test_a_bundle_json_with_a_malformed_data_record_is_refused(trained, tmp_path, tamper):
+    from segqc.integrity import seal
+
+    model = tmp_path / "model"
+    model.mkdir()
+    for path in trained["fixed"].iterdir():
+        (model / path.name).write_bytes(path.read_bytes())
+    config = _config(model)
+    tamper(config)
+    (model / "bundle.json").write_text(json.dumps(seal(config)))  # checksum made to match: loads
+    with pytest.raises(SegQCError, match="does not record its training seed and held-out image ids"):
+        recalibrate_bundle(
+            model, trained["data"], trained["protocol"], tmp_path / "m", target_failure_recall=0.9
+        )
+    assert not (tmp_path / "m").exists()

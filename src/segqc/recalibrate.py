@@ -74,10 +74,12 @@ def recalibrate_bundle(
             "--target-failure-recall"
         )
     config = bundle.config
-    pipeline, recorded = config.get("pipeline") or {}, config.get("data") or {}
+    pipeline, recorded = config.get("pipeline") or {}, config.get("data")
+    recorded = recorded if isinstance(recorded, dict) else {}  # a bundle.json rewritten by hand
     seed = pipeline.get("seed", 0)
     expected = recorded.get("calibration_ids")
-    if not isinstance(seed, int) or isinstance(seed, bool) or not isinstance(expected, list):
+    ids_ok = isinstance(expected, list) and all(isinstance(i, str) for i in expected)
+    if not isinstance(seed, int) or isinstance(seed, bool) or not ids_ok:
         raise SegQCError(f"{source}: bundle.json does not record its training seed and held-out image ids")
     train, test, info = load_train_test(data, protocol, size=bundle.image_size, seed=seed)
     _, calibration = hold_out(train, seed)
