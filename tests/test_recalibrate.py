@@ -111,15 +111,22 @@ def test_other_data_than_the_model_was_trained_on_is_refused(trained, tmp_path):
     assert not (tmp_path / "m").exists()
 
 
-def test_the_model_folder_itself_is_refused_as_out(trained):
-    with pytest.raises(SegQCError, match="another folder than the model"):
-        recalibrate_bundle(
-            trained["fixed"],
-            trained["data"],
-            trained["protocol"],
-            trained["fixed"],
-            target_failure_recall=0.9,
-        )
+def test_the_model_folder_itself_is_refused_as_out(trained, tmp_path):
+    (tmp_path / "link").symlink_to(trained["fixed"])
+    before = sorted(p.name for p in trained["fixed"].iterdir())
+    for out in (
+        trained["fixed"],
+        Path(f"{trained['fixed']}/"),
+        trained["fixed"] / ".." / trained["fixed"].name,
+        tmp_path / "link",
+        trained["fixed"] / "sub",  # inside it: the model folder would change
+        tmp_path / "link" / "sub" / "deeper",
+    ):
+        with pytest.raises(SegQCError, match="another folder than the model"):
+            recalibrate_bundle(
+                trained["fixed"], trained["data"], trained["protocol"], out, target_failure_recall=0.9
+            )
+    assert sorted(p.name for p in trained["fixed"].iterdir()) == before
 
 
 def test_an_unfit_model_is_not_written_without_force(trained, tmp_path, monkeypatch):

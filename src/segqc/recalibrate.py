@@ -49,7 +49,7 @@ def recalibrate_bundle(
         data: the data it was trained on, as given to ``segqc train`` (its held-out images are found
             again by the training seed and checked against the ids the bundle recorded).
         protocol: the protocol file it was trained with, if any.
-        out_dir: the new bundle folder; must not be ``model_dir``.
+        out_dir: the new bundle folder; must not be ``model_dir`` nor inside it.
         target_failure_recall: wanted fraction of held-out failures referred, in (0, 1]; None goes
             back to the fixed threshold (the failure Jaccard, 0.7).
         confidence: with a target, the probability with which the recall must hold.
@@ -57,14 +57,17 @@ def recalibrate_bundle(
         device: where to run f and g. Defaults to the model's own choice.
 
     Raises:
-        SegQCError: a bad target, ``out_dir`` being the model's folder, a model whose f is precomputed
+        SegQCError: a bad target, ``out_dir`` being (in) the model's folder, a model whose f is precomputed
             outputs, data whose held-out images are not the model's, too few held-out failures for the
             rule, or (without ``force``) a model unfit at the new threshold.
     """
     check_recall_target(target_failure_recall, confidence)
     source, out = Path(model_dir), Path(out_dir)
-    if out.exists() and source.exists() and out.resolve() == source.resolve():
-        raise SegQCError(f"--out must be another folder than the model ({model_dir}), which stays as it is")
+    if source.exists() and source.resolve() in (out.resolve(), *out.resolve().parents):
+        raise SegQCError(
+            f"--out must be another folder than the model ({model_dir}), and not inside it: the model "
+            "stays as it is"
+        )
     start = time.perf_counter()
     bundle = load_bundle(source, device=device)
     if isinstance(bundle.segmenter, PrecomputedSegmenter):
