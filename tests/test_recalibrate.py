@@ -181,3 +181,20 @@ def test_a_bundle_json_with_a_malformed_data_record_is_refused(trained, tmp_path
             model, trained["data"], trained["protocol"], tmp_path / "m", target_failure_recall=0.9
         )
     assert not (tmp_path / "m").exists()
+
+
+def test_a_model_trained_with_another_failure_jaccard_is_recalibrated_with_it(trained, tmp_path, one_thread):
+    # bundle.json's failure_jaccard is the Jaccard training counted failures below: recalibrate counts
+    # the held-out failures with it, and without a target goes back to it
+    cfg = PipelineConfig(**{**TINY, "threshold": 0.6})
+    model = train_bundle(
+        trained["data"], trained["protocol"], cfg, tmp_path / "t", progress=False, force=True
+    )
+    assert model.config["failure_jaccard"] == 0.6 == model.threshold
+    back = recalibrate_bundle(
+        tmp_path / "t", trained["data"], trained["protocol"], tmp_path / "m", target_failure_recall=None,
+        force=True,
+    )  # fmt: skip
+    assert back.threshold == 0.6 and back.config["failure_jaccard"] == 0.6
+    assert back.config["gate"] == model.config["gate"]
+    assert back.config["test_metrics"] == model.config["test_metrics"]
