@@ -198,3 +198,20 @@ def test_a_model_trained_with_another_failure_jaccard_is_recalibrated_with_it(tr
     assert back.threshold == 0.6 and back.config["failure_jaccard"] == 0.6
     assert back.config["gate"] == model.config["gate"]
     assert back.config["test_metrics"] == model.config["test_metrics"]
+
+
+def test_a_failure_jaccard_other_than_training_counted_with_is_refused(trained, tmp_path):
+    from segqc.integrity import seal
+
+    model = tmp_path / "model"
+    model.mkdir()
+    for path in trained["fixed"].iterdir():
+        (model / path.name).write_bytes(path.read_bytes())
+    config = _config(model)
+    config["pipeline"]["threshold"] = 0.6  # as bundles trained with it before failure_jaccard followed it
+    (model / "bundle.json").write_text(json.dumps(seal(config)))
+    with pytest.raises(SegQCError, match="failure_jaccard 0.7 is not the 0.6"):
+        recalibrate_bundle(
+            model, trained["data"], trained["protocol"], tmp_path / "m", target_failure_recall=0.9
+        )
+    assert not (tmp_path / "m").exists()

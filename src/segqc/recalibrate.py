@@ -58,8 +58,9 @@ def recalibrate_bundle(
 
     Raises:
         SegQCError: a bad target, ``out_dir`` being (in) the model's folder, a model whose f is precomputed
-            outputs, data whose held-out images are not the model's, too few held-out failures for the
-            rule, or (without ``force``) a model unfit at the new threshold.
+            outputs, a failure Jaccard other than the one training counted failures with, data whose
+            held-out images are not the model's, too few held-out failures for the rule, or (without
+            ``force``) a model unfit at the new threshold.
     """
     check_recall_target(target_failure_recall, confidence)
     source, out = Path(model_dir), Path(out_dir)
@@ -100,6 +101,11 @@ def recalibrate_bundle(
             "threshold can only be chosen again on the same truth"
         )
     failure = float(config["failure_jaccard"])
+    if pipeline.get("threshold", failure) != failure:  # written before train recorded its own
+        raise SegQCError(
+            f"{source}: bundle.json's failure_jaccard {failure:g} is not the {pipeline['threshold']!r} the "
+            "model was trained to count failures with: train it again with --target-failure-recall"
+        )
     samples = quality_samples(calibration, segment(bundle.segmenter, calibration))
     predicted = bundle.predictor.predict(samples)
     threshold, rule = referral_threshold(
