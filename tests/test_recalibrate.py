@@ -215,3 +215,40 @@ def test_a_failure_jaccard_other_than_training_counted_with_is_refused(trained, 
             model, trained["data"], trained["protocol"], tmp_path / "m", target_failure_recall=0.9
         )
     assert not (tmp_path / "m").exists()
+
+
+def test_out_is_written_whole_or_not_at_all(trained, tmp_path, monkeypatch, one_thread):
+    import segqc.bundle
+
+    # an existing bundle (or anything else) at --out is never replaced
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for path in trained["r90"].iterdir():
+        (kept / path.name).write_bytes(path.read_bytes())
+    before = {p.name: p.read_bytes() for p in kept.iterdir()}
+    with pytest.raises(SegQCError, match="exists and is not an empty folder"):
+        recalibrate_bundle(
+            trained["fixed"], trained["data"], trained["protocol"], kept, target_failure_recall=None
+        )
+    assert {p.name: p.read_bytes() for p in kept.iterdir()} == before
+
+    # interrupted while writing: no --out, half-written or not, and nothing left beside it
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(segqc.bundle, "write_json", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        recalibrate_bundle(
+            trained["fixed"], trained["data"], trained["protocol"], tmp_path / "new" / "m",
+            target_failure_recall=0.9, force=True,
+        )  # fmt: skip
+    assert list((tmp_path / "new").iterdir()) == []
+    monkeypatch.undo()
+
+    (tmp_path / "empty").mkdir()  # an empty folder is fine
+    bundle = recalibrate_bundle(
+        trained["fixed"], trained["data"], trained["protocol"], tmp_path / "empty", target_failure_recall=0.9,
+        force=True,
+    )  # fmt: skip
+    assert bundle.path == tmp_path / "empty" and bundle.threshold == _config(trained["r90"])["threshold"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "kept", "new"]

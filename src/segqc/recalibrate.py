@@ -12,6 +12,9 @@ that target would have written (up to float rounding on another device).
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from segqc.data.splits import DataSource, load_train_test
 from segqc.errors import SegQCError
 from segqc.external.predictions import PrecomputedSegmenter
 from segqc.training import evaluate, quality_samples, segment
+from segqc.utils import _UMASK
 
 #: ``bundle.json`` keys that :func:`segqc.bundle.save_bundle` writes itself (not carried over).
 _WRITTEN_BY_SAVE = {
@@ -49,7 +53,8 @@ def recalibrate_bundle(
         data: the data it was trained on, as given to ``segqc train`` (its held-out images are found
             again by the training seed and checked against the ids the bundle recorded).
         protocol: the protocol file it was trained with, if any.
-        out_dir: the new bundle folder; must not be ``model_dir`` nor inside it.
+        out_dir: the new bundle folder: a new or empty one, not ``model_dir`` nor inside it. It is
+            written whole beside it and renamed into place, so an interrupted run leaves none.
         target_failure_recall: wanted fraction of held-out failures referred, in (0, 1]; None goes
             back to the fixed threshold (the failure Jaccard, 0.7).
         confidence: with a target, the probability with which the recall must hold.
@@ -57,10 +62,10 @@ def recalibrate_bundle(
         device: where to run f and g. Defaults to the model's own choice.
 
     Raises:
-        SegQCError: a bad target, ``out_dir`` being (in) the model's folder, a model whose f is precomputed
-            outputs, a failure Jaccard other than the one training counted failures with, data whose
-            held-out images are not the model's, too few held-out failures for the rule, or (without
-            ``force``) a model unfit at the new threshold.
+        SegQCError: a bad target, ``out_dir`` being (in) the model's folder or not empty, a model whose
+            f is precomputed outputs, a failure Jaccard other than the one training counted failures
+            with, data whose held-out images are not the model's, too few held-out failures for the
+            rule, or (without ``force``) a model unfit at the new threshold.
     """
     check_recall_target(target_failure_recall, confidence)
     source, out = Path(model_dir), Path(out_dir)
@@ -68,6 +73,10 @@ def recalibrate_bundle(
         raise SegQCError(
             f"--out must be another folder than the model ({model_dir}), and not inside it: the model "
             "stays as it is"
+        )
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SegQCError(
+            f"--out {out_dir} exists and is not an empty folder: give a new one (nothing is replaced)"
         )
     start = time.perf_counter()
     bundle = load_bundle(source, device=device)
@@ -131,8 +140,19 @@ def recalibrate_bundle(
         "data": info,
         "seconds": time.perf_counter() - start,
     }
-    save_bundle(
-        out, bundle.segmenter, bundle.predictor, image_size=bundle.image_size, gate=gate.to_config(),
-        threshold=threshold, failure_jaccard=failure, extra=extra,
-    )  # fmt: skip
+    # written whole beside OUT and renamed into place: an interrupted run leaves no half-written OUT
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        save_bundle(
+            staging, bundle.segmenter, bundle.predictor, image_size=bundle.image_size,
+            gate=gate.to_config(), threshold=threshold, failure_jaccard=failure, extra=extra,
+        )  # fmt: skip
+        os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp makes it 0700; give the usual permissions
+        try:
+            os.rename(staging, out)  # onto nothing or an empty folder only
+        except OSError as err:
+            raise SegQCError(f"cannot write --out {out_dir} ({err.strerror}); nothing was replaced") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return load_bundle(out, device=device)

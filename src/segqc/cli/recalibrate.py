@@ -12,7 +12,7 @@ from segqc.cli.options import DEVICES, command, data_options, model_option, opti
 @command("recalibrate")
 @model_option("Model bundle folder written by `segqc train`.")
 @data_options("The protocol file the model was trained with, if any.")
-@out_option("New model bundle folder to write (not the model's own).")
+@out_option("New model bundle folder to write: a new or empty one, not the model's own.")
 @option(
     "--target-failure-recall",
     type=click.FloatRange(0.0, 1.0, min_open=True),
