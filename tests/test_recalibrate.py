@@ -252,3 +252,31 @@ def test_out_is_written_whole_or_not_at_all(trained, tmp_path, monkeypatch, one_
     )  # fmt: skip
     assert bundle.path == tmp_path / "empty" and bundle.threshold == _config(trained["r90"])["threshold"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "kept", "new"]
+
+
+def test_a_trusted_key_checks_the_models_signature_first(trained, tmp_path):
+    pytest.importorskip("cryptography")
+    from segqc.integrity import generate_key, seal, sign_model
+
+    private, public = generate_key(tmp_path / "key.pem")
+    _, other = generate_key(tmp_path / "other.pem")
+    model = tmp_path / "model"
+    model.mkdir()
+    for path in trained["fixed"].iterdir():
+        (model / path.name).write_bytes(path.read_bytes())
+    sign_model(model, private)
+    args = ["recalibrate", "--model", str(model), "--device", "cpu", "--data", str(trained["data"])]
+    args += ["--protocol", str(trained["protocol"]), "--target-failure-recall", "0.9", "--force"]
+    result = CliRunner().invoke(cli, [*args, "--trusted-key", str(public), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 0, result.output
+    assert _config(tmp_path / "m")["recalibrated"]["signature_verified"] is True
+    assert not (tmp_path / "m" / "signature.json").exists()  # OUT is another model: not signed
+
+    refused = CliRunner().invoke(cli, [*args, "--trusted-key", str(other), "--out", str(tmp_path / "n")])
+    assert refused.exit_code == 1 and "signature does not verify" in refused.output
+    config = _config(model)  # changed after signing, its checksum made to match
+    config["gate"]["conformal"]["margin"] = 0.0
+    (model / "bundle.json").write_text(json.dumps(seal(config)))
+    refused = CliRunner().invoke(cli, [*args, "--trusted-key", str(public), "--out", str(tmp_path / "n")])
+    assert refused.exit_code == 1 and "signature does not verify" in refused.output
+    assert not (tmp_path / "n").exists()

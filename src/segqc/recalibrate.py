@@ -23,8 +23,9 @@ from segqc.bundle import Bundle, load_bundle, save_bundle
 from segqc.calibration import check_recall_target, hold_out, referral_threshold
 from segqc.data.dataset import masks_digest
 from segqc.data.splits import DataSource, load_train_test
-from segqc.errors import SegQCError
+from segqc.errors import BundleError, SegQCError
 from segqc.external.predictions import PrecomputedSegmenter
+from segqc.integrity import verify_signature
 from segqc.training import evaluate, quality_samples, segment
 from segqc.utils import _UMASK
 
@@ -45,6 +46,7 @@ def recalibrate_bundle(
     confidence: float | None = None,
     force: bool = False,
     device: str | None = None,
+    trusted_key: str | Path | None = None,
 ) -> Bundle:
     """Write ``model_dir``'s f and g to ``out_dir`` with a referral threshold chosen again.
 
@@ -60,6 +62,9 @@ def recalibrate_bundle(
         confidence: with a target, the probability with which the recall must hold.
         force: write a model that fails its fitness check (marked unfit).
         device: where to run f and g. Defaults to the model's own choice.
+        trusted_key: an Ed25519 public key (PEM): the model must carry a valid signature by it
+            (``segqc sign``), checked before it is read, as ``segqc predict --trusted-key`` does. The new
+            bundle is not signed (``segqc sign`` it). Defaults to none (no signature needed).
 
     Raises:
         SegQCError: a bad target, ``out_dir`` being (in) the model's folder or not empty, a model whose
@@ -79,7 +84,10 @@ def recalibrate_bundle(
             f"--out {out_dir} exists and is not an empty folder: give a new one (nothing is replaced)"
         )
     start = time.perf_counter()
+    signed = verify_signature(source, trusted_key) if trusted_key is not None else None
     bundle = load_bundle(source, device=device)
+    if signed is not None and bundle.manifest_sha256 != signed:  # the folder changed while it was read
+        raise BundleError(f"{source}: the manifest changed after its signature was checked; refusing it")
     if isinstance(bundle.segmenter, PrecomputedSegmenter):
         raise SegQCError(
             "this model's f is precomputed outputs (trained with --predictions): its held-out images' "
@@ -137,6 +145,7 @@ def recalibrate_bundle(
     extra["recalibrated"] = {
         "from_manifest_sha256": bundle.manifest_sha256,
         "previous_threshold": bundle.threshold,
+        "signature_verified": signed is not None,
         "data": info,
         "seconds": time.perf_counter() - start,
     }
