@@ -280,3 +280,14 @@ def test_a_trusted_key_checks_the_models_signature_first(trained, tmp_path):
     refused = CliRunner().invoke(cli, [*args, "--trusted-key", str(public), "--out", str(tmp_path / "n")])
     assert refused.exit_code == 1 and "signature does not verify" in refused.output
     assert not (tmp_path / "n").exists()
+
+
+def test_a_threshold_no_model_loads_with_is_refused_before_writing():
+    from segqc.calibration import referral_threshold
+
+    # the lowest-scored failure predicted 0: half the failures are referred from 0.0001, a threshold
+    # below segqc.model.MIN_THRESHOLD that save_bundle wrote and load_bundle then refused
+    predicted, true = np.array([0.0, 0.5, 0.9]), np.array([0.1, 0.5, 0.9])
+    with pytest.raises(SegQCError, match="below 0.01"):
+        referral_threshold(predicted, true, 0.7, 0.5)
+    assert referral_threshold(predicted, true, 0.7, 1.0)[0] == 0.5001
