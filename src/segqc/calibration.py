@@ -180,7 +180,8 @@ def referral_threshold(
 ) -> tuple[float, dict | None]:
     """The referral threshold and its ``threshold_rule`` record, from g's ``predicted`` Jaccard of
     held-out images and their ``true`` one: ``failure_jaccard`` itself (rule None) without a target,
-    else :func:`choose_threshold`, or :func:`guaranteed_threshold` with a ``confidence``."""
+    else :func:`choose_threshold`, or :func:`guaranteed_threshold` with a ``confidence``; a
+    ``SegQCError`` when that is below :data:`segqc.model.MIN_THRESHOLD` (no model with it loads)."""
     check_recall_target(target_failure_recall, confidence)
     if target_failure_recall is None:
         return failure_jaccard, None
@@ -188,4 +189,11 @@ def referral_threshold(
         chosen = choose_threshold(predicted, true, target_failure_recall, failure_jaccard)
     else:
         chosen = guaranteed_threshold(predicted, true, target_failure_recall, confidence, failure_jaccard)
+    from segqc.model import MIN_THRESHOLD  # no model loads a threshold below it: not a gate
+
+    if chosen["threshold"] < MIN_THRESHOLD:
+        raise SegQCError(
+            f"the threshold this target gives, {chosen['threshold']:g}, is below {MIN_THRESHOLD:g}: it would "
+            "refer (almost) nothing, and no model with it loads; ask a higher target failure recall"
+        )
     return chosen["threshold"], threshold_rule(chosen, target_failure_recall)

@@ -12,6 +12,9 @@ that target would have written (up to float rounding on another device).
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -20,9 +23,11 @@ from segqc.bundle import Bundle, load_bundle, save_bundle
 from segqc.calibration import check_recall_target, hold_out, referral_threshold
 from segqc.data.dataset import masks_digest
 from segqc.data.splits import DataSource, load_train_test
-from segqc.errors import SegQCError
+from segqc.errors import BundleError, SegQCError
 from segqc.external.predictions import PrecomputedSegmenter
+from segqc.integrity import verify_signature
 from segqc.training import evaluate, quality_samples, segment
+from segqc.utils import _UMASK
 
 #: ``bundle.json`` keys that :func:`segqc.bundle.save_bundle` writes itself (not carried over).
 _WRITTEN_BY_SAVE = {
@@ -41,6 +46,7 @@ def recalibrate_bundle(
     confidence: float | None = None,
     force: bool = False,
     device: str | None = None,
+    trusted_key: str | Path | None = None,
 ) -> Bundle:
     """Write ``model_dir``'s f and g to ``out_dir`` with a referral threshold chosen again.
 
@@ -49,24 +55,39 @@ def recalibrate_bundle(
         data: the data it was trained on, as given to ``segqc train`` (its held-out images are found
             again by the training seed and checked against the ids the bundle recorded).
         protocol: the protocol file it was trained with, if any.
-        out_dir: the new bundle folder; must not be ``model_dir``.
+        out_dir: the new bundle folder: a new or empty one, not ``model_dir`` nor inside it. It is
+            written whole beside it and renamed into place, so an interrupted run leaves none.
         target_failure_recall: wanted fraction of held-out failures referred, in (0, 1]; None goes
             back to the fixed threshold (the failure Jaccard, 0.7).
         confidence: with a target, the probability with which the recall must hold.
         force: write a model that fails its fitness check (marked unfit).
         device: where to run f and g. Defaults to the model's own choice.
+        trusted_key: an Ed25519 public key (PEM): the model must carry a valid signature by it
+            (``segqc sign``), checked before it is read, as ``segqc predict --trusted-key`` does. The new
+            bundle is not signed (``segqc sign`` it). Defaults to none (no signature needed).
 
     Raises:
-        SegQCError: a bad target, ``out_dir`` being the model's folder, a model whose f is precomputed
-            outputs, data whose held-out images are not the model's, too few held-out failures for the
+        SegQCError: a bad target, ``out_dir`` being (in) the model's folder or not empty, a model whose
+            f is precomputed outputs, a failure Jaccard other than the one training counted failures
+            with, data whose held-out images are not the model's, too few held-out failures for the
             rule, or (without ``force``) a model unfit at the new threshold.
     """
     check_recall_target(target_failure_recall, confidence)
     source, out = Path(model_dir), Path(out_dir)
-    if out.exists() and source.exists() and out.resolve() == source.resolve():
-        raise SegQCError(f"--out must be another folder than the model ({model_dir}), which stays as it is")
+    if source.exists() and source.resolve() in (out.resolve(), *out.resolve().parents):
+        raise SegQCError(
+            f"--out must be another folder than the model ({model_dir}), and not inside it: the model "
+            "stays as it is"
+        )
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SegQCError(
+            f"--out {out_dir} exists and is not an empty folder: give a new one (nothing is replaced)"
+        )
     start = time.perf_counter()
+    signed = verify_signature(source, trusted_key) if trusted_key is not None else None
     bundle = load_bundle(source, device=device)
+    if signed is not None and bundle.manifest_sha256 != signed:  # the folder changed while it was read
+        raise BundleError(f"{source}: the manifest changed after its signature was checked; refusing it")
     if isinstance(bundle.segmenter, PrecomputedSegmenter):
         raise SegQCError(
             "this model's f is precomputed outputs (trained with --predictions): its held-out images' "
@@ -74,10 +95,12 @@ def recalibrate_bundle(
             "--target-failure-recall"
         )
     config = bundle.config
-    pipeline, recorded = config.get("pipeline") or {}, config.get("data") or {}
+    pipeline, recorded = config.get("pipeline") or {}, config.get("data")
+    recorded = recorded if isinstance(recorded, dict) else {}  # a bundle.json rewritten by hand
     seed = pipeline.get("seed", 0)
     expected = recorded.get("calibration_ids")
-    if not isinstance(seed, int) or isinstance(seed, bool) or not isinstance(expected, list):
+    ids_ok = isinstance(expected, list) and all(isinstance(i, str) for i in expected)
+    if not isinstance(seed, int) or isinstance(seed, bool) or not ids_ok:
         raise SegQCError(f"{source}: bundle.json does not record its training seed and held-out image ids")
     train, test, info = load_train_test(data, protocol, size=bundle.image_size, seed=seed)
     _, calibration = hold_out(train, seed)
@@ -95,6 +118,11 @@ def recalibrate_bundle(
             "threshold can only be chosen again on the same truth"
         )
     failure = float(config["failure_jaccard"])
+    if pipeline.get("threshold", failure) != failure:  # written before train recorded its own
+        raise SegQCError(
+            f"{source}: bundle.json's failure_jaccard {failure:g} is not the {pipeline['threshold']!r} the "
+            "model was trained to count failures with: train it again with --target-failure-recall"
+        )
     samples = quality_samples(calibration, segment(bundle.segmenter, calibration))
     predicted = bundle.predictor.predict(samples)
     threshold, rule = referral_threshold(
@@ -117,11 +145,23 @@ def recalibrate_bundle(
     extra["recalibrated"] = {
         "from_manifest_sha256": bundle.manifest_sha256,
         "previous_threshold": bundle.threshold,
+        "signature_verified": signed is not None,
         "data": info,
         "seconds": time.perf_counter() - start,
     }
-    save_bundle(
-        out, bundle.segmenter, bundle.predictor, image_size=bundle.image_size, gate=gate.to_config(),
-        threshold=threshold, failure_jaccard=failure, extra=extra,
-    )  # fmt: skip
+    # written whole beside OUT and renamed into place: an interrupted run leaves no half-written OUT
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        save_bundle(
+            staging, bundle.segmenter, bundle.predictor, image_size=bundle.image_size,
+            gate=gate.to_config(), threshold=threshold, failure_jaccard=failure, extra=extra,
+        )  # fmt: skip
+        os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp makes it 0700; give the usual permissions
+        try:
+            os.rename(staging, out)  # onto nothing or an empty folder only
+        except OSError as err:
+            raise SegQCError(f"cannot write --out {out_dir} ({err.strerror}); nothing was replaced") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return load_bundle(out, device=device)

@@ -428,6 +428,7 @@ def train_bundle(
         image_size=cfg.image_size,
         gate=gate.to_config(),
         threshold=threshold,
+        failure_jaccard=cfg.threshold,  # the failures the gate and test metrics were counted with
         extra=extra,
     )
     if is_main_process():

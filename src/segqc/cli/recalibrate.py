@@ -6,13 +6,21 @@ from pathlib import Path
 
 import click
 
-from segqc.cli.options import DEVICES, command, data_options, model_option, option, out_option
+from segqc.cli.options import (
+    DEVICES,
+    command,
+    data_options,
+    model_option,
+    option,
+    out_option,
+    trusted_key_option,
+)
 
 
 @command("recalibrate")
 @model_option("Model bundle folder written by `segqc train`.")
 @data_options("The protocol file the model was trained with, if any.")
-@out_option("New model bundle folder to write (not the model's own).")
+@out_option("New model bundle folder to write: a new or empty one, not the model's own.")
 @option(
     "--target-failure-recall",
     type=click.FloatRange(0.0, 1.0, min_open=True),
@@ -29,6 +37,7 @@ from segqc.cli.options import DEVICES, command, data_options, model_option, opti
 )
 @option("--force", is_flag=True, help="Write the bundle even if it fails its fitness check (marked unfit).")
 @option("--device", type=click.Choice(DEVICES), default=None, help="Where to run the networks.")
+@trusted_key_option("recalibrate")
 def recalibrate(
     model: Path,
     data: Path | None,
@@ -38,6 +47,7 @@ def recalibrate(
     confidence: float | None,
     force: bool,
     device: str | None,
+    trusted_key: Path | None,
 ) -> None:
     """Choose a model's referral threshold again, on its own held-out images, without training.
 
@@ -46,7 +56,8 @@ def recalibrate(
     the model's seed and checked against the ids and masks it recorded), the threshold is chosen by
     the rule of `segqc train --target-failure-recall`, the gate's fitness is checked again, and the
     same f and g are written to OUT with the new threshold (and test metrics, when --data has the
-    model's test split). MODEL is not changed; OUT is not signed (`segqc sign` it if you sign models).
+    model's test split). MODEL is not changed; OUT is not signed (`segqc sign` it if you sign models,
+    after checking MODEL's signature with --trusted-key).
 
     \b
     Example:
@@ -61,7 +72,7 @@ def recalibrate(
         raise click.UsageError("--confidence needs --target-failure-recall")
     bundle = recalibrate_bundle(
         model, data, protocol, out, target_failure_recall=target_failure_recall, confidence=confidence,
-        force=force, device=device,
+        force=force, device=device, trusted_key=trusted_key,
     )  # fmt: skip
     before = bundle.config["recalibrated"]["previous_threshold"]
     rule = bundle.config.get("threshold_rule", {})
