@@ -151,10 +151,9 @@ def test_recalibrate_command(trained, tmp_path):
 
     usage = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "u"), "--confidence", "0.9"])
     assert usage.exit_code == 2 and "--confidence needs --target-failure-recall" in usage.output
-    unfit = CliRunner().invoke(
-        cli, [*args[:-4], "--out", str(tmp_path / "n"), "--target-failure-recall", "0.9"]
-    )
-    assert unfit.exit_code == 1 and "error:" in unfit.output and "Traceback" not in unfit.output
+    unfit = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "n"), "--target-failure-recall", "0.9"])
+    assert unfit.exit_code == 1 and "error:" in unfit.output and "not fit to gate" in unfit.output
+    assert "Traceback" not in unfit.output and not (tmp_path / "n").exists()
 
 
 @pytest.mark.parametrize(
