@@ -21,7 +21,7 @@ from typing import Any
 
 from segqc.bundle import Bundle, load_bundle, save_bundle
 from segqc.calibration import check_recall_target, hold_out, referral_threshold
-from segqc.data.dataset import masks_digest
+from segqc.data.dataset import SegData, masks_digest
 from segqc.data.splits import DataSource, load_train_test
 from segqc.errors import BundleError, SegQCError
 from segqc.external.predictions import PrecomputedSegmenter
@@ -74,15 +74,7 @@ def recalibrate_bundle(
     """
     check_recall_target(target_failure_recall, confidence)
     source, out = Path(model_dir), Path(out_dir)
-    if source.exists() and source.resolve() in (out.resolve(), *out.resolve().parents):
-        raise SegQCError(
-            f"--out must be another folder than the model ({model_dir}), and not inside it: the model "
-            "stays as it is"
-        )
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise SegQCError(
-            f"--out {out_dir} exists and is not an empty folder: give a new one (nothing is replaced)"
-        )
+    _check_out(source, out)
     start = time.perf_counter()
     signed = verify_signature(source, trusted_key) if trusted_key is not None else None
     bundle = load_bundle(source, device=device)
@@ -95,29 +87,9 @@ def recalibrate_bundle(
             "--target-failure-recall"
         )
     config = bundle.config
-    pipeline, recorded = config.get("pipeline") or {}, config.get("data")
-    recorded = recorded if isinstance(recorded, dict) else {}  # a bundle.json rewritten by hand
-    seed = pipeline.get("seed", 0)
-    expected = recorded.get("calibration_ids")
-    ids_ok = isinstance(expected, list) and all(isinstance(i, str) for i in expected)
-    if not isinstance(seed, int) or isinstance(seed, bool) or not ids_ok:
-        raise SegQCError(f"{source}: bundle.json does not record its training seed and held-out image ids")
-    train, test, info = load_train_test(data, protocol, size=bundle.image_size, seed=seed)
-    _, calibration = hold_out(train, seed)
-    if list(calibration.ids) != expected:
-        missing = len(set(expected) - set(calibration.ids))
-        raise SegQCError(
-            f"the held-out images of this data are not the model's ({missing} of its {len(expected)} "
-            f"held-out ids are missing, or the training split differs): give the --data and --protocol "
-            f"it was trained with (it records {recorded.get('source')!r}, {recorded.get('protocol')!r})"
-        )
-    digest = recorded.get("calibration_masks_sha256")  # absent in bundles written before it was kept
-    if digest is not None and digest != masks_digest(calibration):
-        raise SegQCError(
-            "the masks of the model's held-out images differ from those it was trained with: its "
-            "threshold can only be chosen again on the same truth"
-        )
+    calibration, test, info = _heldout_images(bundle, source, data, protocol)
     failure = float(config["failure_jaccard"])
+    pipeline = config.get("pipeline") or {}
     if pipeline.get("threshold", failure) != failure:  # written before train recorded its own
         raise SegQCError(
             f"{source}: bundle.json's failure_jaccard {failure:g} is not the {pipeline['threshold']!r} the "
@@ -140,7 +112,7 @@ def recalibrate_bundle(
     extra: dict[str, Any] = {k: v for k, v in config.items() if k not in _WRITTEN_BY_SAVE}
     extra["threshold_rule"] = rule or {"kind": "fixed", "description": f"fixed {threshold:g}"}
     extra.pop("test_metrics", None)  # its referral numbers were the old threshold's
-    if test is not None and len(test) and list(test.ids) == recorded.get("test_ids"):
+    if test is not None and len(test) and list(test.ids) == config["data"].get("test_ids"):
         extra["test_metrics"] = evaluate(bundle.segmenter, bundle.predictor, test, threshold, failure)
     extra["recalibrated"] = {
         "from_manifest_sha256": bundle.manifest_sha256,
@@ -165,3 +137,47 @@ def recalibrate_bundle(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return load_bundle(out, device=device)
+
+
+def _check_out(source: Path, out: Path) -> None:
+    """Refuse an ``out`` that is the model's folder or inside it, or that holds anything."""
+    if source.exists() and source.resolve() in (out.resolve(), *out.resolve().parents):
+        raise SegQCError(
+            f"--out must be another folder than the model ({source}), and not inside it: the model "
+            "stays as it is"
+        )
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SegQCError(
+            f"--out {out} exists and is not an empty folder: give a new one (nothing is replaced)"
+        )
+
+
+def _heldout_images(
+    bundle: Bundle, source: Path, data: DataSource, protocol: str | Path | None
+) -> tuple[SegData, SegData | None, dict[str, Any]]:
+    """The model's held-out images found again in ``data`` by its training seed, checked against the
+    ids (and the masks' hash, when recorded) in its ``bundle.json``; with the test split and the
+    data's description."""
+    pipeline, recorded = bundle.config.get("pipeline") or {}, bundle.config.get("data")
+    recorded = recorded if isinstance(recorded, dict) else {}  # a bundle.json rewritten by hand
+    seed = pipeline.get("seed", 0)
+    expected = recorded.get("calibration_ids")
+    ids_ok = isinstance(expected, list) and all(isinstance(i, str) for i in expected)
+    if not isinstance(seed, int) or isinstance(seed, bool) or not ids_ok:
+        raise SegQCError(f"{source}: bundle.json does not record its training seed and held-out image ids")
+    train, test, info = load_train_test(data, protocol, size=bundle.image_size, seed=seed)
+    _, calibration = hold_out(train, seed)
+    if list(calibration.ids) != expected:
+        missing = len(set(expected) - set(calibration.ids))
+        raise SegQCError(
+            f"the held-out images of this data are not the model's ({missing} of its {len(expected)} "
+            f"held-out ids are missing, or the training split differs): give the --data and --protocol "
+            f"it was trained with (it records {recorded.get('source')!r}, {recorded.get('protocol')!r})"
+        )
+    digest = recorded.get("calibration_masks_sha256")  # absent in bundles written before it was kept
+    if digest is not None and digest != masks_digest(calibration):
+        raise SegQCError(
+            "the masks of the model's held-out images differ from those it was trained with: its "
+            "threshold can only be chosen again on the same truth"
+        )
+    return calibration, test, info
