@@ -27,7 +27,6 @@ from segqc.errors import BundleError, SegQCError
 from segqc.external.predictions import PrecomputedSegmenter
 from segqc.integrity import verify_signature
 from segqc.training import evaluate, quality_samples, segment
-from segqc.utils import _UMASK
 
 #: ``bundle.json`` keys that :func:`segqc.bundle.save_bundle` writes itself (not carried over).
 _WRITTEN_BY_SAVE = {
@@ -110,7 +109,9 @@ def recalibrate_bundle(
             )
         gate.fitness["forced"] = True
     extra: dict[str, Any] = {k: v for k, v in config.items() if k not in _WRITTEN_BY_SAVE}
-    extra["threshold_rule"] = rule or {"kind": "fixed", "description": f"fixed {threshold:g}"}
+    extra.pop("threshold_rule", None)  # the source's; without a rule save_bundle writes the fixed one
+    if rule is not None:
+        extra["threshold_rule"] = rule
     extra.pop("test_metrics", None)  # its referral numbers were the old threshold's
     if test is not None and len(test) and list(test.ids) == config["data"].get("test_ids"):
         extra["test_metrics"] = evaluate(bundle.segmenter, bundle.predictor, test, threshold, failure)
@@ -123,19 +124,20 @@ def recalibrate_bundle(
     }
     # written whole beside OUT and renamed into place: an interrupted run leaves no half-written OUT
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
+        # a plain folder inside mkdtemp's 0700 one, so that the bundle moved in has the usual permissions
+        staging = scratch / out.name
         save_bundle(
             staging, bundle.segmenter, bundle.predictor, image_size=bundle.image_size,
             gate=gate.to_config(), threshold=threshold, failure_jaccard=failure, extra=extra,
         )  # fmt: skip
-        os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp makes it 0700; give the usual permissions
         try:
             os.rename(staging, out)  # onto nothing or an empty folder only
         except OSError as err:
             raise SegQCError(f"cannot write --out {out_dir} ({err.strerror}); nothing was replaced") from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     return load_bundle(out, device=device)
 
 
