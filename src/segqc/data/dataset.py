@@ -53,20 +53,22 @@ class SegData:
         return self.subset([position[i] for i in ids])
 
 
+def _digest(ids: Sequence[str], *arrays: np.ndarray) -> str:
+    h = hashlib.sha256(canonical(list(ids)).encode())
+    for array in arrays:
+        h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()[:16]
+
+
 def data_digest(data: SegData) -> str:
     """Hash of a data set's ids, images and masks (keys of cached and resumable work)."""
-    h = hashlib.sha256(canonical(list(data.ids)).encode())
-    h.update(np.ascontiguousarray(data.images).tobytes())
-    h.update(np.ascontiguousarray(data.masks).tobytes())
-    return h.hexdigest()[:16]
+    return _digest(data.ids, data.images, data.masks)
 
 
 def masks_digest(data: SegData) -> str:
     """Hash of a data set's ids and masks: the truth a referral threshold is chosen on (images are left
     out, as their decoding may change in the last bits with the image library's version)."""
-    h = hashlib.sha256(canonical(list(data.ids)).encode())
-    h.update(np.ascontiguousarray(data.masks).tobytes())
-    return h.hexdigest()[:16]
+    return _digest(data.ids, data.masks)
 
 
 def default_cache_dir() -> Path:
