@@ -84,7 +84,7 @@ def _cases(tmp: Path) -> list[tuple[list[str], int, str]]:
         (["train", "--out", unwritable], EXIT_ERROR, "is a file"),
         (["train"], EXIT_USAGE, "--out"),
         (["predict", "--model", str(empty), "--out", out, str(tmp)], EXIT_ERROR, "not a segqc model"),
-        (["predict", "--model", missing, "--out", out, str(tmp)], EXIT_USAGE, "does not exist"),
+        (["predict", "--model", missing, "--out", out, str(tmp)], EXIT_USAGE, "no such model folder"),
         (["predict", "--model", str(empty), "--out", unwritable, str(tmp)], EXIT_ERROR, "is a file"),
         (["experiment", "--out", out, "--data", missing], EXIT_USAGE, "does not exist"),
         (["experiment", "--out", out, "--data", str(empty)], EXIT_ERROR, "not a data folder"),

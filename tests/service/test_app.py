@@ -197,12 +197,13 @@ def test_serve_command_passes_settings_to_uvicorn(bundle_dir, serve_env):
 
     calls = []
     serve_env.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
-    args = ["--model", str(bundle_dir), "--port", "8123", "--max-upload-mb", "2", "--max-pixels", "5000"]
+    port = free_port()
+    args = ["--model", str(bundle_dir), "--port", str(port), "--max-upload-mb", "2", "--max-pixels", "5000"]
     result = CliRunner().invoke(serve, args)
     assert result.exit_code == 0, result.output
     app, kw = calls[-1]
     assert app.state.assessor.max_pixels == 5000
-    assert (kw["host"], kw["port"]) == ("127.0.0.1", 8123)
+    assert (kw["host"], kw["port"]) == ("127.0.0.1", port)
 
     result = CliRunner().invoke(serve, [*args, "--workers", "2"])
     assert result.exit_code == 0, result.output
@@ -210,6 +211,47 @@ def test_serve_command_passes_settings_to_uvicorn(bundle_dir, serve_env):
     assert app == "segqc.service.app:create_app_from_env" and kw["factory"] and kw["workers"] == 2
     assert os.environ["SEGQC_SERVE_MAX_UPLOAD_BYTES"] == str(2 * 1024 * 1024)
     assert Path(os.environ["SEGQC_SERVE_MODEL"]) == bundle_dir.resolve()
+
+
+def test_serve_port_0_is_resolved_and_named_in_the_start_up_line(bundle_dir, serve_env):
+    import uvicorn
+
+    calls = []
+    serve_env.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
+    result = CliRunner().invoke(serve_cli(), ["--model", str(bundle_dir), "--port", "0"])
+    assert result.exit_code == 0, result.output
+    port = calls[-1]["port"]
+    assert port > 0 and f"http://127.0.0.1:{port} " in result.output
+
+
+def test_serve_on_a_taken_port_is_one_error_line_before_the_model_loads(bundle_dir, serve_env):
+    import socket
+
+    import uvicorn
+
+    serve_env.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("uvicorn started on a taken port"))
+    serve_env.setattr(service_app, "create_app", lambda *a, **k: pytest.fail("the model was loaded"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(serve_cli(), ["--model", str(bundle_dir), "--port", str(port)])
+    assert result.exit_code == 1, result.output
+    assert f"error: cannot listen on 127.0.0.1:{port}" in result.output and "Traceback" not in result.output
+
+
+def test_serve_turns_uvicorns_start_up_failure_into_exit_code_1(bundle_dir, serve_env):
+    """A port taken between segqc's check and uvicorn's bind: uvicorn exits 3, which segqc keeps for
+    unread inputs; serve says it did not start, with exit code 1."""
+    import uvicorn
+
+    def fail_to_start(*args, **kwargs):
+        raise SystemExit(3)
+
+    serve_env.setattr(uvicorn, "run", fail_to_start)
+    result = CliRunner().invoke(serve_cli(), ["--model", str(bundle_dir), "--port", "0"])
+    assert result.exit_code == 1, result.output
+    assert "error: the server did not start (uvicorn exited with status 3" in result.output
 
 
 def test_serve_without_the_web_extra_says_how_to_install(bundle_dir, monkeypatch):

@@ -264,6 +264,9 @@ class ModelPath(click.Path):
                 f"{value} (pass the shipped one from another working directory, or rename the folder)",
                 err=True,
             )
+        if self.exists and not resolved.exists():
+            known = ", ".join(shipped_models()) or "none"
+            self.fail(f"{value}: no such model folder, and no shipped model of that name (shipped: {known})")
         return super().convert(resolved, param, ctx)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +47,48 @@ def _installed(module: str) -> bool:
         return False
 
 
+def free_port_to_listen(host: str, port: int) -> int:
+    """``port`` on ``host``, checked free by binding it as uvicorn will; ``0`` becomes a free port.
+
+    So a taken port or an unknown host is one clear error before the model loads (uvicorn would log
+    it and exit with its own status 3), and the start-up line can name the port of ``--port 0``.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn chooses
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            raise SegQCError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        return sock.getsockname()[1]
+
+
+def run_uvicorn(uvicorn: Any, app: Any, **kwargs: Any) -> None:
+    """``uvicorn.run``, with its start-up failure (e.g. the port taken since it was checked) as one
+    error line and exit code 1 instead of uvicorn's status 3 (which segqc uses for unread inputs)."""
+    try:
+        uvicorn.run(app, **kwargs)
+    except SystemExit as e:
+        if e.code in (None, 0):
+            raise
+        raise SegQCError(
+            f"the server did not start (uvicorn exited with status {e.code}; see its log above)"
+        ) from None
+
+
 def shown(flag: str, type: Any, default: Any, help: str) -> Any:
     """An option with its default shown in the help."""
     return click.option(flag, type=type, default=default, show_default=True, help=help)
 
 
 @command("serve")
-@model_option("Model folder (a bundle written by `segqc train`).", dest="model_dir", exists=False)
+@model_option(
+    "Model folder (a bundle written by `segqc train`, or its ONNX export from `segqc export`).",
+    dest="model_dir",
+    exists=False,
+)
 @shown("--host", str, "127.0.0.1", "Address to listen on.")
-@shown("--port", click.IntRange(0, 65535), 8000, "0: a free port.")
+@shown("--port", click.IntRange(0, 65535), 8000, "0: a free one, named in the start-up line.")
 @shown("--max-upload-mb", click.FloatRange(0.0, min_open=True), 20.0, "Largest accepted upload (413 above).")
 @shown(
     "--max-pixels",
@@ -127,6 +161,7 @@ def serve(
     from segqc.service.budget import return_freed_memory
     from segqc.service.middleware import read_api_key
 
+    port = free_port_to_listen(host, port)
     max_upload_bytes = int(max_upload_mb * MiB)
     api_key = read_api_key(api_key_file)  # a file that is empty or unreadable stops here, with one line
     settings = {
@@ -154,7 +189,7 @@ def serve(
     )
     common = {"host": host, "port": port, "log_level": log_level, "server_header": False}
     if workers == 1:
-        uvicorn.run(app, **common)
+        run_uvicorn(uvicorn, app, **common)
         return
     # Several processes: uvicorn imports the app factory in each, which reads these settings.
     from segqc.service.app import ENV_SETTINGS
@@ -167,4 +202,4 @@ def serve(
     # The key travels as its file's path (or stays in $SEGQC_API_KEY), not as a new variable.
     os.environ["SEGQC_API_KEY_FILE"] = str(api_key_file.resolve()) if api_key_file else ""
     del app
-    uvicorn.run("segqc.service.app:create_app_from_env", factory=True, workers=workers, **common)
+    run_uvicorn(uvicorn, "segqc.service.app:create_app_from_env", factory=True, workers=workers, **common)

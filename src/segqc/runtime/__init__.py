@@ -60,7 +60,12 @@ def _load(folder: Path, *, device: str, threads: int | None, seed: int | None) -
 
         return load_bundle(folder, device=device, seed=seed)
     if not folder.is_dir():
-        raise BundleError(f"{folder}: model folder not found")
+        from segqc.models import shipped_models
+
+        known = ", ".join(shipped_models()) or "none"
+        raise BundleError(
+            f"{folder}: model folder not found, and no shipped model of that name (shipped: {known})"
+        )
     raise BundleError(
         f"{folder}: not a segqc model (neither bundle.json from `segqc train` nor export.json from "
         "`segqc export` is there)"
