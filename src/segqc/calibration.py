@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 
 from segqc.data.dataset import SegData
-from segqc.errors import SegQCError
+from segqc.errors import SegQCError, SegQCWarning
 
 #: Share of the training images held out to choose the threshold for a target failure recall.
 CALIBRATION_FRACTION = 0.2
@@ -55,7 +55,9 @@ def choose_threshold(
     achieved = float((failures < threshold).mean())
     if achieved < target_recall:  # only when a failure was predicted as a perfect 1.0
         warnings.warn(
-            f"target failure recall {target_recall} not reachable; got {achieved:.3f}", stacklevel=2
+            f"target failure recall {target_recall} not reachable; got {achieved:.3f}",
+            SegQCWarning,
+            stacklevel=2,
         )
     return {
         "threshold": threshold,

@@ -1,4 +1,5 @@
-"""Exceptions raised by segqc. The CLI maps them to exit codes, the service to 4xx answers."""
+"""Exceptions and warnings raised by segqc. The CLI maps errors to exit codes (and prints warnings as
+one ``warning:`` line), the service maps errors to 4xx answers."""
 
 from __future__ import annotations
 
@@ -28,3 +29,7 @@ class BundleError(SegQCError, ValueError):
 
 class SettingsError(SegQCError, ValueError):
     """A setting (of a method, predictor or generator) is unknown or out of range."""
+
+
+class SegQCWarning(UserWarning):
+    """Something a user should know that does not stop the work (e.g. images left out for lacking a mask)."""

@@ -9,7 +9,7 @@ from PIL import Image
 
 from segqc.data.dataset import load_folder, load_split
 from segqc.data.readers import find_pairs, read_image, read_mask, read_pair, read_protocol
-from segqc.errors import DataError
+from segqc.errors import DataError, SegQCWarning
 from tests.conftest import write_mask, write_rgb
 
 
@@ -73,6 +73,22 @@ def test_missing_mask(tmp_path):
     # Loading by explicit id reports it too, naming the file.
     with pytest.raises(DataError, match="case1"):
         load_folder(root, size=16, ids=["case0", "case1"], cache_dir=None)
+    # Without ids, every labelled pair is used, and the unlabelled image is named in a warning.
+    with pytest.warns(SegQCWarning, match=r"1 images without a ground-truth mask are left out.*case1\.jpg"):
+        assert load_folder(root, size=16, cache_dir=None).ids == ["case0"]
+
+
+def test_cli_prints_segqc_warnings_as_one_line(tmp_path):
+    """``segqc train`` on a folder with an unlabelled image says so in one ``warning:`` line."""
+    from click.testing import CliRunner
+
+    from segqc.cli import cli
+
+    root = make_folder(tmp_path / "data", n=2)
+    (root / "masks" / "case1_segmentation.png").unlink()
+    result = CliRunner().invoke(cli, ["train", "--data", str(root), "--out", str(tmp_path / "m")])
+    assert "warning: " in result.output and "case1.jpg" in result.output
+    assert "SegQCWarning" not in result.output
 
 
 def test_unreadable_and_truncated_image(tmp_path):
@@ -92,7 +108,7 @@ def test_bad_items_are_all_reported(tmp_path):
     root = make_folder(tmp_path, n=3)
     (root / "images" / "case0.jpg").write_bytes(b"")
     write_mask(root / "masks" / "case2_segmentation.png", values=(0, 7))
-    with pytest.raises(DataError, match=r"2 of 3 items(.|\n)*case0\.jpg(.|\n)*case2_segmentation"):
+    with pytest.raises(DataError, match=r"2 of 3 items cannot be used: .*case0\.jpg.*; .*case2_segmentation"):
         load_folder(root, size=16, cache_dir=None)
 
 

@@ -17,13 +17,14 @@ import inspect
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
-from segqc.errors import SegQCError
+from segqc.errors import SegQCError, SegQCWarning
 
 #: Exit codes of every command (documented in :mod:`segqc.cli` and ``segqc --help``).
 EXIT_OK = 0
@@ -79,6 +80,23 @@ def error_boundary() -> Iterator[None]:
         fail("interrupted", EXIT_INTERRUPTED)
 
 
+@contextlib.contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """Print segqc's own warnings as one line ``warning: <message>`` on stderr, as errors are printed;
+    other warnings keep Python's handling."""
+    with warnings.catch_warnings():  # restores showwarning afterwards
+        python_show = warnings.showwarning
+
+        def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+            if issubclass(category, SegQCWarning):
+                click.echo(f"warning: {' '.join(str(message).split())}", err=True)
+            else:
+                python_show(message, category, *args, **kwargs)
+
+        warnings.showwarning = show
+        yield
+
+
 class _Boundary:
     """Parsing (``make_context``) and running (``invoke``) under :func:`error_boundary`."""
 
@@ -87,7 +105,7 @@ class _Boundary:
             return super().make_context(*args, **kwargs)
 
     def invoke(self, ctx: click.Context) -> Any:
-        with error_boundary():
+        with error_boundary(), warnings_as_lines():
             return super().invoke(ctx)
 
 

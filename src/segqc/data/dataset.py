@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 from torch import Tensor
 
 from segqc.data.readers import find_pairs, read_pair, read_protocol
-from segqc.errors import DataError
+from segqc.errors import DataError, SegQCWarning
 from segqc.utils import atomic_write, canonical
 
 _CACHE_VERSION = 1
@@ -102,6 +103,14 @@ def load_folder(
         ids = [i for i, p in pairs.items() if p.mask is not None]
         if not ids:
             raise DataError(f"{root}: no image has a ground-truth mask")
+        unlabelled = [i for i, p in pairs.items() if p.mask is None]
+        if unlabelled:  # left out by design, but a forgotten mask should not go unnoticed
+            warnings.warn(
+                f"{root}: {len(unlabelled)} images without a ground-truth mask are left out, e.g. "
+                + ", ".join(str(pairs[i].image) for i in unlabelled[:5]),
+                SegQCWarning,
+                stacklevel=2,
+            )
     missing = [i for i in ids if i not in pairs]
     if missing:
         raise DataError(
@@ -132,9 +141,9 @@ def load_folder(
         except DataError as err:
             errors.append(str(err))
     if errors:
-        more = f"\n... and {len(errors) - 20} more" if len(errors) > 20 else ""
+        more = f"; ... and {len(errors) - 20} more" if len(errors) > 20 else ""
         raise DataError(
-            f"{len(errors)} of {len(chosen)} items cannot be used:\n" + "\n".join(errors[:20]) + more
+            f"{len(errors)} of {len(chosen)} items cannot be used: " + "; ".join(errors[:20]) + more
         )
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
