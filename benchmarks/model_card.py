@@ -33,10 +33,11 @@ from typing import Any
 import numpy as np
 
 from segqc.assess import assess_images
+from segqc.data.readers import find_pairs
 from segqc.data.splits import load_train_test
 from segqc.experiment.report import format_interval
 from segqc.gate import OUT_OF_DISTRIBUTION
-from segqc.metrics import QUALITY_KEYS
+from segqc.metrics import QUALITY_KEYS, quality_metrics
 from segqc.metrics.bootstrap import bootstrap_rows, percentile_interval, resample_indices
 from segqc.metrics.segmentation import jaccard
 from segqc.report import TABLE_COLUMNS, format_value
@@ -108,6 +109,16 @@ def evaluate(model_dir: Path, data: str, protocol: str) -> dict[str, Any]:
         return float(b[b[:, 1], 0].mean()) if b[:, 1].any() else float("nan")
 
     quality = bootstrap_rows({"model": (q, true)}, threshold=failure, n_resamples=N_RESAMPLES, seed=0)
+    lower = np.array([np.nan if r.jaccard_lower is None else r.jaccard_lower for r in results])
+    # The protocol's test images come from two official parts (validation, and training images never
+    # trained on), which differ in how often f fails: report each, so no part hides behind the mean.
+    pairs = find_pairs(data)
+    part = np.array([pairs[i].image.parent.name for i in test.ids])
+    by_part = {
+        name: part_summary(true[sel], q[sel], referred[sel], lower[sel], failure)
+        for name in sorted(set(part))
+        for sel in [part == name]
+    }
     return {
         "n_test": len(test),
         "data": {k: v for k, v in info.items() if not k.endswith("_ids")},
@@ -126,7 +137,29 @@ def evaluate(model_dir: Path, data: str, protocol: str) -> dict[str, Any]:
             "n_failures": int(failed.sum()),
             "out_of_distribution_rate": float(ood.mean()),
         },
+        "lower_bound": {
+            "confidence": model.config.get("gate", {}).get("conformal", {}).get("confidence"),
+            "coverage": interval((true >= lower).astype(float), np.mean, draws),
+        },
+        "by_part": by_part,
         "per_image": {"ids": list(test.ids), "true": true.tolist(), "predicted": q.tolist()},
+    }
+
+
+def part_summary(
+    true: np.ndarray, predicted: np.ndarray, referred: np.ndarray, lower: np.ndarray, failure: float
+) -> dict[str, float]:
+    """The card's main numbers on one part of the test images (no intervals: the parts are small)."""
+    failed = true < failure
+    auroc = quality_metrics(predicted, true, failure)["auroc"] if 0 < failed.sum() < len(true) else np.nan
+    return {
+        "n": int(len(true)),
+        "jaccard_mean": float(true.mean()),
+        "failure_rate": float(failed.mean()),
+        "auroc": float(auroc),
+        "referral_rate": float(referred.mean()),
+        "failure_recall": float(referred[failed].mean()) if failed.any() else float("nan"),
+        "lower_bound_coverage": float((true >= lower).mean()),
     }
 
 
@@ -141,6 +174,23 @@ def operating_point(ev: dict[str, Any]) -> str:
         "made from this model, without training, with `segqc recalibrate --model MODEL --data DATA "
         "--target-failure-recall R --confidence C` (or trained with those options of `segqc train`; "
         "docs/safety.md), at the cost of more referrals."
+    )
+
+
+def parts_limit(ev: dict[str, Any]) -> str:
+    """The limit that the difference between the parts of the test set sets."""
+    parts = ev["by_part"]
+    confidence = ev["lower_bound"]["confidence"]
+    each = "; ".join(
+        f"{name} ({p['n']} images): {100 * p['failure_rate']:.1f}% failures, "
+        f"{100 * p['failure_recall']:.1f}% of them referred, "
+        f"bound held for {100 * p['lower_bound_coverage']:.1f}%"
+        for name, p in parts.items()
+    )
+    return (
+        "How often f fails, and how often the lower bound holds, depend on where the images come from "
+        f"(stated confidence of the bound: {100 * confidence:.0f}%, on average over images like the held-out "
+        f"training images): {each}."
     )
 
 
@@ -205,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         "intended_use": TEXT["intended_use"] + " Not for: " + " ".join(TEXT["not_for"]),
         "data": (
             f"ISIC 2017 Part 1 (lesion segmentation), protocol isic2017-600: trained on "
-            f"{bundle['data'].get('n_train')} training images (20% more held out for the gate), "
+            f"{bundle['data'].get('n_train')} training images "
+            f"({bundle['data'].get('n_calibration')} more, 20% of the training split, held out for the "
+            "gate), "
             f"tested on {ev['n_test']} images at 224 x 224 px."
         ),
         "training": args.train_command,
@@ -218,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             "referral.referral_rate": round(ev["gate"]["referral_rate"]["estimate"], 4),
             "referral.failure_recall": round(ev["gate"]["failure_recall"]["estimate"], 4),
         },
-        "limits": [*TEXT["limits"], operating_point(ev)],
+        "limits": [*TEXT["limits"], operating_point(ev), parts_limit(ev)],
         "card": args.doc.as_posix(),
     }
     write_json(args.model / "card.json", card)
@@ -284,6 +336,26 @@ def render(card: dict[str, Any], ev: dict[str, Any], plot: str, bundle: dict[str
         f"| Failures referred (recall, %) | {fmt(gate['failure_recall'], True)} |",
         f"| Failures that passed | {gate['passed_failures']} of {gate['n_failures']} |",
         f"| Referred as out-of-distribution (%) | {100 * gate['out_of_distribution_rate']:.1f} |",
+        "",
+        f"## Lower bound of the Jaccard (stated confidence {100 * ev['lower_bound']['confidence']:.0f}%)",
+        "",
+        "`jaccard_lower` in `quality.csv` held (true Jaccard at or above it) for "
+        f"{fmt(ev['lower_bound']['coverage'], True)}% of the test images.",
+        "",
+        "## By part of the test set",
+        "",
+        "The test images are the official ISIC 2017 validation images and official training images never "
+        "trained on; they differ (no intervals: the parts are small).",
+        "",
+        "| Official folder | Images | Jaccard | Failures (%) | AUROC (%) | Referred (%) "
+        "| Failures referred (%) | Bound held (%) |",
+        "|---|---|---|---|---|---|---|---|",
+        *[
+            f"| {name} | {p['n']} | {p['jaccard_mean']:.3f} | {100 * p['failure_rate']:.1f} | "
+            f"{100 * p['auroc']:.1f} | {100 * p['referral_rate']:.1f} | {100 * p['failure_recall']:.1f} | "
+            f"{100 * p['lower_bound_coverage']:.1f} |"
+            for name, p in ev["by_part"].items()
+        ],
         "",
         "## Calibration",
         "",

@@ -284,6 +284,17 @@ def test_an_edited_manifest_is_refused_by_its_checksum(copy):
         load_bundle(copy)
 
 
+def test_a_missing_cuda_device_is_the_machines_error_not_the_models(bundle_dir, monkeypatch):
+    import torch
+
+    from segqc.errors import DeviceError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="no CUDA device is available") as caught:
+        load_bundle(bundle_dir, device="cuda")
+    assert not isinstance(caught.value, BundleError) and "self-test" not in str(caught.value)
+
+
 @pytest.mark.parametrize(
     "text",
     ["[" * 100_000 + "]" * 100_000, '{"format": 2, "threshold": ' + "1" * 5000 + "}", "\ud800"],

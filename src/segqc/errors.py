@@ -31,5 +31,9 @@ class SettingsError(SegQCError, ValueError):
     """A setting (of a method, predictor or generator) is unknown or out of range."""
 
 
+class DeviceError(SegQCError, RuntimeError):
+    """The device asked for (e.g. ``--device cuda``) is not there: the machine's fault, not the model's."""
+
+
 class SegQCWarning(UserWarning):
     """Something a user should know that does not stop the work (e.g. images left out for lacking a mask)."""

@@ -9,7 +9,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from segqc.errors import BundleError
+from segqc.errors import BundleError, DeviceError
 from segqc.gate import Gate
 from segqc.integrity import check_seal, manifest_digest, read_json_object
 from segqc.types import QualitySamples, SegPrediction
@@ -235,7 +235,9 @@ def self_test(model: Model, file: Path) -> None:
         else:
             pred = model.segment(images)
         quality = np.asarray(model.predict_quality(QualitySamples(images, pred.mask, pred.uncertainty)))
-    except Exception as err:  # any failure of a loaded model on a plain image is a broken model
+    except DeviceError:
+        raise  # the machine lacks the device asked for; the model is not at fault
+    except Exception as err:  # any other failure of a loaded model on a plain image is a broken model
         raise BundleError(
             f"{file}: self-test failed: f and g cannot run ({type(err).__name__}: {err})"
         ) from None

@@ -123,7 +123,7 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "cuda" and "LOCAL_RANK" in os.environ:  # one GPU per torchrun rank
         device = f"cuda:{os.environ['LOCAL_RANK']}"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        from segqc.errors import SegQCError
+        from segqc.errors import DeviceError
 
-        raise SegQCError("--device cuda was asked for but no CUDA device is available")
+        raise DeviceError("--device cuda was asked for but no CUDA device is available")
     return torch.device(device)

@@ -106,7 +106,8 @@ def test_multi_frame_and_unreadable_inputs_are_errors_kept_until_assessed(fake_m
     errors = {e["id"]: e for e in rows_of(out / "errors.csv")}
     assert "2 frames" in errors["stack"]["reason"] and set(errors) == {"stack", "broken"}
     reason = errors["broken"]["reason"]
-    assert "cannot identify image file" in reason and " at 0x" not in reason  # named, not a buffer
+    assert "broken.png: not an image (its content is no known image format)" in reason
+    assert " at 0x" not in reason  # named, not a buffer
     assert [r["id"] for r in rows_of(out / "quality.csv")] == ["good"]
     # A run without those inputs keeps their errors; once fixed, an input leaves errors.csv.
     run(fake_model, [good], out)

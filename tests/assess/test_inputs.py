@@ -64,6 +64,10 @@ def test_output_folders_are_never_inputs(tmp_path):
         collect_inputs([old / "masks" / "patient.png"])
     with pytest.raises(DataError, match="segqc output folder"):
         collect_inputs([old])
+    # The input folder given as this run's --out too: said as such, not as an earlier output folder.
+    this_out = r"is or lies in this run's --out \(.*; choose another --out\); not an input"
+    with pytest.raises(DataError, match=this_out):
+        collect_inputs([d], exclude=d)
 
 
 def test_multi_frame_files_are_refused(tmp_path):
@@ -116,6 +120,6 @@ def test_only_the_service_formats_are_decoded(tmp_path, fmt):
 
     path = tmp_path / "scan.png"
     Image.new("RGB", (16, 16), (200, 10, 10)).save(path, format=fmt)
-    with pytest.raises(DataError, match="cannot identify image file"):
+    with pytest.raises(DataError, match=rf"scan\.png: {fmt} images are not accepted \(accepted: PNG, JPEG"):
         load_input(path)
     assert fmt not in INPUT_FORMATS

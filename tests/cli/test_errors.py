@@ -97,7 +97,7 @@ def _cases(tmp: Path) -> list[tuple[list[str], int, str]]:
         (["serve", "--model", str(empty)], EXIT_ERROR, str(empty)),
         (["serve", "--model", missing], EXIT_ERROR, "missing"),
         (["synth", "--out", unwritable], EXIT_ERROR, "is a file"),
-        (["synth", "--out", out, "--n", "0"], EXIT_USAGE, "n must be"),
+        (["synth", "--out", out, "--n", "0"], EXIT_USAGE, "Invalid value for '--n'"),
         (["download", "isic2017", "--to", unwritable], EXIT_ERROR, "is a file"),
         (["download", "nope"], EXIT_USAGE, "No such command"),
         (["nope"], EXIT_USAGE, "No such command"),

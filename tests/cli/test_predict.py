@@ -106,7 +106,7 @@ def test_predict_mixed_folder(model, inputs, tmp_path):
     out = tmp_path / "out"
     result = run_predict(model, out, str(inputs))
     assert result.exit_code == EXIT_PARTIAL, result.output
-    assert "4 inputs could not be read" in result.output
+    assert "4 inputs could not be assessed" in result.output
 
     errors = read_csv(out / "errors.csv")
     assert sorted(Path(e["source"]).name for e in errors) == sorted(JUNK)

@@ -80,7 +80,7 @@ def test_a_second_run_into_a_busy_out_is_refused_and_nothing_is_lost(model, tmp_
     assert sorted(r["id"] for r in read_csv(out / "quality.csv")) == [p.stem for p in first]
     # The refused run, run again now, adds its image; nothing is lost or doubled.
     again = run_predict(model, out, str(tmp_path / "in2"), str(tmp_path / "in1"))
-    assert again.exit_code == 0 and "assessed 1 images, skipped 6" in again.output
+    assert again.exit_code == 0 and "assessed 1 image, skipped 6" in again.output
     assert sorted(r["id"] for r in read_csv(out / "quality.csv")) == [*(p.stem for p in first), "b0"]
 
 

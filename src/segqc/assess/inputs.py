@@ -65,19 +65,24 @@ def collect_inputs(inputs: Sequence[str | Path], *, exclude: str | Path | None =
             return skip
         return next((p for p in (resolved, *resolved.parents) if output_folder(p)), None)
 
+    def which(folder: Path) -> str:
+        if skip is not None and folder == skip:  # the output folder of this very run
+            return f"this run's --out ({folder}; choose another --out)"
+        return f"a segqc output folder ({folder})"
+
     def add(path: Path, explicit: bool = False) -> None:
         full = resolved(path)
         folder = excluded(full.parent)
         if folder is None:
             found.setdefault(full, path)
         elif explicit:
-            raise DataError(f"{path}: lies in a segqc output folder ({folder}); not taken as an input")
+            raise DataError(f"{path}: lies in {which(folder)}; not taken as an input")
 
     def add_folder(folder: Path, explicit: bool = False) -> None:
         where = excluded(folder.resolve())
         if where is not None:
             if explicit:
-                raise DataError(f"{folder}: is or lies in a segqc output folder ({where}); not an input")
+                raise DataError(f"{folder}: is or lies in {which(where)}; not an input")
             return
         files = []
         for root, dirs, names in os.walk(folder):

@@ -94,9 +94,10 @@ def predict(
 
     INPUTS are image files, folders (searched recursively; hidden files, OUT and the output folders
     of earlier runs are skipped) or glob patterns such as 'scans/**/*.jpg' (expanded here too when
-    quoted). JPEG, PNG, BMP and TIFF of any size and mode (grey, RGB, RGBA, 16-bit, palette; EXIF
-    rotation applied). A file with several frames (multi-page TIFF, animation) is not assessed but
-    listed in errors.csv.
+    quoted); folders are searched for .jpg .jpeg .png .bmp .tif .tiff files. Files are decoded by
+    their content as JPEG, PNG, BMP, TIFF, GIF, WebP or PPM, of any size and mode (grey, RGB, RGBA,
+    16-bit, palette; EXIF rotation applied); other formats, and a file with several frames
+    (multi-page TIFF, animation), are not assessed but listed in errors.csv.
 
     \b
     Writes to OUT:
@@ -169,11 +170,19 @@ def predict(
     summary = assess_files(loaded, paths, out, progress=not quiet, report=not no_report, **options)
     n_ref = summary.n_referred
     click.echo(
-        f"assessed {len(summary.assessed)} images, skipped {len(summary.skipped)} done before; "
+        f"assessed {images(len(summary.assessed))}, skipped {len(summary.skipped)} done before; "
         f"{len(summary.rows)} in quality.csv: {n_ref} referred, {len(summary.rows) - n_ref} passed"
     )
     if summary.report is not None:
         click.echo(f"wrote {summary.report}")
     if summary.errors:
-        click.echo(f"{len(summary.errors)} inputs could not be read; see {out / 'errors.csv'}", err=True)
+        n_bad = len(summary.errors)
+        click.echo(
+            f"{n_bad} {'input' if n_bad == 1 else 'inputs'} could not be assessed; see {out / 'errors.csv'}",
+            err=True,
+        )
         sys.exit(EXIT_PARTIAL)
+
+
+def images(n: int) -> str:
+    return f"{n} image" if n == 1 else f"{n} images"

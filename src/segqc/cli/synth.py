@@ -12,9 +12,13 @@ from segqc.errors import SettingsError
 
 @command("synth")
 @out_option("Folder to write images/ and masks/ to.")
-@click.option("--n", type=int, default=200, show_default=True, help="Number of image/mask pairs.")
-@click.option("--size", type=int, default=64, show_default=True, help="Side of the square images.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Generator seed.")
+@click.option(
+    "--n", type=click.IntRange(1), default=200, show_default=True, help="Number of image/mask pairs."
+)
+@click.option(
+    "--size", type=click.IntRange(16), default=64, show_default=True, help="Side of the square images."
+)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Generator seed.")
 def synth(out: Path, n: int, size: int, seed: int) -> None:
     """Write the synthetic data set as images/ + masks/.
 

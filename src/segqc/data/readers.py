@@ -81,9 +81,30 @@ def open_image(
         raise ImageTooLargeError(f"{name}: {what} is too large to decode safely ({err})") from None
     except ImageTooLargeError:
         raise
+    except UnidentifiedImageError as err:
+        if formats is None:
+            raise DataError(f"{name}: cannot read {what} ({type(err).__name__}: {err})") from None
+        # Say why, in the words the service uses: a format refused here, or no image at all.
+        if hasattr(source, "seek"):
+            source.seek(0)
+        other = identify_format(source)
+        accepted = ", ".join(formats)
+        if other is not None:
+            raise DataError(f"{name}: {other} images are not accepted (accepted: {accepted})") from None
+        raise DataError(f"{name}: not an {what} (its content is no known image format)") from None
     except _DECODE_ERRORS as err:
         raise DataError(f"{name}: cannot read {what} ({type(err).__name__}: {err})") from None
     return img
+
+
+def identify_format(source: str | Path | BinaryIO) -> str | None:
+    """The name of any format Pillow knows that ``source`` is in, from its header only (nothing is
+    decoded, so no refused decoder runs); ``None`` if none."""
+    try:
+        with Image.open(source) as probe:
+            return str(probe.format)
+    except Exception:  # noqa: BLE001 - any failure just means "not identified"
+        return None
 
 
 def single_frame(img: Image.Image, name: str) -> Image.Image:

@@ -20,7 +20,14 @@ from PIL import Image, UnidentifiedImageError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from segqc.assess.ids import safe_id
-from segqc.data.readers import INPUT_FORMATS, ImageTooLargeError, open_image, single_frame, to_rgb
+from segqc.data.readers import (
+    INPUT_FORMATS,
+    ImageTooLargeError,
+    identify_format,
+    open_image,
+    single_frame,
+    to_rgb,
+)
 from segqc.errors import DataError
 from segqc.service.middleware import run_or_answer
 
@@ -101,7 +108,7 @@ def probe_upload(data: bytes, name: str, max_pixels: int) -> tuple[str, int, int
                 413, f"{name}: image declares {width}x{height} pixels, more than the limit of {max_pixels}"
             )
         return fmt, width, height
-    other = _identify_any(data)
+    other = identify_format(io.BytesIO(data))
     if other is not None:
         raise HTTPException(415, f"{name}: {other} images are not accepted; send one of {', '.join(FORMATS)}")
     for magic, fmt in _MAGIC:
@@ -112,15 +119,6 @@ def probe_upload(data: bytes, name: str, max_pixels: int) -> tuple[str, int, int
     raise HTTPException(
         415, f"{name}: not an image (its content is no known image format); send one of {', '.join(FORMATS)}"
     )
-
-
-def _identify_any(data: bytes) -> str | None:
-    """Name a format Pillow knows but the service refuses (header only, nothing decoded)."""
-    try:
-        with Image.open(io.BytesIO(data)) as probe:
-            return str(probe.format)
-    except Exception:  # noqa: BLE001 - any failure just means "not identified"
-        return None
 
 
 async def read_limited(file: UploadFile, limit: int, name: str) -> bytes:
