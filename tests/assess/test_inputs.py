@@ -38,6 +38,13 @@ def test_collect_inputs_files_folders_globs(tmp_path):
     assert [p.name for p in collect_inputs([str(tmp_path / "d" / "**" / "*.JPG")])] == ["two.JPG"]
     with pytest.raises(DataError, match="no such file"):
         collect_inputs([tmp_path / "missing.png"])
+    with pytest.raises(DataError, match=r"missing\.png: no such file or folder \(and 1 more\)"):
+        collect_inputs([tmp_path / "missing.png", tmp_path / "gone"])
+    # Beside inputs that exist, a missing path is listed, so that reading it fails into errors.csv.
+    assert [p.name for p in collect_inputs([explicit, tmp_path / "missing.png"])] == [
+        "odd.name",
+        "missing.png",
+    ]
     with pytest.raises(DataError, match="no file matches"):
         collect_inputs([str(tmp_path / "*.bmp")])
     assert collect_inputs([Path(tmp_path / "d" / ".hidden")]) == [tmp_path / "d" / ".hidden" / "three.png"]

@@ -44,14 +44,16 @@ def collect_inputs(inputs: Sequence[str | Path], *, exclude: str | Path | None =
     ``segqc predict`` output folder (:func:`~segqc.assess.outputs.is_output_folder`: an earlier run's
     masks and overlays are not patient images) is skipped. Entries named like images that are not
     regular files (broken links, symlink loops, FIFOs) are listed too: reading them fails, so they
-    are reported in ``errors.csv`` rather than silently left out.
+    are reported in ``errors.csv`` rather than silently left out; so is a path that does not exist,
+    when other inputs do (a batch reports its bad items and assesses the rest).
 
     Raises:
-        DataError: an input is neither a file, a folder nor a pattern matching something, or it is
-            named explicitly but lies in a segqc output folder.
+        DataError: no input exists; a pattern matches nothing; or an input is named explicitly but
+            lies in a segqc output folder.
     """
     skip = Path(exclude).resolve() if exclude is not None else None
     found: dict[Path, Path] = {}
+    missing: list[Path] = []
     marked: dict[Path, bool] = {}
 
     def output_folder(folder: Path) -> bool:
@@ -110,7 +112,12 @@ def collect_inputs(inputs: Sequence[str | Path], *, exclude: str | Path | None =
                 else:
                     add(match)
         else:
-            raise DataError(f"{raw}: no such file or folder")
+            missing.append(path)
+    if missing and not found:  # nothing to assess: a usage error, as a typo in the only path usually is
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DataError(f"{missing[0]}: no such file or folder{more}")
+    for path in missing:  # the others are assessed; reading these fails, so errors.csv lists them
+        found.setdefault(resolved(path), path)
     return list(found.values())
 
 
