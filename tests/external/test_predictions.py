@@ -110,6 +110,10 @@ def test_predict_with_a_predictions_folder(fit_bundle_dir, tmp_path):
     ]
     result = CliRunner().invoke(predict, [*args, "--quiet"])
     assert result.exit_code == EXIT_PARTIAL, result.output
+    # The model has its own f: its g is validated only on that f's outputs, which the user is told.
+    assert (
+        "warning: " in result.output and "has its own f, and its g learned that f's errors" in result.output
+    )
     done = _rows(tmp_path / "out" / "quality.csv")
     assert sorted(done) == ["one", "two"]
     mask = np.asarray(Image.open(tmp_path / "out" / "masks" / "two.png"))
@@ -187,6 +191,7 @@ def test_train_and_predict_on_precomputed_outputs(tmp_path):
                                        "--predictions", str(maps), "--quiet"])  # fmt: skip
     assert run.exit_code == 0, run.output
     assert len(_rows(tmp_path / "p" / "quality.csv")) == 3
+    assert "has its own f" not in run.output  # g learned exactly such outputs: no warning
     run = CliRunner().invoke(predict, ["--model", str(out), str(inputs), "--out", str(tmp_path / "q")])
     assert run.exit_code == 2 and "has no f to run" in run.output
     run = CliRunner().invoke(export, ["--model", str(out), "--out", str(tmp_path / "e")])

@@ -148,10 +148,19 @@ def predict(
         raise BundleError(
             f"{model}: --backend {backend} but the folder is {kind}; without --backend the folder decides"
         )
-    if predictions is None and getattr(getattr(loaded, "segmenter", None), "precomputed", False):
+    has_own_f = not getattr(getattr(loaded, "segmenter", None), "precomputed", False)
+    if predictions is None and not has_own_f:
         raise click.UsageError(
             f"{model} was trained on precomputed outputs and has no f to run: give them with "
             "--predictions DIR"
+        )
+    if predictions is not None and has_own_f:
+        # Legitimate for this f's own outputs computed elsewhere; unvalidated for another model's.
+        click.echo(
+            f"warning: {model} has its own f, and its g learned that f's errors: judge with it only "
+            "outputs of that same f (for another segmentation model's, train a model on its outputs: "
+            "segqc train --predictions)",
+            err=True,
         )
     try:
         paths = collect_inputs(inputs, exclude=out)
