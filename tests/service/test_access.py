@@ -284,5 +284,7 @@ def test_audit_log_that_cannot_be_written_fails_closed(audited, monkeypatch):
 def test_audit_log_that_cannot_be_opened_stops_the_start(bundle, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with pytest.raises(SegQCError, match="cannot open the audit log"):
+    with pytest.raises(SegQCError, match=r"cannot create the audit log: .*file is a file, not a folder"):
         create_app(bundle, audit_log=blocker / "audit.jsonl", warmup=False)
+    with pytest.raises(SegQCError, match=r"cannot open the audit log for appending \(Is a directory\)"):
+        create_app(bundle, audit_log=tmp_path, warmup=False)

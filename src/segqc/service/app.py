@@ -256,10 +256,13 @@ def create_app(
 
 
 def _open_audit_log(path: str | Path) -> AuditLog:
+    blocker = next((p for p in Path(path).parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:  # mkdir would say only "File exists"
+        raise SegQCError(f"{path}: cannot create the audit log: {blocker} is a file, not a folder")
     try:
         return AuditLog(path)
     except OSError as err:
-        detail = f"{path}: cannot open the audit log for appending ({type(err).__name__}: {err})"
+        detail = f"{path}: cannot open the audit log for appending ({err.strerror or err})"
         raise SegQCError(detail) from None
 
 
