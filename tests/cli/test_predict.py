@@ -191,6 +191,8 @@ def test_interrupted_run_leaves_whole_files_and_resumes(model, inputs, tmp_path,
     check_complete(out, done)
     for png in out.rglob("*.png"):
         Image.open(png).load()
+    page = (out / "report.html").read_text()  # the review page shows what was finished
+    assert all(id_ in page for id_ in done) and not any(id_ in page for id_ in set(GOOD) - done)
 
     monkeypatch.setattr(segqc.assess.outputs, "_png_bytes", real)
     again = run_predict(model, out, str(inputs))

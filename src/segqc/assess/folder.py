@@ -226,77 +226,13 @@ def _assess_locked(
     reader = None  # the model's method, reading out the precomputed outputs
     if predictions is not None:
         predictions.expect(ids)  # so that <id>_s0.npy of an image "<id>_s0" is not read as a sample of <id>
-    with tqdm(total=len(todo), desc="assess", unit="image", disable=not progress) as bar:
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
-            began = time.perf_counter()
-            images, digests, good, maps = [], [], [], []
-            for k in chunk:
-                try:
-                    loaded = load_input(paths[k])
-                    if predictions is not None:
-                        try:
-                            kind = predictions.kind(ids[k])
-                            if kind is not None:
-                                check_method(kind, model.method)
-                            stack = predictions.load(ids[k], loaded.rgb.shape[:2])
-                            if reader is None:
-                                reader = precomputed_method(model.method, model.config.get("method_params"))
-                            try:
-                                reader.check_precomputed(stack)
-                            except DataError as err:
-                                raise DataError(f"{predictions.folder}: {ids[k]!r}: {err}") from None
-                            maps.append(stack)
-                        except DataError as err:
-                            err.sha256 = loaded.sha256  # type: ignore[attr-defined]
-                            raise
-                except DataError as err:
-                    error = {"id": ids[k], "source": sources[k], "reason": str(err)}
-                    errors.append(error)
-                    old_errors[sources[k]] = error
-                    log(k, input_sha256=getattr(err, "sha256", None), image_size=None,
-                        predicted_jaccard=None, jaccard_lower=None, decision="error", reason=str(err),
-                        latency_ms=None)  # fmt: skip
-                    continue
-                images.append(loaded.rgb)
-                digests.append(loaded.sha256)
-                good.append(k)
-            given = maps if predictions is not None else None
-            results = assess_images(
-                model, images, [ids[k] for k in good], batch_size=batch_size, probabilities=given
-            )
-            latency = (time.perf_counter() - began) * 1000 / max(len(chunk), 1)
-            for k, rgb, digest, a in zip(good, images, digests, results):
-                # Logged before the decision reaches quality.csv: no decision is ever shown unlogged.
-                log(k, input_sha256=digest, image_size=list(rgb.shape[:2]),
-                    predicted_jaccard=a.predicted_jaccard, jaccard_lower=a.jaccard_lower,
-                    decision=a.decision, reason=a.reason, latency_ms=round(latency, 3))  # fmt: skip
-                uncertainty_rgb = heatmap(a.uncertainty, vmax)
-                overlay = mask_overlay(rgb, a.mask)
-                write_png(out / "masks" / f"{a.id}.png", a.mask * np.uint8(255))
-                write_png(out / "uncertainty" / f"{a.id}.png", uncertainty_rgb)
-                write_png(out / "overlays" / f"{a.id}.png", overlay)
-                rows[a.id] = {**_format_row(a), "source": sources[k], "input_sha256": digest}
-                old_errors.pop(sources[k], None)
-                assessed.append(a.id)
-                if report:
-                    cases[a.id] = ReviewCase(
-                        **_case_fields(rows[a.id]), image=thumbnail(rgb), overlay=thumbnail(overlay),
-                        uncertainty=thumbnail(uncertainty_rgb),
-                    )  # fmt: skip
-            bar.update(len(chunk))
-            write_csv(quality_csv, QUALITY_COLUMNS, list(rows.values()))
-            write_csv(errors_csv, ERROR_COLUMNS, list(old_errors.values()))
-    write_csv(quality_csv, QUALITY_COLUMNS, list(rows.values()))
-    write_csv(errors_csv, ERROR_COLUMNS, list(old_errors.values()))
 
-    summary = PredictSummary(out, assessed, skipped, errors, list(rows.values()), list(old_errors.values()))
-    if report:
+    def review_page() -> Path:
         for id_, row in rows.items():
             if id_ not in cases:
                 cases[id_] = _case_from_disk(out, row)
         rule = (model.config.get("threshold_rule") or {}).get("description", "")
-        summary.report = write_review_page(
+        return write_review_page(
             out / "report.html",
             list(cases.values()),
             errors=[(e["source"], e["reason"]) for e in old_errors.values()],
@@ -304,6 +240,85 @@ def _assess_locked(
             subtitle=f"model {model.path.name}: method {model.method}, refer when predicted Jaccard < "
             f"{model.threshold:g}" + (f" ({rule})" if rule else ""),
         )
+
+    try:
+        with tqdm(total=len(todo), desc="assess", unit="image", disable=not progress) as bar:
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start : start + batch_size]
+                began = time.perf_counter()
+                images, digests, good, maps = [], [], [], []
+                for k in chunk:
+                    try:
+                        loaded = load_input(paths[k])
+                        if predictions is not None:
+                            try:
+                                kind = predictions.kind(ids[k])
+                                if kind is not None:
+                                    check_method(kind, model.method)
+                                stack = predictions.load(ids[k], loaded.rgb.shape[:2])
+                                if reader is None:
+                                    reader = precomputed_method(
+                                        model.method, model.config.get("method_params")
+                                    )
+                                try:
+                                    reader.check_precomputed(stack)
+                                except DataError as err:
+                                    raise DataError(f"{predictions.folder}: {ids[k]!r}: {err}") from None
+                                maps.append(stack)
+                            except DataError as err:
+                                err.sha256 = loaded.sha256  # type: ignore[attr-defined]
+                                raise
+                    except DataError as err:
+                        error = {"id": ids[k], "source": sources[k], "reason": str(err)}
+                        errors.append(error)
+                        old_errors[sources[k]] = error
+                        log(k, input_sha256=getattr(err, "sha256", None), image_size=None,
+                            predicted_jaccard=None, jaccard_lower=None, decision="error", reason=str(err),
+                            latency_ms=None)  # fmt: skip
+                        continue
+                    images.append(loaded.rgb)
+                    digests.append(loaded.sha256)
+                    good.append(k)
+                given = maps if predictions is not None else None
+                results = assess_images(
+                    model, images, [ids[k] for k in good], batch_size=batch_size, probabilities=given
+                )
+                latency = (time.perf_counter() - began) * 1000 / max(len(chunk), 1)
+                for k, rgb, digest, a in zip(good, images, digests, results):
+                    # Logged before the decision reaches quality.csv: no decision is ever shown unlogged.
+                    log(k, input_sha256=digest, image_size=list(rgb.shape[:2]),
+                        predicted_jaccard=a.predicted_jaccard, jaccard_lower=a.jaccard_lower,
+                        decision=a.decision, reason=a.reason, latency_ms=round(latency, 3))  # fmt: skip
+                    uncertainty_rgb = heatmap(a.uncertainty, vmax)
+                    overlay = mask_overlay(rgb, a.mask)
+                    write_png(out / "masks" / f"{a.id}.png", a.mask * np.uint8(255))
+                    write_png(out / "uncertainty" / f"{a.id}.png", uncertainty_rgb)
+                    write_png(out / "overlays" / f"{a.id}.png", overlay)
+                    rows[a.id] = {**_format_row(a), "source": sources[k], "input_sha256": digest}
+                    old_errors.pop(sources[k], None)
+                    assessed.append(a.id)
+                    if report:
+                        cases[a.id] = ReviewCase(
+                            **_case_fields(rows[a.id]), image=thumbnail(rgb), overlay=thumbnail(overlay),
+                            uncertainty=thumbnail(uncertainty_rgb),
+                        )  # fmt: skip
+                bar.update(len(chunk))
+                write_csv(quality_csv, QUALITY_COLUMNS, list(rows.values()))
+                write_csv(errors_csv, ERROR_COLUMNS, list(old_errors.values()))
+    except KeyboardInterrupt:
+        # Keep every finished image (a row is added only once its files are written) in quality.csv
+        # and the review page, then stop; a rerun assesses the rest.
+        write_csv(quality_csv, QUALITY_COLUMNS, list(rows.values()))
+        write_csv(errors_csv, ERROR_COLUMNS, list(old_errors.values()))
+        if report:
+            review_page()
+        raise
+    write_csv(quality_csv, QUALITY_COLUMNS, list(rows.values()))
+    write_csv(errors_csv, ERROR_COLUMNS, list(old_errors.values()))
+
+    summary = PredictSummary(out, assessed, skipped, errors, list(rows.values()), list(old_errors.values()))
+    if report:
+        summary.report = review_page()
     return summary
 
 

@@ -7,7 +7,7 @@ Every command reports the errors a user can cause as one line ``error: <message>
 * 1: an error segqc explains (bad data, bad model file, unknown method, unwritable output folder,
   disk full, ...);
 * 2: bad usage (unknown option, bad value, bad ``--method-param``);
-* 3: ``segqc predict`` finished but some inputs could not be read (listed in ``errors.csv``; the
+* 3: ``segqc predict`` finished but some inputs could not be assessed (listed in ``errors.csv``; the
   others were assessed);
 * 130: interrupted (Ctrl-C).
 
@@ -40,7 +40,7 @@ EPILOG = (
     "  0    success\n"
     f"  {EXIT_ERROR}    an error segqc explains (bad data, bad model file, unwritable output, ...)\n"
     f"  {EXIT_USAGE}    bad usage (unknown option, bad value)\n"
-    f"  {EXIT_PARTIAL}    segqc predict finished but some inputs could not be read\n"
+    f"  {EXIT_PARTIAL}    segqc predict finished but some inputs could not be assessed\n"
     f"  {EXIT_INTERRUPTED}  interrupted (Ctrl-C)"
 )
 

@@ -30,7 +30,7 @@ from segqc.errors import SegQCError, SegQCWarning
 EXIT_OK = 0
 EXIT_ERROR = 1  # an error segqc explains: bad data, bad model file, unwritable output, ...
 EXIT_USAGE = 2  # bad usage: unknown option, bad value (click's own code)
-EXIT_PARTIAL = 3  # ``segqc predict`` finished but some inputs could not be read
+EXIT_PARTIAL = 3  # ``segqc predict`` finished but some inputs could not be assessed
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 
 DEVICES = ("auto", "cpu", "cuda")

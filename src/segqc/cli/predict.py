@@ -116,7 +116,7 @@ def predict(
     OUT accumulates: re-running skips the images already done (unless the file changed) and adds
     new ones, each once. One run at a time may use OUT; a second is refused.
     \b
-    Exit codes: 0 all assessed, 3 some inputs could not be read (see errors.csv; the
+    Exit codes: 0 all assessed, 3 some inputs could not be assessed (see errors.csv; the
     others were assessed), 1 an error such as a bad model folder, 2 bad usage.
 
     --model is a bundle (f and g run in PyTorch), a shipped model's name (a bundle inside the
