@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/paired_rows.py RESULTS_A.json:ROW_A RESULTS_B.json:ROW_B [--label-a A --label-b B]
+        [--seeds 0,1,2]
 
 Two rows that cannot share one experiment (e.g. ``mcdropout`` with two ``placement`` settings) are
 compared with :func:`segqc.metrics.bootstrap.bootstrap_rows`, as ``segqc experiment`` compares a row
@@ -25,14 +26,22 @@ from segqc.metrics.bootstrap import bootstrap_rows
 from segqc.report import TABLE_COLUMNS, format_value
 
 
-def load_row(spec: str) -> tuple[list[str], list[int], np.ndarray, np.ndarray]:
+def load_row(
+    spec: str, seeds: list[int] | None = None
+) -> tuple[list[str], list[int], np.ndarray, np.ndarray]:
+    """Test ids, seeds and per-seed ``(predicted, true)`` Jaccard of ``RESULTS.json:ROW`` (only
+    ``seeds``, in that order, if given)."""
     path, _, row = spec.rpartition(":")
     results = json.loads(Path(path).read_text())
-    entry = results["per_image_by_row"][row]
-    seeds = [s["seed"] for s in entry["per_seed"]]
-    predicted = np.array([s["predicted_jaccard"] for s in entry["per_seed"]])
-    true = np.array([s["true_jaccard"] for s in entry["per_seed"]])
-    return results["data"]["test_ids"], seeds, predicted, true
+    per_seed = {s["seed"]: s for s in results["per_image_by_row"][row]["per_seed"]}
+    if seeds is not None:
+        absent = [s for s in seeds if s not in per_seed]
+        if absent:
+            sys.exit(f"error: {spec} has no seed {absent[0]} (it has {sorted(per_seed)})")
+        per_seed = {s: per_seed[s] for s in seeds}
+    predicted = np.array([s["predicted_jaccard"] for s in per_seed.values()])
+    true = np.array([s["true_jaccard"] for s in per_seed.values()])
+    return results["data"]["test_ids"], list(per_seed), predicted, true
 
 
 def cell(entry: dict, percent: bool, signed: bool = False) -> str:
@@ -50,9 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("b")
     ap.add_argument("--label-a", default="A")
     ap.add_argument("--label-b", default="B")
+    ap.add_argument(
+        "--seeds", default=None, help="Comma-separated seeds to compare (default: all; both runs need them)."
+    )
     args = ap.parse_args(argv)
-    ids_a, seeds_a, p_a, t_a = load_row(args.a)
-    ids_b, seeds_b, p_b, t_b = load_row(args.b)
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    ids_a, seeds_a, p_a, t_a = load_row(args.a, seeds)
+    ids_b, seeds_b, p_b, t_b = load_row(args.b, seeds)
     if ids_a != ids_b or seeds_a != seeds_b:
         sys.exit("error: the two rows are not on the same test images and seeds")
     res = bootstrap_rows({args.label_a: (p_a, t_a), args.label_b: (p_b, t_b)}, baseline=args.label_b)

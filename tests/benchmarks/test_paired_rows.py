@@ -42,3 +42,11 @@ def test_rows_on_different_images_are_refused(paired, tmp_path):
     other.write_text(json.dumps(results))
     with pytest.raises(SystemExit, match="not on the same test images"):
         paired.main([f"{RUNS / 'center' / 'results.json'}:msp", f"{other}:msp"])
+
+
+def test_seeds_select_the_same_seeds_on_both_sides(paired, capsys):
+    row = f"{RUNS / 'center' / 'results.json'}:msp"
+    assert paired.main([row, row, "--seeds", "1"]) == 0
+    assert capsys.readouterr().out.startswith("600 test images, seeds [1],")
+    with pytest.raises(SystemExit, match="has no seed 7"):
+        paired.main([row, row, "--seeds", "0,7"])
