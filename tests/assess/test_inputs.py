@@ -109,6 +109,18 @@ def test_a_fifo_named_like_an_image_is_an_error_not_a_hang(tmp_path):
     assert result and "not a regular file" in result[0]
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX FIFOs")
+def test_an_existing_fifo_or_broken_link_named_alone_is_listed_not_called_missing(tmp_path):
+    # "scan.png: no such file or folder" was said of a FIFO (or /dev/zero) that is there.
+    fifo, link = tmp_path / "scan.png", tmp_path / "gone.png"
+    os.mkfifo(fifo)
+    link.symlink_to(tmp_path / "nowhere.png")
+    assert collect_inputs([fifo]) == [fifo]
+    assert collect_inputs([link]) == [link]
+    assert "not a regular file" in _error_of(fifo)
+    assert "No such file" in _error_of(link)
+
+
 def _error_of(path: Path) -> str:
     try:
         load_input(path)

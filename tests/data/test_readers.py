@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -8,7 +9,16 @@ import pytest
 from PIL import Image
 
 from segqc.data.dataset import load_folder, load_split
-from segqc.data.readers import find_pairs, read_image, read_mask, read_pair, read_protocol
+from segqc.data.readers import (
+    INPUT_FORMATS,
+    find_pairs,
+    identify_format,
+    open_image,
+    read_image,
+    read_mask,
+    read_pair,
+    read_protocol,
+)
 from segqc.errors import DataError, SegQCWarning
 from tests.conftest import write_mask, write_rgb
 
@@ -160,3 +170,46 @@ def test_real_isic_layout(isic_root):
     assert set(np.unique(data.masks)) <= {0, 1} and data.masks.any()
     image, mask = read_pair(pairs[ids[0]])
     assert image.shape == (224, 224, 3) and mask.shape == (224, 224)
+
+
+def _ico_bytes() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(buf, "ICO", sizes=[(32, 32)])
+    return buf.getvalue()
+
+
+_EPS = (
+    b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n"
+    b"newpath 0 0 moveto 10 10 lineto stroke showpage\n%%EOF\n"
+)
+
+
+@pytest.mark.parametrize(("data", "fmt"), [(_ico_bytes(), "ICO"), (_EPS, "EPS")])
+def test_identify_format_decodes_nothing(monkeypatch, tmp_path, data, fmt):
+    # Pillow's ICO plugin decodes its largest icon (up to Pillow's own pixel limit) when merely opened,
+    # and EPS decodes through Ghostscript: naming a refused format must run neither decoder.
+    from PIL import EpsImagePlugin, ImageFile
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    monkeypatch.setattr(Image.Image, "load", no_decoding)
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", no_decoding)
+    (tmp_path / "x.png").write_bytes(data)
+    assert identify_format(io.BytesIO(data)) == fmt
+    assert identify_format(tmp_path / "x.png") == fmt
+    with pytest.raises(DataError, match=f"{fmt} images are not accepted"):
+        open_image(tmp_path / "x.png", "x.png", formats=INPUT_FORMATS)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF", "GIF"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_accepted_format_cut_in_its_header_cannot_be_read(tmp_path, fmt, stream):
+    # A PNG cut short in its header is a damaged PNG, not "no known image format".
+    buf = io.BytesIO()
+    Image.new("RGB", (20, 10)).save(buf, fmt)
+    (tmp_path / "cut.img").write_bytes(buf.getvalue()[:12])
+    source = io.BytesIO(buf.getvalue()[:12]) if stream else tmp_path / "cut.img"
+    with pytest.raises(DataError, match=rf"cut\.img: cannot read image: it starts like a {fmt} file"):
+        open_image(source, "cut.img", formats=INPUT_FORMATS)

@@ -240,6 +240,24 @@ def test_serve_on_a_taken_port_is_one_error_line_before_the_model_loads(bundle_d
     assert f"error: cannot listen on 127.0.0.1:{port}" in result.output and "Traceback" not in result.output
 
 
+def test_serve_on_a_machine_without_ipv6_names_the_address(monkeypatch):
+    # socket.socket(AF_INET6) itself fails there: the error named no address ("Address family ...").
+    import errno
+    import socket
+
+    from segqc.cli.serve import free_port_to_listen
+
+    def no_ipv6(family=socket.AF_INET, *args, **kwargs):
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        return real(family, *args, **kwargs)
+
+    real = socket.socket
+    monkeypatch.setattr(socket, "socket", no_ipv6)
+    with pytest.raises(SegQCError, match=r"cannot listen on ::1:8000: Address family not supported"):
+        free_port_to_listen("::1", 8000)
+
+
 def test_serve_turns_uvicorns_start_up_failure_into_exit_code_1(bundle_dir, serve_env):
     """A port taken between segqc's check and uvicorn's bind: uvicorn exits 3, which segqc keeps for
     unread inputs; serve says it did not start, with exit code 1."""

@@ -100,7 +100,9 @@ def collect_inputs(inputs: Sequence[str | Path], *, exclude: str | Path | None =
         path = Path(raw)
         if path.is_dir():
             add_folder(path, explicit=True)
-        elif path.is_file():
+        elif path.is_file() or os.path.lexists(path):
+            # Not only regular files: a FIFO, a device or a broken link named here exists, and is
+            # listed (reading it fails, so errors.csv says why) rather than called missing.
             add(path, explicit=True)
         elif _GLOB_CHARS & set(str(raw)):
             matches = sorted(glob.glob(str(raw), recursive=True))

@@ -54,13 +54,13 @@ def free_port_to_listen(host: str, port: int) -> int:
     it and exit with its own status 3), and the start-up line can name the port of ``--port 0``.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn chooses
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
+    try:  # creating the socket fails too, e.g. an IPv6 address on a machine without IPv6
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, port))
-        except OSError as e:
-            raise SegQCError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-        return sock.getsockname()[1]
+            return sock.getsockname()[1]
+    except OSError as e:
+        raise SegQCError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
 def run_uvicorn(uvicorn: Any, app: Any, **kwargs: Any) -> None:

@@ -34,6 +34,30 @@ Image.init()  # register every plugin now, so that ``formats=`` restrictions fin
 #: (Pillow's JPEG plugin also opens the MPO variant that cameras write.)
 INPUT_FORMATS = tuple(f for f in ("PNG", "JPEG", "BMP", "TIFF", "GIF", "WEBP", "PPM") if f in Image.OPEN)
 
+#: Signatures of accepted formats: a file that starts like one but that Pillow cannot identify is a
+#: damaged or truncated image, not a non-image.
+ACCEPTED_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+#: Formats whose Pillow plugin decodes pixels when merely opened (ICO decodes its largest icon, up to
+#: Pillow's pixel limit): :func:`identify_format` names them from their signature instead.
+_DECODED_ON_OPEN = tuple(f for f in ("ICO",) if f in Image.OPEN)
+
+
+def starts_like_accepted(head: bytes) -> str | None:
+    """The accepted format (of :data:`INPUT_FORMATS`) whose signature ``head`` starts with, if any."""
+    for magic, fmt in ACCEPTED_MAGIC:
+        if head.startswith(magic):
+            return fmt
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
 
 @dataclass(frozen=True)
 class Pair:
@@ -91,6 +115,12 @@ def open_image(
         accepted = ", ".join(formats)
         if other is not None:
             raise DataError(f"{name}: {other} images are not accepted (accepted: {accepted})") from None
+        damaged = starts_like_accepted(_head(source))
+        if damaged is not None:  # e.g. a PNG cut short in its header: a bad image, not a non-image
+            raise DataError(
+                f"{name}: cannot read {what}: it starts like a {damaged} file but its header is "
+                "damaged or truncated"
+            ) from None
         raise DataError(f"{name}: not an {what} (its content is no known image format)") from None
     except _DECODE_ERRORS as err:
         raise DataError(f"{name}: cannot read {what} ({type(err).__name__}: {err})") from None
@@ -101,10 +131,32 @@ def identify_format(source: str | Path | BinaryIO) -> str | None:
     """The name of any format Pillow knows that ``source`` is in, from its header only (nothing is
     decoded, so no refused decoder runs); ``None`` if none."""
     try:
-        with Image.open(source) as probe:
+        head = _head(source)
+        for fmt in _DECODED_ON_OPEN:  # named by signature: opening it would decode it
+            accept = Image.OPEN[fmt][1]
+            if accept is not None and accept(head):
+                return fmt
+        others = [f for f in Image.ID if f not in _DECODED_ON_OPEN]
+        with Image.open(source, formats=others) as probe:
             return str(probe.format)
     except Exception:  # noqa: BLE001 - any failure just means "not identified"
         return None
+
+
+def _head(source: str | Path | BinaryIO, size: int = 16) -> bytes:
+    """The first ``size`` bytes of a file or stream (a stream is left where it was); ``b""`` on error."""
+    try:
+        if isinstance(source, (str, Path)):
+            with open(source, "rb") as fh:
+                return fh.read(size)
+        where = source.tell()
+        source.seek(0)
+        try:
+            return source.read(size)
+        finally:
+            source.seek(where)
+    except (OSError, ValueError):
+        return b""
 
 
 def single_frame(img: Image.Image, name: str) -> Image.Image:

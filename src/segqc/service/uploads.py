@@ -26,6 +26,7 @@ from segqc.data.readers import (
     identify_format,
     open_image,
     single_frame,
+    starts_like_accepted,
     to_rgb,
 )
 from segqc.errors import DataError
@@ -39,16 +40,6 @@ DEFAULT_MAX_PIXELS = 40_000_000
 FORMATS = INPUT_FORMATS
 #: Room for the multipart boundaries and part headers on top of the file itself.
 MULTIPART_OVERHEAD = 64 * 1024
-#: Signatures of accepted formats: a file that starts like one but that Pillow cannot identify is a
-#: corrupt image (422), not a non-image (415).
-_MAGIC = (
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-)
 _CHUNK = MiB
 
 
@@ -111,11 +102,9 @@ def probe_upload(data: bytes, name: str, max_pixels: int) -> tuple[str, int, int
     other = identify_format(io.BytesIO(data))
     if other is not None:
         raise HTTPException(415, f"{name}: {other} images are not accepted; send one of {', '.join(FORMATS)}")
-    for magic, fmt in _MAGIC:
-        if data.startswith(magic):
-            raise HTTPException(422, f"{name}: starts like a {fmt} file but its header is corrupt")
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        raise HTTPException(422, f"{name}: starts like a WEBP file but its header is corrupt")
+    damaged = starts_like_accepted(data[:16])
+    if damaged is not None:  # a corrupt image (422), not a non-image (415)
+        raise HTTPException(422, f"{name}: starts like a {damaged} file but its header is corrupt")
     raise HTTPException(
         415, f"{name}: not an image (its content is no known image format); send one of {', '.join(FORMATS)}"
     )
