@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,10 @@ def test_cli_prints_segqc_warnings_as_one_line(tmp_path):
     result = CliRunner().invoke(cli, ["train", "--data", str(root), "--out", str(tmp_path / "m")])
     assert "warning: " in result.output and "case1.jpg" in result.output
     assert "SegQCWarning" not in result.output
+    with warnings.catch_warnings():  # as under python -W error: the warning stops the run, in one line
+        warnings.simplefilter("error", SegQCWarning)
+        result = CliRunner().invoke(cli, ["train", "--data", str(root), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 1 and "error: " in result.output and "Traceback" not in result.output
 
 
 def test_unreadable_and_truncated_image(tmp_path):

@@ -72,7 +72,7 @@ def error_boundary() -> Iterator[None]:
         fail(err.format_message() + hint, err.exit_code)
     except click.ClickException as err:
         fail(err.format_message(), err.exit_code)
-    except SegQCError as err:
+    except (SegQCError, SegQCWarning) as err:  # a warning raised under -W error stops as an error
         fail(str(err), EXIT_ERROR)
     except OSError as err:
         fail(describe_os_error(err), EXIT_ERROR)
