@@ -10,7 +10,7 @@ import pytest
 
 from segqc.assess import collect_inputs, unique_ids
 from segqc.assess.inputs import load_input
-from segqc.errors import DataError
+from segqc.errors import DataError, SegQCWarning
 from tests.conftest import write_rgb
 
 
@@ -47,6 +47,10 @@ def test_collect_inputs_files_folders_globs(tmp_path):
     ]
     with pytest.raises(DataError, match="no file matches"):
         collect_inputs([str(tmp_path / "*.bmp")])
+    # Beside inputs that exist, a pattern matching nothing is a warning ('*.png' and '*.jpg' when all
+    # are JPEGs), not the end of the batch.
+    with pytest.warns(SegQCWarning, match=r"\*\.bmp: no file matches this pattern"):
+        assert collect_inputs([explicit, str(tmp_path / "*.bmp")]) == [explicit]
     assert collect_inputs([Path(tmp_path / "d" / ".hidden")]) == [tmp_path / "d" / ".hidden" / "three.png"]
 
 

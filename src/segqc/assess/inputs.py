@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import stat
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 from segqc.assess.ids import assign_ids
 from segqc.assess.outputs import is_output_folder
 from segqc.data.readers import IMAGE_EXTENSIONS, INPUT_FORMATS, open_image, single_frame, to_rgb
-from segqc.errors import DataError
+from segqc.errors import DataError, SegQCWarning
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -47,13 +48,16 @@ def collect_inputs(inputs: Sequence[str | Path], *, exclude: str | Path | None =
     are reported in ``errors.csv`` rather than silently left out; so is a path that does not exist,
     when other inputs do (a batch reports its bad items and assesses the rest).
 
+    A pattern that matches nothing, beside inputs that do, is a :class:`~segqc.errors.SegQCWarning`.
+
     Raises:
-        DataError: no input exists; a pattern matches nothing; or an input is named explicitly but
-            lies in a segqc output folder.
+        DataError: no input exists (nothing named exists and no pattern matches); or an input is
+            named explicitly but lies in a segqc output folder.
     """
     skip = Path(exclude).resolve() if exclude is not None else None
     found: dict[Path, Path] = {}
     missing: list[Path] = []
+    unmatched: list[str] = []  # patterns
     marked: dict[Path, bool] = {}
 
     def output_folder(folder: Path) -> bool:
@@ -106,8 +110,8 @@ def collect_inputs(inputs: Sequence[str | Path], *, exclude: str | Path | None =
             add(path, explicit=True)
         elif _GLOB_CHARS & set(str(raw)):
             matches = sorted(glob.glob(str(raw), recursive=True))
-            if not matches:
-                raise DataError(f"{raw}: no file matches this pattern")
+            if not matches:  # e.g. 'scans/*.png' beside 'scans/*.jpg' when all are JPEGs
+                unmatched.append(str(raw))
             for match in map(Path, matches):
                 if match.is_dir():
                     add_folder(match)
@@ -115,9 +119,16 @@ def collect_inputs(inputs: Sequence[str | Path], *, exclude: str | Path | None =
                     add(match)
         else:
             missing.append(path)
-    if missing and not found:  # nothing to assess: a usage error, as a typo in the only path usually is
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise DataError(f"{missing[0]}: no such file or folder{more}")
+    if not found and (missing or unmatched):  # nothing to assess: a usage error, as a typo usually is
+        first = (
+            f"{missing[0]}: no such file or folder"
+            if missing
+            else f"{unmatched[0]}: no file matches this pattern"
+        )
+        others = len(missing) + len(unmatched) - 1
+        raise DataError(first + (f" (and {others} more)" if others else ""))
+    for pattern in unmatched:
+        warnings.warn(f"{pattern}: no file matches this pattern", SegQCWarning, stacklevel=2)
     for path in missing:  # the others are assessed; reading these fails, so errors.csv lists them
         found.setdefault(resolved(path), path)
     return list(found.values())
