@@ -70,7 +70,7 @@ TEXT = {
         "judging segmentations made by another model (g learned the errors of this f).",
     ],
     "limits": [
-        "Trained on 1240 ISIC 2017 training images (the rest held out for the gate), one seed. The ISIC "
+        "Trained on {n_train} ISIC 2017 training images (the rest held out for the gate), one seed. The ISIC "
         "archive comes mostly from fair-skinned patients and a limited number of clinical centres and "
         "dermatoscopes; how it does on other populations and devices is not measured.",
         "The guarantees of the gate (out-of-distribution limit, lower bound) hold on average over "
@@ -110,6 +110,7 @@ def evaluate(model_dir: Path, data: str, protocol: str) -> dict[str, Any]:
 
     quality = bootstrap_rows({"model": (q, true)}, threshold=failure, n_resamples=N_RESAMPLES, seed=0)
     lower = np.array([np.nan if r.jaccard_lower is None else r.jaccard_lower for r in results])
+    bounded = ~np.isnan(lower)
     # The protocol's test images come from two official parts (validation, and training images never
     # trained on), which differ in how often f fails: report each, so no part hides behind the mean.
     pairs = find_pairs(data)
@@ -139,7 +140,9 @@ def evaluate(model_dir: Path, data: str, protocol: str) -> dict[str, Any]:
         },
         "lower_bound": {
             "confidence": model.config.get("gate", {}).get("conformal", {}).get("confidence"),
-            "coverage": interval((true >= lower).astype(float), np.mean, draws),
+            # Out-of-distribution and non-finite images get no bound (None): counted out, not as misses.
+            "n_bounded": int(bounded.sum()),
+            "coverage": interval(np.stack([true >= lower, bounded], 1), held_share, draws),
         },
         "by_part": by_part,
         "per_image": {"ids": list(test.ids), "true": true.tolist(), "predicted": q.tolist()},
@@ -159,8 +162,15 @@ def part_summary(
         "auroc": float(auroc),
         "referral_rate": float(referred.mean()),
         "failure_recall": float(referred[failed].mean()) if failed.any() else float("nan"),
-        "lower_bound_coverage": float((true >= lower).mean()),
+        "n_bounded": int((~np.isnan(lower)).sum()),
+        "lower_bound_coverage": held_share(np.stack([true >= lower, ~np.isnan(lower)], 1)),
     }
+
+
+def held_share(rows: np.ndarray) -> float:
+    """Share of the images with a bound (column 1) whose bound held (column 0)."""
+    rows = rows.astype(bool)
+    return float(rows[rows[:, 1], 0].mean()) if rows[:, 1].any() else float("nan")
 
 
 def operating_point(ev: dict[str, Any]) -> str:
@@ -184,7 +194,7 @@ def parts_limit(ev: dict[str, Any]) -> str:
     each = "; ".join(
         f"{name} ({p['n']} images): {100 * p['failure_rate']:.1f}% failures, "
         f"{100 * p['failure_recall']:.1f}% of them referred, "
-        f"bound held for {100 * p['lower_bound_coverage']:.1f}%"
+        f"bound held for {100 * p['lower_bound_coverage']:.1f}% of the {p['n_bounded']} with one"
         for name, p in parts.items()
     )
     return (
@@ -270,7 +280,11 @@ def main(argv: list[str] | None = None) -> int:
             "referral.referral_rate": round(ev["gate"]["referral_rate"]["estimate"], 4),
             "referral.failure_recall": round(ev["gate"]["failure_recall"]["estimate"], 4),
         },
-        "limits": [*TEXT["limits"], operating_point(ev), parts_limit(ev)],
+        "limits": [
+            *(x.format(n_train=bundle["data"].get("n_train")) for x in TEXT["limits"]),
+            operating_point(ev),
+            parts_limit(ev),
+        ],
         "card": args.doc.as_posix(),
     }
     write_json(args.model / "card.json", card)
@@ -282,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render(card: dict[str, Any], ev: dict[str, Any], plot: str, bundle: dict[str, Any], command: str) -> str:
-    seg, gate, quality = ev["segmentation"], ev["gate"], ev["quality"]
+    seg, gate, quality, data = ev["segmentation"], ev["gate"], ev["quality"], bundle["data"]
     lines = [
         f"# Model card: `{card['name']}`",
         "",
@@ -307,11 +321,12 @@ def render(card: dict[str, Any], ev: dict[str, Any], plot: str, bundle: dict[str
         "",
         "## Data",
         "",
-        f"ISIC 2017 Part 1, protocol isic2017-600: trained on {bundle['data'].get('n_train')} of the "
-        "protocol's 1550 training images "
-        f"(the other 20% held out for the gate: out-of-distribution limit, lower-bound margin, fitness), "
-        f"evaluated on its {ev['n_test']} test images (150 official validation images + 450 official "
-        "training images never used for training), at the data's 224 x 224 px.",
+        f"ISIC 2017 Part 1, protocol isic2017-600: trained on {data['n_train']} of the protocol's "
+        f"{data['n_train'] + data['n_calibration']} training images "
+        f"(the other {data['n_calibration']} held out for the gate: out-of-distribution limit, lower-bound "
+        f"margin, fitness), evaluated on its {ev['n_test']} test images ("
+        + " + ".join(f"{p['n']} from {name}" for name, p in ev["by_part"].items())
+        + "; none used for training), at the data's 224 x 224 px.",
         "",
         "## Training",
         "",
@@ -340,7 +355,8 @@ def render(card: dict[str, Any], ev: dict[str, Any], plot: str, bundle: dict[str
         f"## Lower bound of the Jaccard (stated confidence {100 * ev['lower_bound']['confidence']:.0f}%)",
         "",
         "`jaccard_lower` in `quality.csv` held (true Jaccard at or above it) for "
-        f"{fmt(ev['lower_bound']['coverage'], True)}% of the test images.",
+        f"{fmt(ev['lower_bound']['coverage'], True)}% of the {ev['lower_bound']['n_bounded']} test images "
+        "that have one (out-of-distribution images get none).",
         "",
         "## By part of the test set",
         "",
@@ -348,12 +364,12 @@ def render(card: dict[str, Any], ev: dict[str, Any], plot: str, bundle: dict[str
         "trained on; they differ (no intervals: the parts are small).",
         "",
         "| Official folder | Images | Jaccard | Failures (%) | AUROC (%) | Referred (%) "
-        "| Failures referred (%) | Bound held (%) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| Failures referred (%) | With a bound | Bound held (%) |",
+        "|---|---|---|---|---|---|---|---|---|",
         *[
             f"| {name} | {p['n']} | {p['jaccard_mean']:.3f} | {100 * p['failure_rate']:.1f} | "
             f"{100 * p['auroc']:.1f} | {100 * p['referral_rate']:.1f} | {100 * p['failure_recall']:.1f} | "
-            f"{100 * p['lower_bound_coverage']:.1f} |"
+            f"{p['n_bounded']} | {100 * p['lower_bound_coverage']:.1f} |"
             for name, p in ev["by_part"].items()
         ],
         "",

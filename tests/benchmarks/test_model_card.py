@@ -35,6 +35,12 @@ def test_the_card_is_generated_from_the_model_run_on_test_images(tmp_path):
     assert card["metrics"]["segmentation.jaccard_mean"] == round(
         evaluation["segmentation"]["jaccard"]["estimate"], 4
     )
+    # The bound's coverage counts only images that have a bound (OOD ones get none), part by part too.
+    bound = evaluation["lower_bound"]
+    assert 0 <= bound["n_bounded"] <= n and bound["confidence"] == 0.9
+    assert sum(p["n"] for p in evaluation["by_part"].values()) == n
+    assert sum(p["n_bounded"] for p in evaluation["by_part"].values()) == bound["n_bounded"]
     text = doc.read_text()
+    assert f"of the {bound['n_bounded']} test images that have one" in text
     assert "| Segmentation Jaccard (mean) |" in text and "isic2017-calibration.png" in text
     assert (doc.parent / "isic2017-calibration.png").stat().st_size > 1000

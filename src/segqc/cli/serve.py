@@ -65,7 +65,8 @@ def free_port_to_listen(host: str, port: int) -> int:
 
 def run_uvicorn(uvicorn: Any, app: Any, **kwargs: Any) -> None:
     """``uvicorn.run``, with its start-up failure (e.g. the port taken since it was checked) as one
-    error line and exit code 1 instead of uvicorn's status 3 (which segqc uses for unread inputs)."""
+    error line and exit code 1 instead of uvicorn's status 3 (segqc's code for inputs that could not
+    be assessed)."""
     try:
         uvicorn.run(app, **kwargs)
     except SystemExit as e:
