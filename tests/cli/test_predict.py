@@ -278,3 +278,10 @@ def test_interrupt_is_exit_130(model, tmp_path, monkeypatch):
     result = run_predict(model, tmp_path / "o", str(tmp_path / "x.png"))
     # The tiny test model is unfit (forced), so a warning line comes first.
     assert result.exit_code == 130 and result.stderr.strip().splitlines()[-1] == "error: interrupted"
+
+
+def test_threads_on_a_pytorch_bundle_is_said_to_have_no_effect(model, tmp_path):
+    Image.fromarray(_rgb(20, 20, 1)).save(tmp_path / "x.png")
+    result = run_predict(model, tmp_path / "o", str(tmp_path / "x.png"), "--threads", "2")
+    assert result.exit_code == 0, result.output
+    assert "warning: --threads is for ONNX exports" in result.stderr

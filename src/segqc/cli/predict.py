@@ -143,6 +143,8 @@ def predict(
     given = {"device": device, "threads": threads, "seed": seed}
     loaded = load_model(model, trusted_key=trusted_key, **{k: v for k, v in given.items() if v is not None})
     warn_if_unfit(loaded)
+    if threads is not None and loaded.backend != "onnx":
+        click.echo(f"warning: --threads is for ONNX exports; {model} runs with PyTorch's threads", err=True)
     if backend is not None and loaded.backend != backend:
         kind = KINDS.get(loaded.backend, loaded.backend)
         raise BundleError(
