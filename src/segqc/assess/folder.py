@@ -227,6 +227,10 @@ def _assess_locked(
     if predictions is not None:
         predictions.expect(ids)  # so that <id>_s0.npy of an image "<id>_s0" is not read as a sample of <id>
 
+    def save_tables() -> None:
+        write_csv(quality_csv, QUALITY_COLUMNS, list(rows.values()))
+        write_csv(errors_csv, ERROR_COLUMNS, list(old_errors.values()))
+
     def review_page() -> Path:
         for id_, row in rows.items():
             if id_ not in cases:
@@ -303,18 +307,15 @@ def _assess_locked(
                             uncertainty=thumbnail(uncertainty_rgb),
                         )  # fmt: skip
                 bar.update(len(chunk))
-                write_csv(quality_csv, QUALITY_COLUMNS, list(rows.values()))
-                write_csv(errors_csv, ERROR_COLUMNS, list(old_errors.values()))
+                save_tables()
     except KeyboardInterrupt:
         # Keep every finished image (a row is added only once its files are written) in quality.csv
         # and the review page, then stop; a rerun assesses the rest.
-        write_csv(quality_csv, QUALITY_COLUMNS, list(rows.values()))
-        write_csv(errors_csv, ERROR_COLUMNS, list(old_errors.values()))
+        save_tables()
         if report:
             review_page()
         raise
-    write_csv(quality_csv, QUALITY_COLUMNS, list(rows.values()))
-    write_csv(errors_csv, ERROR_COLUMNS, list(old_errors.values()))
+    save_tables()
 
     summary = PredictSummary(out, assessed, skipped, errors, list(rows.values()), list(old_errors.values()))
     if report:
