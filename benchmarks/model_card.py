@@ -16,8 +16,9 @@ their expert masks at that resolution:
 - the gate at the model's threshold: referral rate, failure recall (failures referred), failures that
   passed, share referred as out-of-distribution;
 
-each with a 95% percentile bootstrap interval over the test images (2000 resamples, seed 0; the model
-is one trained network, so there is no seed-to-seed spread in it). Writes the model folder's
+each with a 95% interval over the test images, the estimate +- 1.96 bootstrap standard errors (2000
+resamples, seed 0; :func:`segqc.metrics.bootstrap.seed_image_interval`; the model is one trained
+network, so there is no seed-to-seed spread in it). Writes the model folder's
 ``card.json`` (what ``segqc models`` shows), the Markdown card ``--doc`` and its calibration plot
 (predicted against true Jaccard) beside it.
 """
@@ -38,7 +39,7 @@ from segqc.data.splits import load_train_test
 from segqc.experiment.report import format_interval
 from segqc.gate import OUT_OF_DISTRIBUTION
 from segqc.metrics import QUALITY_KEYS, quality_metrics
-from segqc.metrics.bootstrap import bootstrap_rows, percentile_interval, resample_indices
+from segqc.metrics.bootstrap import bootstrap_rows, resample_indices, seed_image_interval
 from segqc.metrics.segmentation import jaccard
 from segqc.report import TABLE_COLUMNS, format_value
 from segqc.runtime import load_model
@@ -82,10 +83,12 @@ TEXT = {
 
 
 def interval(values: np.ndarray, stat: Any, draws: np.ndarray) -> dict[str, float]:
-    """Estimate and percentile interval of ``stat`` over the rows of ``draws`` (bootstrap indices)."""
+    """Estimate and interval of ``stat`` (a proportion) over the rows of ``draws`` (bootstrap indices),
+    as the quality metrics' intervals are made."""
     reps = np.array([stat(values[d]) for d in draws])
-    low, high, _ = percentile_interval(reps, CONFIDENCE)
-    return {"estimate": float(stat(values)), "low": low, "high": high}
+    estimate = float(stat(values))
+    one = seed_image_interval(estimate, reps, np.array([estimate]), CONFIDENCE, (0.0, 1.0))
+    return {"estimate": estimate, "low": one["low"], "high": one["high"]}
 
 
 def evaluate(model_dir: Path, data: str, protocol: str) -> dict[str, Any]:
@@ -101,7 +104,7 @@ def evaluate(model_dir: Path, data: str, protocol: str) -> dict[str, Any]:
     ood = np.array([OUT_OF_DISTRIBUTION in r.reason for r in results])
     failure = float(model.config.get("failure_jaccard") or 0.7)
     failed = true < failure
-    draws, _ = resample_indices(len(true), n_resamples=N_RESAMPLES, seed=0)  # the draws of the quality rows
+    draws = resample_indices(len(true), n_resamples=N_RESAMPLES, seed=0)  # the draws of the quality rows
 
     both = np.stack([referred, failed], 1)
 

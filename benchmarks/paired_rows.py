@@ -8,8 +8,9 @@ Usage::
 Two rows that cannot share one experiment (e.g. ``mcdropout`` with two ``placement`` settings) are
 compared with :func:`segqc.metrics.bootstrap.bootstrap_rows`, as ``segqc experiment`` compares a row
 with its baseline: both runs must hold every seed's per-image values for the same test ids and
-seeds; the same resampled images and seeds enter both sides. Prints a Markdown table: each row's
-metrics with 95% intervals, and the difference A - B with its interval (``*``: excludes zero).
+seeds and failure threshold; the same resampled images and seeds enter both sides. Prints a Markdown
+table: each row's metrics with 95% intervals, and the difference A - B with its interval (``*``:
+excludes zero).
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ from segqc.report import TABLE_COLUMNS, format_value
 
 def load_row(
     spec: str, seeds: list[int] | None = None
-) -> tuple[list[str], list[int], np.ndarray, np.ndarray]:
-    """Test ids, seeds and per-seed ``(predicted, true)`` Jaccard of ``RESULTS.json:ROW`` (only
-    ``seeds``, in that order, if given)."""
+) -> tuple[list[str], list[int], float, np.ndarray, np.ndarray]:
+    """Test ids, seeds, failure threshold and per-seed ``(predicted, true)`` Jaccard of
+    ``RESULTS.json:ROW`` (only ``seeds``, in that order, if given)."""
     path, _, row = spec.rpartition(":")
     results = json.loads(Path(path).read_text())
     per_seed = {s["seed"]: s for s in results["per_image_by_row"][row]["per_seed"]}
@@ -41,7 +42,8 @@ def load_row(
         per_seed = {s: per_seed[s] for s in seeds}
     predicted = np.array([s["predicted_jaccard"] for s in per_seed.values()])
     true = np.array([s["true_jaccard"] for s in per_seed.values()])
-    return results["data"]["test_ids"], list(per_seed), predicted, true
+    threshold = float(results["config"]["threshold"])
+    return results["data"]["test_ids"], list(per_seed), threshold, predicted, true
 
 
 def cell(entry: dict, percent: bool, signed: bool = False) -> str:
@@ -64,12 +66,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
-    ids_a, seeds_a, p_a, t_a = load_row(args.a, seeds)
-    ids_b, seeds_b, p_b, t_b = load_row(args.b, seeds)
+    ids_a, seeds_a, threshold_a, p_a, t_a = load_row(args.a, seeds)
+    ids_b, seeds_b, threshold_b, p_b, t_b = load_row(args.b, seeds)
     if ids_a != ids_b or seeds_a != seeds_b:
         sys.exit("error: the two rows are not on the same test images and seeds")
-    res = bootstrap_rows({args.label_a: (p_a, t_a), args.label_b: (p_b, t_b)}, baseline=args.label_b)
-    print(f"{len(ids_a)} test images, seeds {seeds_a}, {res['n_resamples']} paired bootstrap resamples")
+    if threshold_a != threshold_b:
+        sys.exit(f"error: the two runs have different failure thresholds ({threshold_a:g}, {threshold_b:g})")
+    res = bootstrap_rows(
+        {args.label_a: (p_a, t_a), args.label_b: (p_b, t_b)}, threshold=threshold_a, baseline=args.label_b
+    )
+    print(
+        f"{len(ids_a)} test images, seeds {seeds_a}, threshold {threshold_a:g}; 95% intervals: "
+        f"estimate ± t × se, se² = bootstrap variance over the test images ({res['n_resamples']} "
+        "paired resamples) + seed-to-seed variance / seeds"
+    )
     print()
     print("| | " + " | ".join(label for _, label, _ in TABLE_COLUMNS) + " |")
     print("|---" * (len(TABLE_COLUMNS) + 1) + "|")

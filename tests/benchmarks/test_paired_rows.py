@@ -44,6 +44,17 @@ def test_rows_on_different_images_are_refused(paired, tmp_path):
         paired.main([f"{RUNS / 'center' / 'results.json'}:msp", f"{other}:msp"])
 
 
+def test_runs_with_different_failure_thresholds_are_refused(paired, tmp_path):
+    import json
+
+    results = json.loads((RUNS / "center" / "results.json").read_text())
+    results["config"]["threshold"] = 0.8
+    other = tmp_path / "results.json"
+    other.write_text(json.dumps(results))
+    with pytest.raises(SystemExit, match="different failure thresholds"):
+        paired.main([f"{RUNS / 'center' / 'results.json'}:msp", f"{other}:msp"])
+
+
 def test_seeds_select_the_same_seeds_on_both_sides(paired, capsys):
     row = f"{RUNS / 'center' / 'results.json'}:msp"
     assert paired.main([row, row, "--seeds", "1"]) == 0

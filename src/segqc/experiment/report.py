@@ -132,7 +132,10 @@ def _per_seed_images(results: dict[str, Any]) -> tuple[dict[str, tuple[np.ndarra
     rows, kept = {}, None
     for name, entry in results["per_image_by_row"].items():
         per_seed = entry.get("per_seed") or [{"seed": entry.get("seed", seeds[0]), **entry}]
-        kept = [s["seed"] for s in per_seed]
+        row_seeds = [s["seed"] for s in per_seed]
+        if kept is not None and row_seeds != kept:  # rows are compared seed by seed
+            raise SegQCError(f"row {name!r} has seeds {row_seeds}, the rows before it {kept}")
+        kept = row_seeds
         rows[name] = (
             np.array([s["predicted_jaccard"] for s in per_seed], np.float64),
             np.array([s["true_jaccard"] for s in per_seed], np.float64),
@@ -144,8 +147,9 @@ def experiment_statistics(
     results: dict[str, Any], *, n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
 ) -> dict[str, Any]:
     """95% intervals of every row and metric, and paired differences to the no-uncertainty row
-    (crossfit rows to ``no-uncertainty (crossfit)``), by :func:`segqc.metrics.bootstrap_rows`: test
-    images and seeds drawn with replacement, the same draws for every row. JSON-able."""
+    (crossfit rows to ``no-uncertainty (crossfit)``), by :func:`segqc.metrics.bootstrap_rows`: the
+    bootstrap variance over test images (the same draws for every row) plus the seed-to-seed
+    variance, with a t quantile. JSON-able."""
     rows, seeds_used = _per_seed_images(results)
     threshold = results["config"]["threshold"]
     names = list(rows)
@@ -212,7 +216,7 @@ def format_interval(low: float | None, high: float | None, percent: bool, signed
         return "n/a"
     if signed:
         return f"[{format_signed(low, percent)}, {format_signed(high, percent)}]"
-    return f"[{format_value(low, percent)}, {format_value(high, percent)}]"
+    return f"[{format_value(low, percent)}, {format_value(high, percent)}]".replace("-", "−")
 
 
 def ours_cell(row: dict[str, Any], key: str, percent: bool, n_seeds: int) -> str:
@@ -341,27 +345,35 @@ def table1_markdown(
             f"{format_value(seg['failure_rate'], True, seg.get('failure_rate_std'))} |"
         )
     if not subset:
-        spread = (
-            f"the {len(used)} seeds drawn with replacement as well, so that the interval covers the "
-            "seed-to-seed spread too"
+        seeds_part = (
+            f"+ the seed-to-seed variance of the {len(used)} seeds / {len(used)}, with a Student t quantile "
+            "(Welch-Satterthwaite degrees of freedom), so that it is an interval for the method, not only "
+            "for these seeds' g"
             if len(used) > 1
-            else "one seed, so the interval covers the test images only"
+            else "(one seed: the interval is for this seed's g, not for the method)"
         )
         interval_note = (
-            f"- {conf} CI: percentile bootstrap, {stats['n_resamples']} replicates (seed {stats['seed']}): "
-            f"each replicate draws the {stats['n_images']} test images with replacement, {spread}; a "
-            "replicate's value is the metric averaged over its drawn seeds. Every row uses the same "
-            "draws, so rows are comparable and the paired differences use the same images and seeds "
-            "on both sides."
+            f"- {conf} CI: estimate ± t × se, se² = the bootstrap variance of the seed mean over the "
+            f"{stats['n_images']} test images ({stats['n_resamples']} replicates, seed {stats['seed']}, "
+            f"the same draws for every row and seed) {seeds_part}; paired differences the same way, from "
+            "the per-seed and per-draw differences (the same images and seeds on both sides). An interval "
+            "is cut at the metric's range, so an end at 0 or 100% (1.000 for Spearman) is that limit, "
+            "not a measured value."
         )
     else:
         interval_note = (
-            f"- {conf} CI and paired differences: percentile bootstrap, {stats['n_resamples']} replicates "
-            f"(seed {stats['seed']}) over the {stats['n_images']} test images of seed "
-            f"{', '.join(map(str, used))} only: this results.json kept the per-image predictions of "
-            "that seed only, so the intervals are centred on that seed's values and do not include the "
-            "seed-to-seed spread (the ± column does). Every row uses the same draws."
+            f"- {conf} CI and paired differences: estimate ± 1.96 bootstrap standard errors "
+            f"({stats['n_resamples']} replicates, seed {stats['seed']}) over the {stats['n_images']} test "
+            f"images of seed {', '.join(map(str, used))} only: this results.json kept the per-image "
+            "predictions of that seed only, so the intervals are centred on that seed's values and do "
+            "not include the seed-to-seed spread (the ± column does). Every row uses the same draws."
         )
+    marks_note = (
+        "- `*` marks a paired interval that excludes zero, each metric and row on its own (not adjusted "
+        "for the many comparisons of a table; AUROC and detection error are the primary metrics). An "
+        "interval that includes zero means no difference was detected, not that the rows are equal: "
+        "differences beyond its ends are unlikely."
+    )
     if paper is not None:
         paper_note = (
             f"- paper lines: {paper['source']}, from `{paper['path']}` (the paper: 224x224 images, f 120 "
@@ -384,6 +396,7 @@ def table1_markdown(
         f"({cfg['folds']} folds); the other rows train g on f's predictions over its own training images, "
         "as in the paper. RCA does not learn from f's predictions and has one row.",
         interval_note,
+        marks_note,
         paper_note,
         "",
     ]

@@ -2,7 +2,7 @@
 
 ``jaccard`` / ``dice`` score masks; ``quality_metrics`` scores a quality predictor's per-image Jaccard
 predictions against the true ones; :mod:`segqc.metrics.bootstrap` gives confidence intervals of
-those metrics (test images and seeds resampled) and paired differences between rows.
+those metrics (over test images and seeds) and paired differences between rows.
 ``HIGHER_IS_BETTER`` gives the better direction of each key of ``quality_metrics`` (whose keys, in
 order, are ``QUALITY_KEYS``).
 """
@@ -13,9 +13,9 @@ from segqc.metrics.bootstrap import (
     bootstrap_replicates,
     bootstrap_rows,
     paired_difference,
-    percentile_interval,
     quality_metrics_batch,
     resample_indices,
+    seed_image_interval,
 )
 from segqc.metrics.quality import (
     HIGHER_IS_BETTER,
@@ -37,7 +37,7 @@ __all__ = [
     "dice",
     "jaccard",
     "paired_difference",
-    "percentile_interval",
+    "seed_image_interval",
     "quality_metrics",
     "quality_metrics_batch",
     "resample_indices",

@@ -1,19 +1,29 @@
-"""Bootstrap confidence intervals of the quality metrics, over test images and seeds, vectorised.
+"""Confidence intervals of the quality metrics over test images and seeds, vectorised.
 
 Functional, in the style of torchmetrics' functional API: plain functions on arrays.
 
-**What is resampled.** A result row has, per seed ``s`` (a full repetition: f, g and RCA trained
-with that seed), a predicted and a true Jaccard per test image, arrays ``(S, N)``. One bootstrap
-replicate draws ``N`` test images with replacement *and* ``S`` seeds with replacement (a two-level,
-"hierarchical" bootstrap), computes the metric of each drawn seed on the drawn images and averages
-over the drawn seeds. The spread of the replicates therefore covers both the choice of test images
-and the seed-to-seed spread; with one seed it is the plain bootstrap over test images. The
-interval is the percentile interval of the replicates.
+**What varies.** A result row has, per seed ``s`` (a full repetition: f, g and RCA trained with that
+seed), a predicted and a true Jaccard per test image, arrays ``(S, N)``. Its estimate is the mean
+over seeds of the metric on all test images. Two things make it uncertain: which test images were
+drawn, and which training runs (seeds). The interval adds the two variances:
 
-**Pairing.** :func:`resample_indices` draws the image and seed indices once; the same draws are
-applied to every row, so rows are comparable, and :func:`paired_difference` subtracts two rows'
-replicates draw by draw (the same images and seeds on both sides). The difference of a row with
-itself is exactly zero in every replicate.
+- *test images*: the bootstrap variance of the seed mean, ``B`` replicates that each draw ``N``
+  test images with replacement (the same images for every seed) and average the metric over the
+  seeds;
+- *seeds*: ``s^2 / S``, the sample variance of the ``S`` per-seed values over ``S``. A bootstrap
+  that also redraws the seeds would shrink this by ``(S - 1) / S`` and, with 2-5 seeds, miss
+  the method's mean far more often than 5%; so the interval is ``estimate +- t * se`` with a
+  Student t quantile and Welch-Satterthwaite degrees of freedom (``S - 1`` when the seed part
+  dominates, normal when the image part does or there is one seed). With one seed the interval is
+  for that seed's g, not for the method.
+
+Being centred on the estimate, it also avoids the percentile interval's shift for detection error
+(a minimum over thresholds, which resampling makes look better than it is).
+
+**Pairing.** :func:`resample_indices` draws the images once; the same draws are applied to every
+row, and a paired difference ``a - b`` takes its image part from the replicates subtracted draw by
+draw and its seed part from the per-seed differences (the same images and seeds on both sides).
+The difference of a row with itself is exactly zero, its interval ``[0, 0]``.
 
 **Metrics.** :func:`quality_metrics_batch` computes every key of
 :func:`segqc.metrics.quality_metrics` for a batch of samples at once, exactly as it does (same
@@ -21,15 +31,19 @@ tie rules: average ranks for AUROC and Spearman, scikit-learn's average precisio
 entering together, the exact detection error and tie-aware AURC); the tests check it against
 ``quality_metrics`` (and so against scikit-learn) on data with ties. A replicate in which only one
 class (pass / fail) is drawn has NaN for the classification metrics, and a constant input has NaN
-Spearman; such replicates are left out of the seed average (``nanmean``) and, when every drawn
-seed is NaN, of the interval, which reports how many replicates were finite.
+Spearman; such seeds are left out of the replicate's seed mean (``nanmean``) and, when every seed
+is NaN, the replicate is left out of the variance; ``n_finite`` counts the replicates kept and
+``n_seeds`` the seeds with a finite value.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
+from scipy.stats import norm
+from scipy.stats import t as student_t
 
 from segqc.metrics.quality import QUALITY_KEYS
 
@@ -37,31 +51,20 @@ __all__ = [
     "bootstrap_rows",
     "bootstrap_replicates",
     "paired_difference",
-    "percentile_interval",
     "quality_metrics_batch",
     "resample_indices",
+    "seed_image_interval",
 ]
 
 
-def resample_indices(
-    n_images: int, n_seeds: int = 1, *, n_resamples: int = 2000, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded draws with replacement: ``(images (B, N), seeds (B, S))`` integer index arrays.
+def resample_indices(n_images: int, *, n_resamples: int = 2000, seed: int = 0) -> np.ndarray:
+    """Seeded draws of test images with replacement: a ``(B, N)`` integer index array.
 
     Reuse the same draws for every row that should be compared.
     """
-    if n_images < 1 or n_seeds < 1 or n_resamples < 1:
-        raise ValueError(
-            f"need n_images, n_seeds, n_resamples >= 1, got {n_images}, {n_seeds}, {n_resamples}"
-        )
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, n_images, size=(n_resamples, n_images))
-    seeds = (
-        rng.integers(0, n_seeds, size=(n_resamples, n_seeds))
-        if n_seeds > 1
-        else np.zeros((n_resamples, 1), int)
-    )
-    return images, seeds
+    if n_images < 1 or n_resamples < 1:
+        raise ValueError(f"need n_images, n_resamples >= 1, got {n_images}, {n_resamples}")
+    return np.random.default_rng(seed).integers(0, n_images, size=(n_resamples, n_images))
 
 
 def _blocks(sorted_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -153,11 +156,19 @@ def quality_metrics_batch(
     return {k: out[k] for k in QUALITY_KEYS}
 
 
+def _seed_mean(values: np.ndarray) -> np.ndarray:
+    """Mean over the last axis of the finite values; NaN where none is finite."""
+    finite = np.isfinite(values)
+    count = finite.sum(-1)
+    total = np.where(finite, values, 0.0).sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
 def bootstrap_replicates(
     predicted: np.ndarray,
     true: np.ndarray,
     images: np.ndarray,
-    seeds: np.ndarray,
     *,
     threshold: float = 0.7,
     chunk: int = 500,
@@ -166,18 +177,18 @@ def bootstrap_replicates(
 
     Args:
         predicted, true: ``(S, N)`` per seed and test image (or ``(N,)`` for one seed).
-        images, seeds: draws from :func:`resample_indices` (``(B, N)`` and ``(B, S)``).
+        images: draws from :func:`resample_indices`, ``(B, N)``.
         threshold: pass / fail threshold of the true Jaccard.
         chunk: replicates computed at once (memory).
     Returns:
-        Per key, the mean over the drawn seeds of the metric on the drawn images (NaN seeds left
-        out; NaN if all drawn seeds are NaN).
+        Per key, the mean over the seeds of the metric on the drawn images (NaN seeds left out;
+        NaN if every seed is NaN).
     """
     p = np.atleast_2d(np.asarray(predicted, np.float64))
     t = np.atleast_2d(np.asarray(true, np.float64))
     n_seeds = p.shape[0]
-    if seeds.shape[1] != n_seeds or images.shape[1] != p.shape[1]:
-        raise ValueError(f"draws {images.shape}, {seeds.shape} do not fit data of shape {p.shape}")
+    if images.ndim != 2 or images.shape[1] != p.shape[1]:
+        raise ValueError(f"draws {images.shape} do not fit data of shape {p.shape}")
     out = {k: np.empty(len(images)) for k in QUALITY_KEYS}
     for start in range(0, len(images), chunk):
         idx = images[start : start + chunk]  # (b, N)
@@ -185,33 +196,73 @@ def bootstrap_replicates(
         # every seed on the drawn images: (b * S, N)
         pp = p[:, idx].transpose(1, 0, 2).reshape(b * n_seeds, -1)
         tt = t[:, idx].transpose(1, 0, 2).reshape(b * n_seeds, -1)
-        per_seed = quality_metrics_batch(pp, tt, threshold)
-        for k, v in per_seed.items():
-            drawn = np.take_along_axis(v.reshape(b, n_seeds), seeds[start : start + b], 1)
-            finite = np.isfinite(drawn)
-            total = np.where(finite, drawn, 0.0).sum(1)
-            count = finite.sum(1)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out[k][start : start + b] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+        for k, v in quality_metrics_batch(pp, tt, threshold).items():
+            out[k][start : start + b] = _seed_mean(v.reshape(b, n_seeds))
     return out
 
 
-def percentile_interval(replicates: np.ndarray, confidence: float = 0.95) -> tuple[float, float, int]:
-    """``(low, high, n_finite)``: the percentile interval of the finite replicates (NaN if none)."""
-    r = np.asarray(replicates, np.float64)
-    r = r[np.isfinite(r)]
-    if r.size == 0:
-        return float("nan"), float("nan"), 0
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(r, [alpha, 1.0 - alpha])
-    return float(low), float(high), int(r.size)
+def seed_image_interval(
+    estimate: float,
+    image_replicates: np.ndarray,
+    seed_values: np.ndarray,
+    confidence: float = 0.95,
+    bounds: tuple[float, float] = (-np.inf, np.inf),
+) -> dict[str, Any]:
+    """``estimate +- t * se`` with ``se^2`` = the variance of the finite ``image_replicates`` (test
+    images) + ``var(seed_values) / S`` (seeds, sample variance over the ``S`` finite per-seed values)
+    and Welch-Satterthwaite degrees of freedom ``se^4 (S - 1) / (var / S)^2`` (the image part counts
+    as infinitely many). Clipped to ``bounds``, the metric's possible range.
+
+    Returns:
+        ``{"estimate", "low", "high", "se", "df", "n_finite", "n_seeds"}`` (``df`` None: normal);
+        low and high NaN when the estimate or every replicate is NaN.
+    """
+    reps = np.asarray(image_replicates, np.float64)
+    reps = reps[np.isfinite(reps)]
+    values = np.asarray(seed_values, np.float64)
+    values = values[np.isfinite(values)]
+    n_seeds = int(values.size)
+    out: dict[str, Any] = {
+        "estimate": float(estimate),
+        "low": float("nan"),
+        "high": float("nan"),
+        "se": float("nan"),
+        "df": None,
+        "n_finite": int(reps.size),
+        "n_seeds": n_seeds,
+    }
+    if not np.isfinite(estimate) or reps.size < 2:
+        return out
+    image_var = float(reps.var(ddof=1))
+    seed_var = float(values.var(ddof=1)) / n_seeds if n_seeds > 1 else 0.0
+    total = image_var + seed_var
+    df = total**2 * (n_seeds - 1) / seed_var**2 if seed_var > 0 else math.inf
+    quantile = (
+        float(student_t.ppf(0.5 + confidence / 2.0, df))
+        if math.isfinite(df)
+        else float(norm.ppf(0.5 + confidence / 2.0))
+    )
+    half = quantile * math.sqrt(total)
+    out.update(
+        low=float(max(bounds[0], estimate - half)),
+        high=float(min(bounds[1], estimate + half)),
+        se=math.sqrt(total),
+        df=float(df) if math.isfinite(df) else None,
+    )
+    return out
 
 
 def paired_difference(
     replicates_a: dict[str, np.ndarray], replicates_b: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
-    """Draw-by-draw difference ``a - b`` of two rows' replicates made with the same draws."""
+    """Draw-by-draw (or seed-by-seed) difference ``a - b`` of two rows' values."""
     return {k: replicates_a[k] - replicates_b[k] for k in replicates_a}
+
+
+def _bounds(key: str, difference: bool) -> tuple[float, float]:
+    """The possible range of a metric (Spearman in [-1, 1], the others in [0, 1]) or of a difference."""
+    low, high = (-1.0, 1.0) if key == "spearman" else (0.0, 1.0)
+    return (low - high, high - low) if difference else (low, high)
 
 
 def bootstrap_rows(
@@ -223,20 +274,21 @@ def bootstrap_rows(
     seed: int = 0,
     confidence: float = 0.95,
 ) -> dict[str, Any]:
-    """Intervals for every row and metric, and paired differences to ``baseline``.
+    """Intervals for every row and metric, and paired differences to ``baseline``
+    (:func:`seed_image_interval`, the image part from shared draws of :func:`resample_indices`).
 
     Args:
         rows: per row name, ``(predicted, true)`` arrays ``(S, N)``; every row must have the same
-            ``S`` seeds and ``N`` test images in the same order (they are drawn together).
+            ``S`` seeds and ``N`` test images in the same order.
         threshold: pass / fail threshold of the true Jaccard.
         baseline: the row every other row is compared with (paired), or None.
         n_resamples, seed: bootstrap replicates and the seed of the draws.
-        confidence: of the percentile intervals.
+        confidence: of the intervals.
     Returns:
         A JSON-able dict: ``{"method", "n_resamples", "seed", "confidence", "n_seeds", "n_images",
-        "baseline", "rows": {name: {key: {"estimate", "low", "high", "n_finite"}}},
-        "difference": {name: {key: {"estimate", "low", "high", "n_finite", "excludes_zero"}}}}``;
-        ``estimate`` is the mean over seeds of the metric on all images (NaN seeds left out).
+        "baseline", "rows": {name: {key: {"estimate", "low", "high", "se", "df", "n_finite",
+        "n_seeds"}}}, "difference": {name: {key: {..., "excludes_zero"}}}}``; ``estimate`` is the
+        mean over seeds of the metric on all images (NaN seeds left out).
     """
     arrays = {
         name: (np.atleast_2d(np.asarray(p, np.float64)), np.atleast_2d(np.asarray(t, np.float64)))
@@ -248,42 +300,41 @@ def bootstrap_rows(
     if baseline is not None and baseline not in arrays:
         raise ValueError(f"baseline {baseline!r} is not one of the rows {list(arrays)}")
     ((n_seeds, n_images),) = shapes
-    images, seeds = resample_indices(n_images, n_seeds, n_resamples=n_resamples, seed=seed)
-    replicates, estimates = {}, {}
+    images = resample_indices(n_images, n_resamples=n_resamples, seed=seed)
+    replicates, per_seed = {}, {}
     for name, (p, t) in arrays.items():
-        replicates[name] = bootstrap_replicates(p, t, images, seeds, threshold=threshold)
-        full = quality_metrics_batch(p, t, threshold)
-        estimates[name] = {
-            k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in full.items()
+        replicates[name] = bootstrap_replicates(p, t, images, threshold=threshold)
+        per_seed[name] = quality_metrics_batch(p, t, threshold)  # {key: (S,)} on all images
+
+    def summary(
+        values: dict[str, np.ndarray], reps: dict[str, np.ndarray], difference: bool
+    ) -> dict[str, dict[str, Any]]:
+        return {
+            k: seed_image_interval(
+                float(_seed_mean(values[k])), reps[k], values[k], confidence, _bounds(k, difference)
+            )
+            for k in QUALITY_KEYS
         }
 
-    def summary(est: dict[str, float], reps: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
-        out = {}
-        for k in QUALITY_KEYS:
-            low, high, n = percentile_interval(reps[k], confidence)
-            out[k] = {"estimate": est[k], "low": low, "high": high, "n_finite": n}
-        return out
-
     result: dict[str, Any] = {
-        "method": "two-level percentile bootstrap: test images and seeds drawn with replacement, "
-        "the same draws for every row",
+        "method": "estimate +- t * se; se^2 = bootstrap variance over test images (the same draws for "
+        "every row and seed) + seed-to-seed variance / seeds; t with Welch-Satterthwaite degrees of freedom",
         "n_resamples": n_resamples,
         "seed": seed,
         "confidence": confidence,
         "n_seeds": n_seeds,
         "n_images": n_images,
         "baseline": baseline,
-        "rows": {name: summary(estimates[name], replicates[name]) for name in arrays},
+        "rows": {name: summary(per_seed[name], replicates[name], False) for name in arrays},
         "difference": {},
     }
     if baseline is not None:
         for name in arrays:
             if name == baseline:
                 continue
-            diff = paired_difference(replicates[name], replicates[baseline])
-            est = {k: estimates[name][k] - estimates[baseline][k] for k in QUALITY_KEYS}
-            entry = summary(est, diff)
+            diffs = paired_difference(per_seed[name], per_seed[baseline])
+            entry = summary(diffs, paired_difference(replicates[name], replicates[baseline]), True)
             for v in entry.values():
-                v["excludes_zero"] = bool(v["n_finite"] > 0 and (v["low"] > 0 or v["high"] < 0))
+                v["excludes_zero"] = bool(v["low"] > 0 or v["high"] < 0)  # False for NaN
             result["difference"][name] = entry
     return result
