@@ -264,6 +264,19 @@ def test_report_only_rebuilds_from_results_json_with_portable_paths(full_run, tm
     assert render_report(folder, paper_table=tmp_path / "none.json")["paper_table"] is None
 
 
+def test_rows_with_seeds_in_another_order_are_refused(full_run, tmp_path):
+    _, _, results, _ = full_run
+    bad = json.loads(json.dumps(results))
+    first = next(iter(bad["per_image_by_row"].values()))
+    if len(first["per_seed"]) < 2:
+        pytest.skip("the run has one seed")
+    last = list(bad["per_image_by_row"].values())[-1]
+    last["per_seed"] = last["per_seed"][::-1]  # compared seed by seed, so the order must agree
+    (tmp_path / "results.json").write_text(json.dumps(bad))
+    with pytest.raises(SegQCError, match="has seeds"):
+        render_report(tmp_path)
+
+
 @pytest.mark.slow
 def test_end_to_end_table_figures_and_units(full_run):
     cfg, out, results, calls = full_run
