@@ -38,6 +38,27 @@ def test_generic_folder_detects_mask_pattern(tmp_path, pattern):
     assert all(p.mask is not None and p.mask.name == pattern.format(id=p.id) for p in pairs.values())
 
 
+def test_one_missing_mask_leaves_out_that_image_only(tmp_path):
+    root = make_folder(tmp_path, n=4, pattern="{id}_mask.png")
+    (root / "masks" / "case0_mask.png").unlink()  # the first image: it must not decide the pattern
+    with pytest.warns(SegQCWarning, match="1 image without a ground-truth mask is left out"):
+        data = load_folder(root, size=16, cache_dir=None)
+    assert data.ids == ["case1", "case2", "case3"]
+
+
+def test_masks_named_in_different_accepted_ways_are_all_found(tmp_path):
+    root = make_folder(tmp_path, n=3, pattern="{id}_mask.png")
+    (root / "masks" / "case2_mask.png").rename(root / "masks" / "case2.png")
+    assert all(p.mask is not None for p in find_pairs(root).values())
+
+
+def test_two_masks_for_one_image_are_refused(tmp_path):
+    root = make_folder(tmp_path, n=2, pattern="{id}_mask.png")
+    write_mask(root / "masks" / "case1.png")
+    with pytest.raises(DataError, match="more than one mask for id 'case1'.*case1_mask.png, case1.png"):
+        find_pairs(root)
+
+
 def test_load_folder_resizes_and_binarises(tmp_path):
     data = load_folder(make_folder(tmp_path), size=16, cache_dir=None)
     assert data.images.shape == (3, 16, 16, 3) and data.images.dtype == np.uint8
@@ -85,7 +106,7 @@ def test_missing_mask(tmp_path):
     with pytest.raises(DataError, match="case1"):
         load_folder(root, size=16, ids=["case0", "case1"], cache_dir=None)
     # Without ids, every labelled pair is used, and the unlabelled image is named in a warning.
-    with pytest.warns(SegQCWarning, match=r"1 images without a ground-truth mask are left out.*case1\.jpg"):
+    with pytest.warns(SegQCWarning, match=r"1 image without a ground-truth mask is left out.*case1\.jpg"):
         assert load_folder(root, size=16, cache_dir=None).ids == ["case0"]
 
 
@@ -218,3 +239,23 @@ def test_accepted_format_cut_in_its_header_cannot_be_read(tmp_path, fmt, stream)
     source = io.BytesIO(buf.getvalue()[:12]) if stream else tmp_path / "cut.img"
     with pytest.raises(DataError, match=rf"cut\.img: cannot read image: it starts like a {fmt} file"):
         open_image(source, "cut.img", formats=INPUT_FORMATS)
+
+
+def test_a_protocol_listing_an_id_twice_or_in_train_and_test_is_refused(tmp_path):
+    for protocol, message in (
+        ({"train": ["a", "b", "a"], "test": ["c"]}, "split 'train' lists an id more than once: a"),
+        ({"train": ["a", "b"], "test": ["b", "c"]}, "1 id is in both 'train' and 'test', e.g. b"),
+    ):
+        path = tmp_path / "split.json"
+        path.write_text(json.dumps(protocol))
+        with pytest.raises(DataError, match=message):
+            read_protocol(path)
+
+
+def test_ids_missing_from_the_data_are_named_for_every_split_at_once(tmp_path):
+    root = make_folder(tmp_path / "d", n=3)
+    protocol = tmp_path / "split.json"
+    protocol.write_text(json.dumps({"train": ["case0", "nope1"], "test": ["case1", "nope2", "nope3"]}))
+    expected = "3 ids of the protocol are not in the data: train: nope1; test: nope2, nope3"
+    with pytest.raises(DataError, match=expected):
+        load_split(root, protocol, size=16, cache_dir=None)

@@ -106,7 +106,8 @@ def load_folder(
         unlabelled = [i for i, p in pairs.items() if p.mask is None]
         if unlabelled:  # left out by design, but a forgotten mask should not go unnoticed
             warnings.warn(
-                f"{root}: {len(unlabelled)} images without a ground-truth mask are left out, e.g. "
+                f"{root}: {len(unlabelled)} image{'s' if len(unlabelled) > 1 else ''} without a "
+                f"ground-truth mask {'are' if len(unlabelled) > 1 else 'is'} left out, e.g. "
                 + ", ".join(str(pairs[i].image) for i in unlabelled[:5]),
                 SegQCWarning,
                 stacklevel=2,
@@ -114,7 +115,8 @@ def load_folder(
     missing = [i for i in ids if i not in pairs]
     if missing:
         raise DataError(
-            f"{root}: {len(missing)} ids of the protocol are not in the data, e.g. {', '.join(missing[:5])}"
+            f"{root}: {len(missing)} id{'s' if len(missing) > 1 else ''} of the protocol "
+            f"{'are' if len(missing) > 1 else 'is'} not in the data, e.g. {', '.join(missing[:5])}"
         )
     chosen = [pairs[i] for i in ids]
 
@@ -174,6 +176,16 @@ def load_split(
     absent = [s for s in splits if s not in named]
     if absent:
         raise DataError(f"{protocol}: no split named {', '.join(absent)} (has {', '.join(named)})")
+    pairs = find_pairs(root, kw.get("mask_pattern"))
+    missing = {s: [i for i in named[s] if i not in pairs] for s in splits}
+    n_missing = sum(map(len, missing.values()))
+    if n_missing:  # every split's at once, before anything is decoded
+        listed = (f"{s}: {', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''}" for s, ids in missing.items())
+        raise DataError(
+            f"{root}: {n_missing} id{'s' if n_missing > 1 else ''} of the protocol "
+            f"{'are' if n_missing > 1 else 'is'} not in the data: "
+            + "; ".join(line for line, ids in zip(listed, missing.values()) if ids)
+        )
     return [load_folder(root, size=size, ids=named[s], **kw) for s in splits]
 
 

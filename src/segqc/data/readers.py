@@ -285,23 +285,25 @@ def find_folder(root: str | Path, mask_pattern: str | None = None) -> dict[str, 
 
     Args:
         root: folder holding ``images/`` and (optionally) ``masks/``.
-        mask_pattern: mask file name with an ``{id}`` placeholder. Defaults to the first of
-            :data:`MASK_PATTERNS` that matches the first image.
+        mask_pattern: mask file name with an ``{id}`` placeholder. Defaults to, for each image, the
+            one of :data:`MASK_PATTERNS` that names an existing file (two would be ambiguous: a
+            ``DataError``), so one missing mask leaves out that image only.
     """
     root = Path(root)
     images = sorted(p for p in (root / "images").iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     mask_dir = root / "masks"
-    if mask_pattern is None and images:
-        first = images[0].stem
-        mask_pattern = next(
-            (p for p in MASK_PATTERNS if (mask_dir / p.format(id=first)).is_file()), MASK_PATTERNS[-1]
-        )
+    patterns = MASK_PATTERNS if mask_pattern is None else (mask_pattern,)
     pairs: dict[str, Pair] = {}
     for path in images:
         if path.stem in pairs:
             raise DataError(f"{path}: two images share the id {path.stem!r}")
-        mask = mask_dir / mask_pattern.format(id=path.stem)  # type: ignore[union-attr]
-        pairs[path.stem] = Pair(path.stem, path, mask if mask.is_file() else None)
+        masks = [m for m in (mask_dir / p.format(id=path.stem) for p in patterns) if m.is_file()]
+        if len(masks) > 1:
+            raise DataError(
+                f"{path}: more than one mask for id {path.stem!r} ({', '.join(m.name for m in masks)}); "
+                "keep one, or name the pattern"
+            )
+        pairs[path.stem] = Pair(path.stem, path, masks[0] if masks else None)
     return pairs
 
 
@@ -341,4 +343,16 @@ def read_protocol(path: str | Path) -> dict[str, list[str]]:
             raise DataError(f"{path}: split {name!r} must be a list of id strings")
     if not splits:
         raise DataError(f"{path}: protocol has no id lists")
+    for name, ids in splits.items():
+        repeated = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) < len(ids) else []
+        if repeated:
+            raise DataError(f"{path}: split {name!r} lists an id more than once: {', '.join(repeated[:5])}")
+    names = list(splits)
+    for a, b in ((a, b) for k, a in enumerate(names) for b in names[k + 1 :]):
+        shared = sorted(set(splits[a]) & set(splits[b]))
+        if shared:  # an image in both train and test would make the test scores optimistic
+            raise DataError(
+                f"{path}: {len(shared)} id{'s are' if len(shared) > 1 else ' is'} in both {a!r} and "
+                f"{b!r}, e.g. {', '.join(shared[:5])}"
+            )
     return splits
