@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segqc.experiment.report import format_interval, format_signed
+from segqc.experiment.report import interval_cell
 from segqc.metrics.bootstrap import bootstrap_rows
 from segqc.report import TABLE_COLUMNS, format_value
 
@@ -33,8 +33,18 @@ def load_row(
     """Test ids, seeds, failure threshold and per-seed ``(predicted, true)`` Jaccard of
     ``RESULTS.json:ROW`` (only ``seeds``, in that order, if given)."""
     path, _, row = spec.rpartition(":")
-    results = json.loads(Path(path).read_text())
-    per_seed = {s["seed"]: s for s in results["per_image_by_row"][row]["per_seed"]}
+    if not path or not row:
+        sys.exit(f"error: {spec!r} is not RESULTS.json:ROW (e.g. runs/a/results.json:msp)")
+    try:
+        results = json.loads(Path(path).read_text())
+        rows = results["per_image_by_row"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        sys.exit(f"error: {path}: not a results.json of segqc experiment ({type(err).__name__}: {err})")
+    if row not in rows:
+        sys.exit(f"error: {path} has no row {row!r} (it has {', '.join(rows)})")
+    if "per_seed" not in rows[row]:
+        sys.exit(f"error: {path} keeps one seed's per-image values only (written before per-seed values)")
+    per_seed = {s["seed"]: s for s in rows[row]["per_seed"]}
     if seeds is not None:
         absent = [s for s in seeds if s not in per_seed]
         if absent:
@@ -46,13 +56,12 @@ def load_row(
     return results["data"]["test_ids"], list(per_seed), threshold, predicted, true
 
 
-def cell(entry: dict, percent: bool, signed: bool = False) -> str:
-    """``estimate [low, high]`` as the experiment's tables write them; ``*``: the interval excludes zero."""
-    low, high = entry["low"], entry["high"]
+def cell(entry: dict, percent: bool, n_seeds: int, signed: bool = False) -> str:
+    """``estimate [low, high]`` as the experiment's tables write them (with ``(k of n seeds)`` where a
+    seed's metric is undefined); ``*``: the interval excludes zero."""
     if not signed:
-        return f"{format_value(entry['estimate'], percent)} {format_interval(low, high, percent)}"
-    star = " *" if entry.get("excludes_zero") else ""
-    return f"{format_signed(entry['estimate'], percent)} {format_interval(low, high, percent, True)}{star}"
+        return f"{format_value(entry['estimate'], percent)} {interval_cell(entry, percent, n_seeds)}"
+    return interval_cell(entry, percent, n_seeds, signed=True) + (" *" if entry.get("excludes_zero") else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,8 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     ids_a, seeds_a, threshold_a, p_a, t_a = load_row(args.a, seeds)
     ids_b, seeds_b, threshold_b, p_b, t_b = load_row(args.b, seeds)
-    if ids_a != ids_b or seeds_a != seeds_b:
-        sys.exit("error: the two rows are not on the same test images and seeds")
+    if ids_a != ids_b:
+        sys.exit("error: the two rows are not on the same test images (the same ids in the same order)")
+    if seeds_a != seeds_b:
+        common = ",".join(str(x) for x in seeds_a if x in seeds_b)
+        hint = f"; compare the common ones with --seeds {common}" if common else ""
+        sys.exit(f"error: the two rows have different seeds ({seeds_a} and {seeds_b}){hint}")
     if threshold_a != threshold_b:
         sys.exit(f"error: the two runs have different failure thresholds ({threshold_a:g}, {threshold_b:g})")
     res = bootstrap_rows(
@@ -85,9 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     print("|---" * (len(TABLE_COLUMNS) + 1) + "|")
     for name in (args.label_a, args.label_b):
         row = res["rows"][name]
-        print(f"| {name} | " + " | ".join(cell(row[k], pct) for k, _, pct in TABLE_COLUMNS) + " |")
+        cells = " | ".join(cell(row[k], pct, len(seeds_a)) for k, _, pct in TABLE_COLUMNS)
+        print(f"| {name} | {cells} |")
     diff = res["difference"][args.label_a]
-    cells = " | ".join(cell(diff[k], pct, True) for k, _, pct in TABLE_COLUMNS)
+    cells = " | ".join(cell(diff[k], pct, len(seeds_a), True) for k, _, pct in TABLE_COLUMNS)
     print(f"| {args.label_a} − {args.label_b} | {cells} |")
     return 0
 

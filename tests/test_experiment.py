@@ -18,6 +18,7 @@ from segqc.data.synthetic import make_synthetic, write_synthetic
 from segqc.errors import SegQCError, UnknownNameError
 from segqc.experiment import ExperimentConfig, Payload, Planner, Unit, UnitStore, run_experiment, training_key
 from segqc.experiment.report import (
+    interval_cell,
     load_paper_table,
     render_report,
     table1_markdown,
@@ -262,6 +263,13 @@ def test_report_only_rebuilds_from_results_json_with_portable_paths(full_run, tm
     report = (folder / "report.md").read_text()
     assert "figures/fig2.png" in report and "report re-rendered from results.json" in report
     assert render_report(folder, paper_table=tmp_path / "none.json")["paper_table"] is None
+
+
+def test_an_interval_resting_on_fewer_seeds_says_how_many():
+    entry = {"estimate": -0.25, "low": -0.4, "high": -0.1, "n_seeds": 1}
+    assert interval_cell(entry, True, 2) == "[−40.0, −10.0] (1 of 2 seeds)"
+    assert interval_cell(entry, True, 2, signed=True) == "−25.0 [−40.0, −10.0] (1 of 2 seeds)"
+    assert interval_cell({**entry, "n_seeds": 2}, False, 2) == "[−0.400, −0.100]"
 
 
 def test_rows_with_seeds_in_another_order_are_refused(full_run, tmp_path):

@@ -29,7 +29,7 @@ def format_value(value: float | None, percent: bool, std: float | None = None) -
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     scale, digits = (100.0, 1) if percent else (1.0, 3)
-    text = f"{value * scale:.{digits}f}"
+    text = f"{value * scale:.{digits}f}".replace("-", "−")  # the tables' minus sign, as in differences
     return text if std is None else f"{text} ± {std * scale:.{digits}f}"
 
 

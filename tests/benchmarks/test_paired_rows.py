@@ -44,6 +44,18 @@ def test_rows_on_different_images_are_refused(paired, tmp_path):
         paired.main([f"{RUNS / 'center' / 'results.json'}:msp", f"{other}:msp"])
 
 
+def test_mistakes_are_one_error_line(paired, tmp_path):
+    center = RUNS / "center" / "results.json"
+    for args, message in (
+        ([f"{center}:msq", f"{center}:msp"], r"has no row 'msq' \(it has msp, "),
+        ([str(center), f"{center}:msp"], "is not RESULTS.json:ROW"),
+        ([f"{tmp_path / 'none.json'}:msp", f"{center}:msp"], "not a results.json of segqc experiment"),
+        ([f"{center}:msp", f"{RUNS.parent / 'isic2017-600-e50' / 'results.json'}:msp"], "different seeds"),
+    ):
+        with pytest.raises(SystemExit, match=message):
+            paired.main(args)
+
+
 def test_runs_with_different_failure_thresholds_are_refused(paired, tmp_path):
     import json
 

@@ -54,3 +54,11 @@ def test_a_time_budget_stops_cleanly_and_a_rerun_resumes(tmp_path):
     done = CliRunner().invoke(cli, [*base, "--time-budget", "600", "--out", str(out)])
     assert done.exit_code == 0, done.output
     assert json.loads((out / "results.json").read_text())["rows"][0]["method"] == "msp"
+
+
+@pytest.mark.parametrize("value", ["0,0", "-1", "0,,1", "a", ""])
+def test_a_bad_seed_list_is_a_usage_error(tmp_path, value):
+    result = CliRunner().invoke(cli, ["experiment", "--seed-list", value, "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert "--seed-list" in result.output and "distinct non-negative integers" in result.output
+    assert not (tmp_path / "o").exists()

@@ -36,12 +36,17 @@ def _names(value: str | None) -> list[str] | None:
 
 
 def _seed_list(value: str) -> list[int]:
+    """``"3,4"`` -> ``[3, 4]``; anything else (empty items, negatives, repeats) is a usage error."""
     try:
-        return [int(v) for v in value.split(",") if v.strip()]
+        seeds = [int(v) for v in value.split(",")]
     except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0 or len(set(seeds)) < len(seeds):
         raise click.BadParameter(
-            f"expected comma-separated integers, got {value!r}", param_hint="--seed-list"
-        ) from None
+            f"expected distinct non-negative integers separated by commas, got {value!r}",
+            param_hint="--seed-list",
+        )
+    return seeds
 
 
 def _setting(flag: str, help: str, type: click.ParamType) -> Any:

@@ -216,7 +216,17 @@ def format_interval(low: float | None, high: float | None, percent: bool, signed
         return "n/a"
     if signed:
         return f"[{format_signed(low, percent)}, {format_signed(high, percent)}]"
-    return f"[{format_value(low, percent)}, {format_value(high, percent)}]".replace("-", "−")
+    return f"[{format_value(low, percent)}, {format_value(high, percent)}]"
+
+
+def interval_cell(entry: dict[str, Any], percent: bool, n_seeds: int, signed: bool = False) -> str:
+    """``[low, high]`` (``estimate [low, high]`` when ``signed``), saying how many seeds the interval
+    rests on when a seed's metric was undefined (with one, it holds no seed-to-seed spread)."""
+    interval = format_interval(entry["low"], entry["high"], percent, signed)
+    if signed:
+        interval = f"{format_signed(entry['estimate'], percent)} {interval}"
+    finite = entry.get("n_seeds", n_seeds)
+    return interval + (f" ({finite} of {n_seeds} seeds)" if finite < n_seeds else "")
 
 
 def ours_cell(row: dict[str, Any], key: str, percent: bool, n_seeds: int) -> str:
@@ -259,7 +269,8 @@ def table1_markdown(
         + (f", protocol {Path(data['protocol']).name}" if data.get("protocol") else "")
         + f"); g trained on {data.get('n_train', len(data.get('train_ids', [])))} images. "
         f"Mean ± standard deviation over {len(seeds)} seed{'s' if len(seeds) > 1 else ''} "
-        f"({', '.join(map(str, seeds))}); a cell with NaN seeds says how many seeds it averages. "
+        f"({', '.join(map(str, seeds))}); where a metric is undefined for a seed (e.g. no failure among "
+        "the test images), the cell says how many seeds it averages. "
         "Detection error, AUROC and AUPR in percent; RMSE, AURC and Spearman as fractions. "
         f"Pass = true Jaccard >= {cfg['threshold']}. AURC (risk = 1 - Jaccard, lower is better) and "
         "Spearman's rho are not in the paper.",
@@ -276,7 +287,7 @@ def table1_markdown(
         )
         ci = stats["rows"].get(name)
         if ci:
-            cells = [format_interval(ci[k]["low"], ci[k]["high"], pct) for k, _, pct in TABLE_COLUMNS]
+            cells = [interval_cell(ci[k], pct, len(used)) for k, _, pct in TABLE_COLUMNS]
             lines.append(f"| | {conf} CI{subset} | " + " | ".join(cells) + " |")
         published = (paper or {}).get("rows", {}).get(base)
         if published and row.get("quality_train") != "crossfit":
@@ -324,10 +335,8 @@ def table1_markdown(
             cells = []
             for k, _, pct in TABLE_COLUMNS:
                 d = diff[k]
-                cell = (
-                    f"{format_signed(d['estimate'], pct)} {format_interval(d['low'], d['high'], pct, True)}"
-                )
-                cells.append(cell + (" *" if d["excludes_zero"] else ""))
+                star = " *" if d["excludes_zero"] else ""
+                cells.append(interval_cell(d, pct, len(used), signed=True) + star)
             lines.append(f"| {name} | {versus[name]} | " + " | ".join(cells) + " |")
 
     lines += [
@@ -354,19 +363,22 @@ def table1_markdown(
         )
         interval_note = (
             f"- {conf} CI: estimate ± t × se, se² = the bootstrap variance of the seed mean over the "
-            f"{stats['n_images']} test images ({stats['n_resamples']} replicates, seed {stats['seed']}, "
+            f"{stats['n_images']} test images ({stats['n_resamples']} replicates drawn with random seed "
+            f"{stats['seed']}, "
             f"the same draws for every row and seed) {seeds_part}; paired differences the same way, from "
-            "the per-seed and per-draw differences (the same images and seeds on both sides). An interval "
-            "is cut at the metric's range, so an end at 0 or 100% (1.000 for Spearman) is that limit, "
-            "not a measured value."
+            "the per-seed and per-draw differences (the same images and seeds on both sides). A cell "
+            "marked (k of n seeds) rests on the k seeds whose metric is defined; with one, it is for that "
+            "seed's g only. An interval is cut at the metric's range, so an end at 0 or 100% (±1 for "
+            "Spearman) is that limit, not a measured value."
         )
     else:
         interval_note = (
             f"- {conf} CI and paired differences: estimate ± 1.96 bootstrap standard errors "
-            f"({stats['n_resamples']} replicates, seed {stats['seed']}) over the {stats['n_images']} test "
-            f"images of seed {', '.join(map(str, used))} only: this results.json kept the per-image "
-            "predictions of that seed only, so the intervals are centred on that seed's values and do "
-            "not include the seed-to-seed spread (the ± column does). Every row uses the same draws."
+            f"({stats['n_resamples']} replicates drawn with random seed {stats['seed']}) over the "
+            f"{stats['n_images']} test images of seed {', '.join(map(str, used))} only: this results.json "
+            "kept the per-image predictions of that seed only, so the intervals are centred on that "
+            "seed's values and do not include the seed-to-seed spread (the ± column does). Every row "
+            "uses the same draws."
         )
     marks_note = (
         "- `*` marks a paired interval that excludes zero, each metric and row on its own (not adjusted "
