@@ -15,7 +15,7 @@ import segqc.checkpoint as checkpoint
 import segqc.experiment.units as units
 from segqc.data.dataset import SegData
 from segqc.data.synthetic import make_synthetic, write_synthetic
-from segqc.errors import SegQCError, UnknownNameError
+from segqc.errors import SegQCError, SegQCWarning, UnknownNameError
 from segqc.experiment import ExperimentConfig, Payload, Planner, Unit, UnitStore, run_experiment, training_key
 from segqc.experiment.report import (
     interval_cell,
@@ -265,6 +265,24 @@ def test_report_only_rebuilds_from_results_json_with_portable_paths(full_run, tm
     assert render_report(folder, paper_table=tmp_path / "none.json")["paper_table"] is None
 
 
+def test_an_out_folder_of_a_run_with_other_settings_is_named_before_it_is_replaced(tmp_path):
+    import warnings
+
+    from segqc.experiment.run import warn_if_replacing_another_run
+
+    cfg = ExperimentConfig(seeds=[0, 1], quality_epochs=4)
+    info = {"source": "data", "protocol": "split.json"}
+    (tmp_path / "results.json").write_text(json.dumps({"config": cfg.to_dict(), "data": info}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_replacing_another_run(tmp_path, cfg, info)  # the same run resumed: no warning
+        warn_if_replacing_another_run(tmp_path / "new", cfg, info)  # a new folder: no warning
+    other = cfg.replace(seeds=[0], quality_epochs=2)
+    expected = r"other settings \(quality_epochs 4 -> 2; seeds \[0, 1\] -> \[0\]; source 'data' -> 'b'\)"
+    with pytest.warns(SegQCWarning, match=expected):
+        warn_if_replacing_another_run(tmp_path, other, {**info, "source": "b"})
+
+
 def test_an_interval_resting_on_fewer_seeds_says_how_many():
     entry = {"estimate": -0.25, "low": -0.4, "high": -0.1, "n_seeds": 1}
     assert interval_cell(entry, True, 2) == "[−40.0, −10.0] (1 of 2 seeds)"
@@ -389,7 +407,8 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatc
 
     # a changed setting of g recomputes exactly the learned g units; f and its predictions are reused
     changed_calls = count_units(monkeypatch)
-    changed = run_experiment(SMALL.replace(quality_epochs=2), tmp_path / "b", progress=False)
+    with pytest.warns(SegQCWarning, match=r"other settings \(quality_epochs 1 -> 2\)"):
+        changed = run_experiment(SMALL.replace(quality_epochs=2), tmp_path / "b", progress=False)
     assert sorted(changed_calls) == sorted(
         f"g-{row}-s0" for row in ("msp", "msp-crossfit", "no-uncertainty", "no-uncertainty-crossfit")
     )

@@ -5,11 +5,13 @@ See :mod:`segqc.experiment` for what the experiment computes and how it resumes.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ import torch
 from segqc.data.dataset import SegData
 from segqc.data.splits import load_train_test
 from segqc.engine import is_main_process
-from segqc.errors import SegQCError
+from segqc.errors import SegQCError, SegQCWarning
 from segqc.experiment.config import ExperimentConfig
 from segqc.experiment.plan import Planner, stored_prediction
 from segqc.experiment.units import UnitRunner
@@ -46,6 +48,33 @@ def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
     if not finite:
         return None, None
     return float(np.mean(finite)), (float(np.std(finite, ddof=1)) if len(finite) > 1 else None)
+
+
+def warn_if_replacing_another_run(out: Path, cfg: ExperimentConfig, info: dict[str, Any]) -> None:
+    """A ``SegQCWarning`` naming what differs when ``out`` holds the results of a run with other
+    settings or data: they are replaced at the end (finished units stay in the cache and are reused)."""
+    try:
+        old = json.loads((out / "results.json").read_text())
+        old_config, old_data = dict(old["config"]), dict(old["data"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no earlier results (or unreadable ones, which are replaced too)
+    new_config = json.loads(json.dumps(cfg.to_dict()))
+    changed = [
+        f"{key} {old_config.get(key)!r} -> {new_config.get(key)!r}"
+        for key in sorted(set(old_config) | set(new_config))
+        if old_config.get(key) != new_config.get(key)
+    ] + [
+        f"{key} {old_data.get(key)!r} -> {info.get(key)!r}"
+        for key in ("source", "protocol")
+        if old_data.get(key) != info.get(key)
+    ]
+    if changed:
+        warnings.warn(
+            f"{out / 'results.json'} holds a run with other settings ({'; '.join(changed)}); this run "
+            "replaces its tables and results.json (finished units in its cache are reused where they fit)",
+            SegQCWarning,
+            stacklevel=3,
+        )
 
 
 def run_experiment(
@@ -98,6 +127,7 @@ def run_experiment(
     if train.size != cfg.image_size or test.size != cfg.image_size:
         raise SegQCError(f"the images are {train.size} px, the config says image_size {cfg.image_size}")
     resolve_device(cfg.device)  # fail early on --device cuda without CUDA
+    warn_if_replacing_another_run(out, cfg, info)
     main = is_main_process()
     if main:
         write_json(out / "config.json", cfg.to_dict())
