@@ -62,3 +62,10 @@ def test_a_bad_seed_list_is_a_usage_error(tmp_path, value):
     assert result.exit_code == 2, result.output
     assert "--seed-list" in result.output and "distinct non-negative integers" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_report_only_refuses_options_it_would_ignore(tmp_path):
+    args = ["--report-only", "--out", str(tmp_path), "--seeds", "2", "--quality-epochs", "3"]
+    result = CliRunner().invoke(cli, ["experiment", *args])
+    assert result.exit_code == 2, result.output
+    assert "takes only --out and --paper-table; drop --seeds, --quality-epochs" in result.output

@@ -58,7 +58,10 @@ def _setting(flag: str, help: str, type: click.ParamType) -> Any:
 
 @command("experiment")
 @apply(
-    out_option("Output folder; rerunning with the same folder resumes (finished units are reused)."),
+    out_option(
+        "Output folder; rerunning with the same folder resumes (finished units are reused; with other "
+        "settings, what fits is reused and the tables are replaced, with a warning)."
+    ),
     data_options(),
     option(
         "--methods",
@@ -166,6 +169,19 @@ def experiment(
 
     if report_only:
         from segqc.experiment.report import render_report
+
+        ctx = click.get_current_context()
+        ignored = [
+            max(param.opts, key=len)
+            for param in ctx.command.params
+            if param.name not in ("out", "paper_table", "report_only", "quiet")
+            and ctx.get_parameter_source(param.name) is click.core.ParameterSource.COMMANDLINE
+        ]
+        if ignored:  # they would change nothing: the tables come from results.json as it is
+            raise click.UsageError(
+                f"--report-only rebuilds the tables from --out/results.json and takes only --out and "
+                f"--paper-table; drop {', '.join(ignored)} (or leave out --report-only to run)"
+            )
 
         render_report(out, paper_table=paper_table, command=["segqc", *sys.argv[1:]])
         click.echo(f"rewrote {out / 'table1.md'}, {out / 'report.md'} and {out / 'results.json'}")
