@@ -40,20 +40,30 @@ def load_row(
         rows = results["per_image_by_row"]
     except (OSError, ValueError, KeyError, TypeError) as err:
         sys.exit(f"error: {path}: not a results.json of segqc experiment ({type(err).__name__}: {err})")
+    if not isinstance(rows, dict):
+        sys.exit(f"error: {path}: not a results.json of segqc experiment (per_image_by_row is not an object)")
     if row not in rows:
-        sys.exit(f"error: {path} has no row {row!r} (it has {', '.join(rows)})")
-    if "per_seed" not in rows[row]:
+        sys.exit(f"error: {path} has no row {row!r} (it has {', '.join(map(str, rows))})")
+    if not isinstance(rows[row], dict) or "per_seed" not in rows[row]:
         sys.exit(f"error: {path} keeps one seed's per-image values only (written before per-seed values)")
-    per_seed = {s["seed"]: s for s in rows[row]["per_seed"]}
+    try:
+        per_seed = {s["seed"]: s for s in rows[row]["per_seed"]}
+        test_ids, threshold = list(results["data"]["test_ids"]), float(results["config"]["threshold"])
+    except (KeyError, TypeError, ValueError) as err:
+        sys.exit(f"error: {path}: its row {row!r} or its data is incomplete ({type(err).__name__}: {err})")
     if seeds is not None:
         absent = [s for s in seeds if s not in per_seed]
         if absent:
             sys.exit(f"error: {spec} has no seed {absent[0]} (it has {sorted(per_seed)})")
         per_seed = {s: per_seed[s] for s in seeds}
-    predicted = np.array([s["predicted_jaccard"] for s in per_seed.values()])
-    true = np.array([s["true_jaccard"] for s in per_seed.values()])
-    threshold = float(results["config"]["threshold"])
-    return results["data"]["test_ids"], list(per_seed), threshold, predicted, true
+    try:
+        predicted = np.array([s["predicted_jaccard"] for s in per_seed.values()], np.float64)
+        true = np.array([s["true_jaccard"] for s in per_seed.values()], np.float64)
+    except (KeyError, TypeError, ValueError) as err:
+        sys.exit(f"error: {path}: the per-image values of row {row!r} are incomplete ({err})")
+    if predicted.shape != (len(per_seed), len(test_ids)) or true.shape != predicted.shape:
+        sys.exit(f"error: {path}: row {row!r} does not hold one value per test image and seed")
+    return test_ids, list(per_seed), threshold, predicted, true
 
 
 def cell(entry: dict, percent: bool, n_seeds: int, signed: bool = False) -> str:
@@ -74,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         "--seeds", default=None, help="Comma-separated seeds to compare (default: all; both runs need them)."
     )
     args = ap.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    except ValueError:
+        ap.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
     ids_a, seeds_a, threshold_a, p_a, t_a = load_row(args.a, seeds)
     ids_b, seeds_b, threshold_b, p_b, t_b = load_row(args.b, seeds)
     if ids_a != ids_b:

@@ -271,16 +271,34 @@ def test_an_out_folder_of_a_run_with_other_settings_is_named_before_it_is_replac
     from segqc.experiment.run import warn_if_replacing_another_run
 
     cfg = ExperimentConfig(seeds=[0, 1], quality_epochs=4)
-    info = {"source": "data", "protocol": "split.json"}
-    (tmp_path / "results.json").write_text(json.dumps({"config": cfg.to_dict(), "data": info}))
+
+    def images(*ids: str) -> SegData:
+        n = len(ids)
+        return SegData(np.zeros((n, 16, 16, 3), np.uint8), np.zeros((n, 16, 16), np.uint8), list(ids))
+
+    train, test = images("a", "b", "c"), images("d", "e")
+    data = {"train_ids": list(train.ids), "test_ids": list(test.ids)}
+    (tmp_path / "results.json").write_text(json.dumps({"config": cfg.to_dict(), "data": data}))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        warn_if_replacing_another_run(tmp_path, cfg, info)  # the same run resumed: no warning
-        warn_if_replacing_another_run(tmp_path / "new", cfg, info)  # a new folder: no warning
+        warn_if_replacing_another_run(tmp_path, cfg, train, test)  # the same run resumed: no warning
+        warn_if_replacing_another_run(tmp_path, cfg.replace(device="cpu"), train, test)  # same results
+        warn_if_replacing_another_run(tmp_path / "new", cfg, train, test)  # a new folder: no warning
+        for odd in ('{"config": [[1, 2]], "data": {}}', "[]", "{", "[" * 100_000):
+            (tmp_path / "odd").mkdir(exist_ok=True)
+            (tmp_path / "odd" / "results.json").write_text(odd)
+            warn_if_replacing_another_run(tmp_path / "odd", cfg, train, test)  # replaced without a word
     other = cfg.replace(seeds=[0], quality_epochs=2)
-    expected = r"other settings \(quality_epochs 4 -> 2; seeds \[0, 1\] -> \[0\]; source 'data' -> 'b'\)"
+    expected = r"other settings \(quality_epochs 4 -> 2; seeds \[0, 1\] -> \[0\]; other test images\)"
     with pytest.warns(SegQCWarning, match=expected):
-        warn_if_replacing_another_run(tmp_path, other, {**info, "source": "b"})
+        warn_if_replacing_another_run(tmp_path, other, train, images("d", "f"))
+
+
+@pytest.mark.parametrize("content", ["[]", '{"config": {}}', "{", "[" * 100_000])
+def test_report_only_on_a_file_that_is_not_an_experiments_results_is_one_error(tmp_path, content):
+    (tmp_path / "results.json").write_text(content)
+    with pytest.raises(SegQCError, match="results.json: (cannot read it|not a results.json written by)"):
+        render_report(tmp_path)
 
 
 def test_an_interval_resting_on_fewer_seeds_says_how_many():

@@ -56,6 +56,24 @@ def test_mistakes_are_one_error_line(paired, tmp_path):
             paired.main(args)
 
 
+def test_partial_results_files_are_one_error_line(paired, tmp_path):
+    import json
+
+    results = json.loads((RUNS / "center" / "results.json").read_text())
+    for name, damage in (
+        ("no-data", lambda r: r.pop("data")),
+        ("no-threshold", lambda r: r["config"].pop("threshold")),
+        ("list-rows", lambda r: r.update(per_image_by_row=[1, 2])),
+        ("short", lambda r: r["per_image_by_row"]["msp"]["per_seed"][0]["predicted_jaccard"].pop()),
+    ):
+        bad = json.loads(json.dumps(results))
+        damage(bad)
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(bad))
+        with pytest.raises(SystemExit, match="^error: "):
+            paired.main([f"{path}:msp", f"{RUNS / 'center' / 'results.json'}:msp"])
+
+
 def test_runs_with_different_failure_thresholds_are_refused(paired, tmp_path):
     import json
 

@@ -56,11 +56,14 @@ def test_a_time_budget_stops_cleanly_and_a_rerun_resumes(tmp_path):
     assert json.loads((out / "results.json").read_text())["rows"][0]["method"] == "msp"
 
 
-@pytest.mark.parametrize("value", ["0,0", "-1", "0,,1", "a", ""])
+BAD_SEED_LISTS = ["0,0", "-1", "0,,1", "a", "", "1_0", "+3", "\u0663", "18446744073709551616"]
+
+
+@pytest.mark.parametrize("value", BAD_SEED_LISTS)
 def test_a_bad_seed_list_is_a_usage_error(tmp_path, value):
     result = CliRunner().invoke(cli, ["experiment", "--seed-list", value, "--out", str(tmp_path / "o")])
     assert result.exit_code == 2, result.output
-    assert "--seed-list" in result.output and "distinct non-negative integers" in result.output
+    assert "--seed-list" in result.output and "distinct integers from 0 to 4294967295" in result.output
     assert not (tmp_path / "o").exists()
 
 

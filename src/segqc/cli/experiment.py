@@ -35,15 +35,17 @@ def _names(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+#: Seeds go to NumPy and PyTorch generators; 2^32 - 1 is far more than any run needs.
+MAX_SEED = 2**32 - 1
+
+
 def _seed_list(value: str) -> list[int]:
     """``"3,4"`` -> ``[3, 4]``; anything else (empty items, negatives, repeats) is a usage error."""
-    try:
-        seeds = [int(v) for v in value.split(",")]
-    except ValueError:
-        seeds = []
-    if not seeds or min(seeds) < 0 or len(set(seeds)) < len(seeds):
+    items = [v.strip() for v in value.split(",")]
+    seeds = [int(v) for v in items] if all(v.isascii() and v.isdigit() for v in items) else []
+    if not seeds or max(seeds) > MAX_SEED or len(set(seeds)) < len(seeds):
         raise click.BadParameter(
-            f"expected distinct non-negative integers separated by commas, got {value!r}",
+            f"expected distinct integers from 0 to {MAX_SEED} separated by commas, got {value!r}",
             param_hint="--seed-list",
         )
     return seeds

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from segqc.data.readers import find_pairs, read_pair, read_protocol
+from segqc.data.readers import check_splits, find_pairs, read_pair, read_protocol
 from segqc.errors import DataError, SegQCWarning
 from segqc.utils import atomic_write, canonical
 
@@ -176,6 +176,7 @@ def load_split(
     absent = [s for s in splits if s not in named]
     if absent:
         raise DataError(f"{protocol}: no split named {', '.join(absent)} (has {', '.join(named)})")
+    check_splits(protocol, {s: named[s] for s in splits})  # only the lists this run reads
     pairs = find_pairs(root, kw.get("mask_pattern"))
     missing = {s: [i for i in named[s] if i not in pairs] for s in splits}
     n_missing = sum(map(len, missing.values()))

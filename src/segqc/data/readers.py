@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -285,25 +286,23 @@ def find_folder(root: str | Path, mask_pattern: str | None = None) -> dict[str, 
 
     Args:
         root: folder holding ``images/`` and (optionally) ``masks/``.
-        mask_pattern: mask file name with an ``{id}`` placeholder. Defaults to, for each image, the
-            one of :data:`MASK_PATTERNS` that names an existing file (two would be ambiguous: a
-            ``DataError``), so one missing mask leaves out that image only.
+        mask_pattern: mask file name with an ``{id}`` placeholder. Defaults to the one of
+            :data:`MASK_PATTERNS` that names an existing file for the most images (ties: the first),
+            so one missing mask leaves out that image only, and one naming serves the whole folder
+            (a mask copied into ``images/`` is not taken for an image with its own mask).
     """
     root = Path(root)
     images = sorted(p for p in (root / "images").iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     mask_dir = root / "masks"
-    patterns = MASK_PATTERNS if mask_pattern is None else (mask_pattern,)
+    if mask_pattern is None:
+        found = [sum((mask_dir / p.format(id=i.stem)).is_file() for i in images) for p in MASK_PATTERNS]
+        mask_pattern = MASK_PATTERNS[found.index(max(found))] if images else MASK_PATTERNS[-1]
     pairs: dict[str, Pair] = {}
     for path in images:
         if path.stem in pairs:
             raise DataError(f"{path}: two images share the id {path.stem!r}")
-        masks = [m for m in (mask_dir / p.format(id=path.stem) for p in patterns) if m.is_file()]
-        if len(masks) > 1:
-            raise DataError(
-                f"{path}: more than one mask for id {path.stem!r} ({', '.join(m.name for m in masks)}); "
-                "keep one, or name the pattern"
-            )
-        pairs[path.stem] = Pair(path.stem, path, masks[0] if masks else None)
+        mask = mask_dir / mask_pattern.format(id=path.stem)
+        pairs[path.stem] = Pair(path.stem, path, mask if mask.is_file() else None)
     return pairs
 
 
@@ -326,6 +325,23 @@ def find_pairs(root: str | Path, mask_pattern: str | None = None) -> dict[str, P
     return pairs
 
 
+def check_splits(path: str | Path, splits: dict[str, list[str]]) -> None:
+    """Refuse an id listed twice in one of ``splits`` or in two of them (an image in both train and
+    test would make the test scores optimistic); ``path`` names the protocol in the error."""
+    for name, ids in splits.items():
+        repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
+        if repeated:
+            raise DataError(f"{path}: split {name!r} lists an id more than once: {', '.join(repeated[:5])}")
+    names = list(splits)
+    for a, b in ((a, b) for k, a in enumerate(names) for b in names[k + 1 :]):
+        shared = sorted(set(splits[a]) & set(splits[b]))
+        if shared:
+            raise DataError(
+                f"{path}: {len(shared)} id{'s are' if len(shared) > 1 else ' is'} in both {a!r} and "
+                f"{b!r}, e.g. {', '.join(shared[:5])}"
+            )
+
+
 def read_protocol(path: str | Path) -> dict[str, list[str]]:
     """Read a protocol file: JSON with named lists of ids, e.g. ``{"train": [...], "test": [...]}``."""
     path = Path(path)
@@ -343,16 +359,4 @@ def read_protocol(path: str | Path) -> dict[str, list[str]]:
             raise DataError(f"{path}: split {name!r} must be a list of id strings")
     if not splits:
         raise DataError(f"{path}: protocol has no id lists")
-    for name, ids in splits.items():
-        repeated = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) < len(ids) else []
-        if repeated:
-            raise DataError(f"{path}: split {name!r} lists an id more than once: {', '.join(repeated[:5])}")
-    names = list(splits)
-    for a, b in ((a, b) for k, a in enumerate(names) for b in names[k + 1 :]):
-        shared = sorted(set(splits[a]) & set(splits[b]))
-        if shared:  # an image in both train and test would make the test scores optimistic
-            raise DataError(
-                f"{path}: {len(shared)} id{'s are' if len(shared) > 1 else ' is'} in both {a!r} and "
-                f"{b!r}, e.g. {', '.join(shared[:5])}"
-            )
     return splits

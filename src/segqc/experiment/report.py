@@ -535,7 +535,20 @@ def render_report(
     path = out / "results.json"
     if not path.is_file():
         raise SegQCError(f"{path} does not exist; run `segqc experiment --out {out}` first")
-    results = portable_results(json.loads(path.read_text()))
+    try:
+        results = json.loads(path.read_text())
+        ok = (
+            isinstance(results, dict)
+            and isinstance(results.get("config"), dict)
+            and {"seeds", "threshold", "methods", "baselines"} <= set(results["config"])
+            and isinstance(results.get("per_image_by_row"), dict)
+            and isinstance(results.get("rows"), list)
+        )
+    except (OSError, ValueError, RecursionError) as err:
+        raise SegQCError(f"{path}: cannot read it ({type(err).__name__}: {err})") from None
+    if not ok:
+        raise SegQCError(f"{path}: not a results.json written by segqc experiment")
+    results = portable_results(results)
     if command is not None:
         results["rendered_by"] = " ".join(portable_command(command))
     write_experiment_report(out, results, paper_table=paper_table)

@@ -50,24 +50,27 @@ def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
     return float(np.mean(finite)), (float(np.std(finite, ddof=1)) if len(finite) > 1 else None)
 
 
-def warn_if_replacing_another_run(out: Path, cfg: ExperimentConfig, info: dict[str, Any]) -> None:
+def warn_if_replacing_another_run(out: Path, cfg: ExperimentConfig, train: SegData, test: SegData) -> None:
     """A ``SegQCWarning`` naming what differs when ``out`` holds the results of a run with other
-    settings or data: they are replaced at the end (finished units stay in the cache and are reused)."""
+    settings (the device aside) or other training or test images: they are replaced at the end
+    (finished units stay in the cache and are reused where they fit)."""
     try:
         old = json.loads((out / "results.json").read_text())
-        old_config, old_data = dict(old["config"]), dict(old["data"])
-    except (OSError, ValueError, KeyError, TypeError):
+        old_config, old_data = old["config"], old["data"]
+        if not isinstance(old_config, dict) or not isinstance(old_data, dict):
+            return
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return  # no earlier results (or unreadable ones, which are replaced too)
     new_config = json.loads(json.dumps(cfg.to_dict()))
+    keys = sorted((set(old_config) | set(new_config)) - {"device"}, key=str)
     changed = [
-        f"{key} {old_config.get(key)!r} -> {new_config.get(key)!r}"
-        for key in sorted(set(old_config) | set(new_config))
-        if old_config.get(key) != new_config.get(key)
-    ] + [
-        f"{key} {old_data.get(key)!r} -> {info.get(key)!r}"
-        for key in ("source", "protocol")
-        if old_data.get(key) != info.get(key)
+        f"{k} {old_config.get(k)!r} -> {new_config.get(k)!r}"
+        for k in keys
+        if old_config.get(k) != new_config.get(k)
     ]
+    for name, data in (("train", train), ("test", test)):
+        if old_data.get(f"{name}_ids") != list(data.ids):
+            changed.append(f"other {'training' if name == 'train' else 'test'} images")
     if changed:
         warnings.warn(
             f"{out / 'results.json'} holds a run with other settings ({'; '.join(changed)}); this run "
@@ -127,7 +130,7 @@ def run_experiment(
     if train.size != cfg.image_size or test.size != cfg.image_size:
         raise SegQCError(f"the images are {train.size} px, the config says image_size {cfg.image_size}")
     resolve_device(cfg.device)  # fail early on --device cuda without CUDA
-    warn_if_replacing_another_run(out, cfg, info)
+    warn_if_replacing_another_run(out, cfg, train, test)
     main = is_main_process()
     if main:
         write_json(out / "config.json", cfg.to_dict())
