@@ -269,3 +269,13 @@ def test_ids_missing_from_the_data_are_named_for_every_split_at_once(tmp_path):
     expected = "3 ids of the protocol are not in the data: train: nope1; test: nope2, nope3"
     with pytest.raises(DataError, match=expected):
         load_split(root, protocol, size=16, cache_dir=None)
+
+
+def test_protocol_ids_without_a_mask_are_named_with_the_missing_ones(tmp_path):
+    root = make_folder(tmp_path / "d", n=3)
+    (root / "masks" / "case2_segmentation.png").unlink()
+    protocol = tmp_path / "split.json"
+    protocol.write_text(json.dumps({"train": ["case0", "nope"], "test": ["case1", "case2"]}))
+    expected = "is not in the data: train: nope; and 1 id .* is without a ground-truth mask: test: case2"
+    with pytest.raises(DataError, match=expected):
+        load_split(root, protocol, size=16, cache_dir=None)

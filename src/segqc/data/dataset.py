@@ -178,15 +178,24 @@ def load_split(
         raise DataError(f"{protocol}: no split named {', '.join(absent)} (has {', '.join(named)})")
     check_splits(protocol, {s: named[s] for s in splits})  # only the lists this run reads
     pairs = find_pairs(root, kw.get("mask_pattern"))
-    missing = {s: [i for i in named[s] if i not in pairs] for s in splits}
-    n_missing = sum(map(len, missing.values()))
-    if n_missing:  # every split's at once, before anything is decoded
-        listed = (f"{s}: {', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''}" for s, ids in missing.items())
-        raise DataError(
-            f"{root}: {n_missing} id{'s' if n_missing > 1 else ''} of the protocol "
-            f"{'are' if n_missing > 1 else 'is'} not in the data: "
-            + "; ".join(line for line, ids in zip(listed, missing.values()) if ids)
-        )
+    problems = []  # every split's at once, before anything is decoded
+    for what, absent in (
+        ("not in the data", lambda i: i not in pairs),
+        ("without a ground-truth mask", lambda i: i in pairs and pairs[i].mask is None),
+    ):
+        found = {s: [i for i in named[s] if absent(i)] for s in splits}
+        n = sum(map(len, found.values()))
+        if n:
+            listed = "; ".join(
+                f"{s}: {', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''}"
+                for s, ids in found.items()
+                if ids
+            )
+            problems.append(
+                f"{n} id{'s' if n > 1 else ''} of the protocol {'are' if n > 1 else 'is'} {what}: {listed}"
+            )
+    if problems:
+        raise DataError(f"{root}: " + "; and ".join(problems))
     return [load_folder(root, size=size, ids=named[s], **kw) for s in splits]
 
 
