@@ -145,3 +145,14 @@ def test_a_seed_with_a_nan_metric_is_counted():
 def test_rows_must_share_shape():
     with pytest.raises(ValueError, match="same"):
         bootstrap_rows({"a": (np.zeros((1, 5)), np.zeros((1, 5))), "b": (np.zeros((2, 5)), np.zeros((2, 5)))})
+
+
+def test_a_difference_uses_the_seeds_where_both_rows_are_defined_in_every_part():
+    rng = np.random.default_rng(8)
+    t = np.tile(rng.random(80), (3, 1))
+    a, b = t + rng.normal(0, 0.1, t.shape), t + rng.normal(0, 0.2, t.shape)
+    a[2] = 0.5  # seed 2 of row a is constant: its Spearman is undefined, the other metrics are not
+    full = bootstrap_rows({"a": (a, t), "b": (b, t)}, baseline="b", n_resamples=200)
+    two = bootstrap_rows({"a": (a[:2], t[:2]), "b": (b[:2], t[:2])}, baseline="b", n_resamples=200)
+    assert full["difference"]["a"]["spearman"] == two["difference"]["a"]["spearman"]
+    assert full["difference"]["a"]["rmse"]["n_seeds"] == 3

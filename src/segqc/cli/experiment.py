@@ -181,8 +181,8 @@ def experiment(
         ]
         if ignored:  # they would change nothing: the tables come from results.json as it is
             raise click.UsageError(
-                f"--report-only rebuilds the tables from --out/results.json and takes only --out and "
-                f"--paper-table; drop {', '.join(ignored)} (or leave out --report-only to run)"
+                f"--report-only rebuilds the tables from --out/results.json and takes only --out, "
+                f"--paper-table and --quiet; drop {', '.join(ignored)} (or leave out --report-only to run)"
             )
 
         render_report(out, paper_table=paper_table, command=["segqc", *sys.argv[1:]])

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.stats import norm
 
 from segqc.data.dataset import SegData
 from segqc.errors import SegQCError
@@ -357,7 +358,8 @@ def table1_markdown(
         seeds_part = (
             f"+ the seed-to-seed variance of the {len(used)} seeds / {len(used)}, with a Student t quantile "
             "(Welch-Satterthwaite degrees of freedom), so that it is an interval for the method, not only "
-            "for these seeds' g"
+            "for these seeds' g (on the wide side: the seed-to-seed variance also holds each seed's own "
+            "noise over the test images, which the bootstrap part holds too)"
             if len(used) > 1
             else "(one seed: the interval is for this seed's g, not for the method)"
         )
@@ -373,7 +375,8 @@ def table1_markdown(
         )
     else:
         interval_note = (
-            f"- {conf} CI and paired differences: estimate ± 1.96 bootstrap standard errors "
+            f"- {conf} CI and paired differences: estimate ± {norm.ppf(0.5 + stats['confidence'] / 2):.2f} "
+            "bootstrap standard errors "
             f"({stats['n_resamples']} replicates drawn with random seed {stats['seed']}) over the "
             f"{stats['n_images']} test images of seed {', '.join(map(str, used))} only: this results.json "
             "kept the per-image predictions of that seed only, so the intervals are centred on that "

@@ -130,7 +130,8 @@ def run_experiment(
     if train.size != cfg.image_size or test.size != cfg.image_size:
         raise SegQCError(f"the images are {train.size} px, the config says image_size {cfg.image_size}")
     resolve_device(cfg.device)  # fail early on --device cuda without CUDA
-    warn_if_replacing_another_run(out, cfg, train, test)
+    if is_main_process():  # once, not per process of a distributed run
+        warn_if_replacing_another_run(out, cfg, train, test)
     main = is_main_process()
     if main:
         write_json(out / "config.json", cfg.to_dict())

@@ -15,7 +15,8 @@ drawn, and which training runs (seeds). The interval adds the two variances:
   the method's mean far more often than 5%; so the interval is ``estimate +- t * se`` with a
   Student t quantile and Welch-Satterthwaite degrees of freedom (``S - 1`` when the seed part
   dominates, normal when the image part does or there is one seed). With one seed the interval is
-  for that seed's g, not for the method.
+  for that seed's g, not for the method. It errs wide: the seeds are scored on the same images, so
+  ``s^2`` also holds each seed's own noise over those images, which the image part holds already.
 
 Being centred on the estimate, it also avoids the percentile interval's shift for detection error
 (a minimum over thresholds, which resampling makes look better than it is).
@@ -172,24 +173,26 @@ def bootstrap_replicates(
     *,
     threshold: float = 0.7,
     chunk: int = 500,
+    per_seed: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Bootstrap replicates of every metric of one row: ``{key: (B,)}``.
+    """Bootstrap replicates of every metric of one row: ``{key: (B,)}`` (``(B, S)`` with ``per_seed``).
 
     Args:
         predicted, true: ``(S, N)`` per seed and test image (or ``(N,)`` for one seed).
         images: draws from :func:`resample_indices`, ``(B, N)``.
         threshold: pass / fail threshold of the true Jaccard.
         chunk: replicates computed at once (memory).
+        per_seed: keep each seed's value instead of their mean.
     Returns:
         Per key, the mean over the seeds of the metric on the drawn images (NaN seeds left out;
-        NaN if every seed is NaN).
+        NaN if every seed is NaN), or with ``per_seed`` every seed's value.
     """
     p = np.atleast_2d(np.asarray(predicted, np.float64))
     t = np.atleast_2d(np.asarray(true, np.float64))
     n_seeds = p.shape[0]
     if images.ndim != 2 or images.shape[1] != p.shape[1]:
         raise ValueError(f"draws {images.shape} do not fit data of shape {p.shape}")
-    out = {k: np.empty(len(images)) for k in QUALITY_KEYS}
+    out = {k: np.empty((len(images), n_seeds)) for k in QUALITY_KEYS}
     for start in range(0, len(images), chunk):
         idx = images[start : start + chunk]  # (b, N)
         b = len(idx)
@@ -197,8 +200,8 @@ def bootstrap_replicates(
         pp = p[:, idx].transpose(1, 0, 2).reshape(b * n_seeds, -1)
         tt = t[:, idx].transpose(1, 0, 2).reshape(b * n_seeds, -1)
         for k, v in quality_metrics_batch(pp, tt, threshold).items():
-            out[k][start : start + b] = _seed_mean(v.reshape(b, n_seeds))
-    return out
+            out[k][start : start + b] = v.reshape(b, n_seeds)
+    return out if per_seed else {k: _seed_mean(v) for k, v in out.items()}
 
 
 def seed_image_interval(
@@ -303,15 +306,21 @@ def bootstrap_rows(
     images = resample_indices(n_images, n_resamples=n_resamples, seed=seed)
     replicates, per_seed = {}, {}
     for name, (p, t) in arrays.items():
-        replicates[name] = bootstrap_replicates(p, t, images, threshold=threshold)
+        replicates[name] = bootstrap_replicates(p, t, images, threshold=threshold, per_seed=True)
         per_seed[name] = quality_metrics_batch(p, t, threshold)  # {key: (S,)} on all images
 
     def summary(
         values: dict[str, np.ndarray], reps: dict[str, np.ndarray], difference: bool
     ) -> dict[str, dict[str, Any]]:
+        """Per key: ``values`` ``(S,)`` on all images and ``reps`` ``(B, S)``, averaged over the same
+        finite seeds in both (for a difference, the seeds where both rows are finite)."""
         return {
             k: seed_image_interval(
-                float(_seed_mean(values[k])), reps[k], values[k], confidence, _bounds(k, difference)
+                float(_seed_mean(values[k])),
+                _seed_mean(reps[k]),
+                values[k],
+                confidence,
+                _bounds(k, difference),
             )
             for k in QUALITY_KEYS
         }
