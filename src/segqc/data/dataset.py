@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from segqc.data.readers import check_splits, find_pairs, read_pair, read_protocol
+from segqc.data.readers import Pair, check_splits, find_pairs, read_pair, read_protocol
 from segqc.errors import DataError, SegQCWarning
 from segqc.utils import atomic_write, canonical
 
@@ -83,6 +83,7 @@ def load_folder(
     ids: Sequence[str] | None = None,
     mask_pattern: str | None = None,
     cache_dir: str | Path | None = "default",
+    pairs: dict[str, Pair] | None = None,
 ) -> SegData:
     """Load image/mask pairs from a data folder (ISIC 2017 or generic layout), resized to ``size``.
 
@@ -97,8 +98,11 @@ def load_folder(
         mask_pattern: see :func:`~segqc.data.readers.find_folder`.
         cache_dir: cache folder; ``None`` disables the cache. Defaults to ``$SEGQC_CACHE`` or
             ``~/.cache/segqc``.
+        pairs: the folder's pairs if already found (:func:`~segqc.data.readers.find_pairs` with
+            ``mask_pattern``), so a caller loading several splits lists the folder once.
     """
-    pairs = find_pairs(root, mask_pattern)
+    if pairs is None:
+        pairs = find_pairs(root, mask_pattern)
     if ids is None:
         ids = [i for i, p in pairs.items() if p.mask is not None]
         if not ids:
@@ -196,7 +200,7 @@ def load_split(
             )
     if problems:
         raise DataError(f"{root}: " + "; and ".join(problems))
-    return [load_folder(root, size=size, ids=named[s], **kw) for s in splits]
+    return [load_folder(root, size=size, ids=named[s], pairs=pairs, **kw) for s in splits]
 
 
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
