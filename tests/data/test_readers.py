@@ -279,3 +279,17 @@ def test_protocol_ids_without_a_mask_are_named_with_the_missing_ones(tmp_path):
     expected = "is not in the data: train: nope; and 1 id .* is without a ground-truth mask: test: case2"
     with pytest.raises(DataError, match=expected):
         load_split(root, protocol, size=16, cache_dir=None)
+
+
+def test_masks_are_found_whatever_the_case_of_their_name(tmp_path):
+    root = make_folder(tmp_path, n=3, pattern="{id}_segmentation.PNG")
+    pairs = find_pairs(root)
+    assert all(p.mask is not None and p.mask.name == f"{p.id}_segmentation.PNG" for p in pairs.values())
+    # two masks that differ only in case, neither named exactly: which one is meant is unknown
+    mask = (root / "masks" / "case1_segmentation.PNG").read_bytes()
+    (root / "masks" / "case1_Segmentation.png").write_bytes(mask)
+    with pytest.raises(DataError, match="differ only in case"):
+        find_pairs(root)
+    # an exactly named one is taken
+    (root / "masks" / "case1_segmentation.png").write_bytes(mask)
+    assert find_pairs(root)["case1"].mask.name == "case1_segmentation.png"

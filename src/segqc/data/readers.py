@@ -293,17 +293,32 @@ def find_folder(root: str | Path, mask_pattern: str | None = None) -> dict[str, 
     """
     root = Path(root)
     images = sorted(p for p in (root / "images").iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-    mask_dir = root / "masks"
+    masks = _files_by_lower_name(root / "masks")
     if mask_pattern is None:
-        found = [sum((mask_dir / p.format(id=i.stem)).is_file() for i in images) for p in MASK_PATTERNS]
+        found = [sum(p.format(id=i.stem).lower() in masks for i in images) for p in MASK_PATTERNS]
         mask_pattern = MASK_PATTERNS[found.index(max(found))] if images else MASK_PATTERNS[-1]
     pairs: dict[str, Pair] = {}
     for path in images:
         if path.stem in pairs:
             raise DataError(f"{path}: two images share the id {path.stem!r}")
-        mask = mask_dir / mask_pattern.format(id=path.stem)
-        pairs[path.stem] = Pair(path.stem, path, mask if mask.is_file() else None)
+        name = mask_pattern.format(id=path.stem)
+        exact = root / "masks" / name
+        same_name = [exact] if exact.is_file() else masks.get(name.lower(), [])
+        if len(same_name) > 1:
+            raise DataError(f"{path}: two masks differ only in case: {', '.join(m.name for m in same_name)}")
+        pairs[path.stem] = Pair(path.stem, path, same_name[0] if same_name else None)
     return pairs
+
+
+def _files_by_lower_name(folder: Path) -> dict[str, list[Path]]:
+    """The files of ``folder`` by lower-case name, so a mask is found whatever the case of its name
+    (``x_segmentation.PNG``, as some tools write it); an exact name is preferred."""
+    files: dict[str, list[Path]] = {}
+    if folder.is_dir():
+        for path in sorted(folder.iterdir()):
+            if path.is_file():
+                files.setdefault(path.name.lower(), []).append(path)
+    return files
 
 
 def find_pairs(root: str | Path, mask_pattern: str | None = None) -> dict[str, Pair]:
