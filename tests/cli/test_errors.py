@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import errno
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -198,3 +202,16 @@ def test_cli_import_does_not_import_torch():
 
     code = "import sys, segqc.cli; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_a_console_that_cannot_show_the_output_gets_question_marks(tmp_path):
+    # the report's "−" and "±", or a folder name's letters, on a Latin-1 console: "?", not a traceback
+    out = tmp_path / "résultats-αβ"
+    shutil.copytree(Path(__file__).parents[2] / "docs/results/isic2017-600-crossfit", out)
+    env = {**os.environ, "PYTHONIOENCODING": "latin-1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "segqc", "experiment", "--report-only", "--out", str(out)],
+        capture_output=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    assert "résultats-??".encode("latin-1") in done.stdout

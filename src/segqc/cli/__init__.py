@@ -16,6 +16,9 @@ Shared options and the error convention live in :mod:`segqc.cli.options`.
 
 from __future__ import annotations
 
+import io
+import sys
+
 import click
 
 from segqc import __version__
@@ -60,4 +63,8 @@ for _command in _COMMANDS:
 
 
 def main() -> None:
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        # a console that cannot show the tables' "−" and "±" (or a file name's letters) gets "?"
+        # instead of a traceback after the work is done
+        sys.stdout.reconfigure(errors="replace")
     cli()
