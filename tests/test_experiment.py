@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from segqc.experiment.report import (
     table1_markdown,
     write_experiment_report,
 )
+from segqc.experiment.run import warn_if_few_failures_or_passes
 from segqc.metrics import QUALITY_KEYS
 from segqc.segmenter import Segmenter
 from segqc.uncertainty import METHODS
@@ -675,3 +677,21 @@ def test_cli_bad_input(tmp_path):
     assert result.exit_code == 1 and "unknown uncertainty method 'nope'" in result.output
     result = CliRunner().invoke(command, ["--out", str(tmp_path / "o"), "--seeds", "2", "--seed", "1"])
     assert result.exit_code == 2
+
+
+def test_few_failing_or_passing_test_images_are_warned_about():
+    def summary(*failure_rates):
+        return {
+            "msp": {
+                "n_images": 100,
+                "per_seed": [{"seed": i, "failure_rate": r} for i, r in enumerate(failure_rates)],
+            }
+        }
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_few_failures_or_passes(summary(0.10, 0.90), 0.7)  # 10 of a class: enough
+    with pytest.warns(SegQCWarning, match=r"msp seed 1: 9 of 100 fail\)"):
+        warn_if_few_failures_or_passes(summary(0.5, 0.09), 0.7)
+    with pytest.warns(SegQCWarning, match="msp seed 0: 95 of 100 fail"):
+        warn_if_few_failures_or_passes(summary(0.95), 0.7)

@@ -80,6 +80,30 @@ def warn_if_replacing_another_run(out: Path, cfg: ExperimentConfig, train: SegDa
         )
 
 
+FEW_OF_A_CLASS = 10  # test images that fail (or pass) below which the classification metrics are noise
+
+
+def warn_if_few_failures_or_passes(segmentation: dict[str, dict[str, Any]], threshold: float) -> None:
+    """A ``SegQCWarning`` when some f, on some seed, leaves fewer than :data:`FEW_OF_A_CLASS` test
+    images failing (Jaccard below ``threshold``) or passing: AUROC, the AUPRs and the detection
+    error rest on those few images, so their intervals are wide (and undefined with none)."""
+    few = []
+    for method, entry in segmentation.items():
+        n = entry["n_images"]
+        for s in entry["per_seed"]:
+            fails = round(s["failure_rate"] * n)
+            if min(fails, n - fails) < FEW_OF_A_CLASS:
+                few.append(f"{method} seed {s['seed']}: {fails} of {n} fail")
+    if few:
+        warnings.warn(
+            f"few test images fail or pass (Jaccard < {threshold:g}) for some f ({'; '.join(few[:4])}"
+            f"{'; ...' if len(few) > 4 else ''}): AUROC, AUPR and detection error rest on fewer than "
+            f"{FEW_OF_A_CLASS} images of a class, so they are noisy; use more test images",
+            SegQCWarning,
+            stacklevel=3,
+        )
+
+
 def run_experiment(
     cfg: ExperimentConfig,
     out_dir: str | Path,
@@ -200,6 +224,8 @@ def run_experiment(
         for k in ("jaccard_mean", "dice_mean", "failure_rate"):
             entry[k], entry[k.replace("_mean", "") + "_std"] = _mean_std([s[k] for s in per_seed])
         seg_summary[m] = {**entry, "n_images": len(test), "per_seed": per_seed}
+    if main:
+        warn_if_few_failures_or_passes(seg_summary, cfg.threshold)
 
     first_row = rows[0].name
     t0, q0 = first["quality"][first_row]
