@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +68,10 @@ def both_redrawn(p: np.ndarray, t: np.ndarray, n_resamples: int, seed: int) -> d
     )
     out = {}
     for k in KEYS:
-        reps = np.take_along_axis(per_seed[k].reshape(n_resamples, -1), seeds, 1).mean(1)
+        drawn = np.take_along_axis(per_seed[k].reshape(n_resamples, -1), seeds, 1)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a replicate with every seed undefined
+            reps = np.nanmean(drawn, 1)  # as segqc's former bootstrap: undefined seeds left out
         low, high = np.nanquantile(reps, [0.025, 0.975])
         out[k] = (float(low), float(high))
     return out
