@@ -24,6 +24,7 @@ def test_the_paper_preset_is_the_papers_setup():
     paper_rows = {"msp", "mcdropout", "hcnn", "lce", "no-uncertainty", "qualitynet", "rca"}
     assert paper_rows <= set(cfg.methods) | set(cfg.baselines)
     assert cfg.quality_train == "paper"
+    assert cfg.method_params == {"mcdropout": {"placement": "segnet"}}  # Bayesian SegNet's placement
     with pytest.raises(SegQCError, match="unknown preset"):
         ExperimentConfig.preset("nature")
 
@@ -41,6 +42,8 @@ def test_a_one_epoch_smoke_run_of_the_paper_preset(tmp_path):
     cfg = results["config"]
     assert (cfg["image_size"], cfg["seg_epochs"], cfg["quality_epochs"], cfg["seeds"]) == (224, 1, 1, [0])
     assert [r["method"] for r in results["rows"]] == [*cfg["methods"], *cfg["baselines"]]
+    # a --method-param adds to the preset's settings of that method, not replacing them
+    assert cfg["method_params"]["mcdropout"] == {"placement": "segnet", "samples": 2}
     assert (out / "table1.md").is_file()
 
 

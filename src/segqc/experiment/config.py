@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,8 @@ CROSSFIT_SUFFIX = " (crossfit)"
 #: Named settings of whole experiments; explicit options override them. ``paper``: DeVries & Taylor
 #: 2018, section 4 - images resized to 224 x 224, f trained 120 epochs and g 30 epochs, batches of 16,
 #: Adam at 1e-3, five runs with random initialisations, every row of their Table 1 (plus our tta and
-#: ensemble rows, which are not in the paper).
+#: ensemble rows, which are not in the paper), MC dropout "after each central convolutional block"
+#: as in Bayesian SegNet (``placement=segnet``; it then trains its own f).
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "image_size": 224,
@@ -29,6 +31,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "methods": ["msp", "mcdropout", "hcnn", "lce", "tta", "ensemble"],
         "baselines": ["no-uncertainty", "qualitynet", "rca"],
         "quality_train": "paper",
+        "method_params": {"mcdropout": {"placement": "segnet"}},
     }
 }
 
@@ -108,7 +111,7 @@ class ExperimentConfig(TrainingSettings):
             return cls()
         if name not in PRESETS:
             raise SegQCError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
-        return cls(**PRESETS[name])
+        return cls(**copy.deepcopy(PRESETS[name]))  # the caller may change its lists and dicts
 
     @property
     def variants(self) -> list[str]:
