@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,38 @@ def held_share(rows: np.ndarray) -> float:
     return float(rows[rows[:, 1], 0].mean()) if rows[:, 1].any() else float("nan")
 
 
+def parse_targets(items: list[str]) -> dict[str, float]:
+    """``KEY=VALUE`` targets, e.g. ``quality.auroc=0.92``."""
+    targets = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            targets[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise SystemExit(f"error: --target {item!r}: expected KEY=NUMBER, e.g. quality.auroc=0.92")
+    return targets
+
+
+#: Metrics where lower is better; a target for them is a ceiling.
+LOWER_IS_BETTER = {"segmentation.failure_rate", "quality.rmse", "referral.referral_rate"}
+
+
+def targets_limit(targets: dict[str, float], metrics: dict[str, float]) -> str:
+    """Whether the model met the targets set for it, measured on the test images."""
+    parts, missed = [], 0
+    for key, goal in targets.items():
+        lower = key in LOWER_IS_BETTER
+        met = metrics[key] <= goal if lower else metrics[key] >= goal
+        missed += not met
+        parts.append(
+            f"{key} {'<=' if lower else '>='} {goal:g}: {metrics[key]:g}, {'met' if met else 'missed'}"
+        )
+    verdict = "It misses targets set for it" if missed else "It meets the targets set for it"
+    return f"{verdict} (on the test images; {'; '.join(parts)})."
+
+
 def operating_point(ev: dict[str, Any]) -> str:
     """The limit that the default threshold's measured referral and recall set."""
     gate = ev["gate"]
@@ -244,7 +277,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--protocol", default=None)
     ap.add_argument("--train-command", required=True, help="The command that trained the model.")
     ap.add_argument("--doc", type=Path, required=True)
+    ap.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="A target set for the model, e.g. segmentation.jaccard_mean=0.80 or quality.auroc=0.92 "
+        "(keys of the card's metrics); the card says whether each was met. Repeatable.",
+    )
+    ap.add_argument(
+        "--note",
+        action="append",
+        default=[],
+        help="A known limit the evaluation cannot see (e.g. how the setting was chosen). Repeatable.",
+    )
     args = ap.parse_args(argv)
+    targets = parse_targets(args.target)
     bundle = json.loads((args.model / "bundle.json").read_text())
     ev = evaluate(args.model, args.data, args.protocol)
     plot = args.doc.with_name(f"{args.name}-calibration.png")
@@ -252,11 +300,28 @@ def main(argv: list[str] | None = None) -> int:
     calibration_plot(
         np.array(ev["per_image"]["true"]), np.array(ev["per_image"]["predicted"]), ev["threshold"], plot
     )
-    command = (
-        f"python benchmarks/model_card.py --model {args.model.as_posix()} --name {args.name} "
-        f'--data {args.data} --protocol {args.protocol} --train-command "..." --doc {args.doc.as_posix()}'
-    )
+    command = shlex.join(
+        [
+            "python", "benchmarks/model_card.py", "--model", args.model.as_posix(), "--name", args.name,
+            "--data", args.data, *(["--protocol", args.protocol] if args.protocol else []),
+            "--train-command", args.train_command, "--doc", args.doc.as_posix(),
+            *(a for t in args.target for a in ("--target", t)),
+            *(a for n in args.note for a in ("--note", n)),
+        ]
+    )  # fmt: skip
     pipeline = bundle["pipeline"]
+    metrics = {
+        "segmentation.jaccard_mean": round(ev["segmentation"]["jaccard"]["estimate"], 4),
+        "segmentation.dice_mean": round(ev["segmentation"]["dice"]["estimate"], 4),
+        "segmentation.failure_rate": round(ev["segmentation"]["failure_rate"]["estimate"], 4),
+        **{f"quality.{k}": round(ev["quality"][k]["estimate"], 4) for k in ("auroc", "rmse", "spearman")},
+        "referral.threshold": ev["threshold"],
+        "referral.referral_rate": round(ev["gate"]["referral_rate"]["estimate"], 4),
+        "referral.failure_recall": round(ev["gate"]["failure_recall"]["estimate"], 4),
+    }
+    unknown = sorted(set(targets) - set(metrics))
+    if unknown:
+        ap.error(f"--target: unknown metric {', '.join(unknown)}; known: {', '.join(metrics)}")
     card = {
         "name": args.name,
         "title": TEXT["title"],
@@ -274,17 +339,11 @@ def main(argv: list[str] | None = None) -> int:
             f"tested on {ev['n_test']} images at 224 x 224 px."
         ),
         "training": args.train_command,
-        "metrics": {
-            "segmentation.jaccard_mean": round(ev["segmentation"]["jaccard"]["estimate"], 4),
-            "segmentation.dice_mean": round(ev["segmentation"]["dice"]["estimate"], 4),
-            "segmentation.failure_rate": round(ev["segmentation"]["failure_rate"]["estimate"], 4),
-            **{f"quality.{k}": round(ev["quality"][k]["estimate"], 4) for k in ("auroc", "rmse", "spearman")},
-            "referral.threshold": ev["threshold"],
-            "referral.referral_rate": round(ev["gate"]["referral_rate"]["estimate"], 4),
-            "referral.failure_recall": round(ev["gate"]["failure_recall"]["estimate"], 4),
-        },
+        "metrics": metrics,
         "limits": [
             *(x.format(n_train=bundle["data"].get("n_train")) for x in TEXT["limits"]),
+            *([targets_limit(targets, metrics)] if targets else []),
+            *args.note,
             operating_point(ev),
             parts_limit(ev),
         ],
@@ -390,7 +449,7 @@ def render(card: dict[str, Any], ev: dict[str, Any], plot: str, bundle: dict[str
         "## Reproduce",
         "",
         "```",
-        command.replace('"..."', '"<the training command above>"'),
+        command,
         "```",
         "",
         f"Model folder checksum (`manifest_sha256`): `{bundle.get('manifest_sha256')}`.",

@@ -7,6 +7,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from segqc.data.synthetic import write_synthetic
 from segqc.models import CARD_FIELDS, shipped_models
 
@@ -24,6 +26,8 @@ def test_the_card_is_generated_from_the_model_run_on_test_images(tmp_path):
     write_synthetic(tmp_path / "data", 20, 64)
     doc = tmp_path / "docs" / "card.md"
     args = ["--model", str(model), "--name", "isic2017", "--data", str(tmp_path / "data")]
+    args += ["--target", "segmentation.jaccard_mean=1.0", "--target", "quality.rmse=1.0"]
+    args += ["--note", "Chosen among 3 settings on the test images."]
     assert card_module.main([*args, "--train-command", "segqc train --out x", "--doc", str(doc)]) == 0
 
     card = json.loads((model / "card.json").read_text())
@@ -44,3 +48,11 @@ def test_the_card_is_generated_from_the_model_run_on_test_images(tmp_path):
     assert f"of the {bound['n_bounded']} test images that have one" in text
     assert "| Segmentation Jaccard (mean) |" in text and "isic2017-calibration.png" in text
     assert (doc.parent / "isic2017-calibration.png").stat().st_size > 1000
+    # the targets are judged from the measured metrics (a Jaccard of 1 is out of reach, an RMSE <= 1
+    # always met), the note is a limit, and the command at the end runs as written
+    assert "It misses targets set for it (on the test images; segmentation.jaccard_mean >= 1: " in text
+    assert "missed; quality.rmse <= 1: " in text and text.count(", met") == 1
+    assert card["limits"][4] == "Chosen among 3 settings on the test images."
+    assert "--train-command 'segqc train --out x'" in text and "--note 'Chosen among 3" in text
+    with pytest.raises(SystemExit):
+        card_module.main([*args[:6], "--target", "auroc=0.9", "--train-command", "x", "--doc", str(doc)])
