@@ -15,7 +15,7 @@ from scipy.stats import norm
 from segqc.data.dataset import SegData
 from segqc.errors import SegQCError
 from segqc.experiment.config import CROSSFIT_SUFFIX
-from segqc.metrics import bootstrap_rows, jaccard
+from segqc.metrics import QUALITY_KEYS, bootstrap_rows, jaccard
 from segqc.report import (
     TABLE_COLUMNS,
     format_value,
@@ -521,6 +521,15 @@ def write_experiment_report(
     return write_markdown(out / "report.md", lines)
 
 
+def seed_counts(per_seed: list[dict[str, Any]]) -> dict[str, int]:
+    """Per metric, how many seeds have a finite value (the ones its mean and std average)."""
+    counts = {}
+    for k in QUALITY_KEYS:
+        values = [s["metrics"].get(k) for s in per_seed]
+        counts[k] = sum(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+    return counts
+
+
 def render_report(
     out_dir: str | Path, *, paper_table: str | Path | None = None, command: list[str] | None = None
 ) -> dict[str, Any]:
@@ -552,6 +561,9 @@ def render_report(
     if not ok:
         raise SegQCError(f"{path}: not a results.json written by segqc experiment")
     results = portable_results(results)
+    for row in results["rows"]:  # results written before rows counted their seeds
+        if isinstance(row, dict) and "n_seeds" not in row and isinstance(row.get("per_seed"), list):
+            row["n_seeds"] = seed_counts(row["per_seed"])
     if command is not None:
         results["rendered_by"] = " ".join(portable_command(command))
     write_experiment_report(out, results, paper_table=paper_table)

@@ -132,7 +132,7 @@ def run_experiment(
     Returns:
         The content of ``results.json``.
     """
-    from segqc.experiment.report import portable_command, portable_path, write_experiment_report
+    from segqc.experiment.report import portable_command, portable_path, seed_counts, write_experiment_report
 
     start = time.perf_counter()
     out = Path(out_dir)
@@ -198,11 +198,10 @@ def run_experiment(
 
     result_rows = []
     for row in rows:
-        metrics, std, n_seeds = {}, {}, {}
+        metrics, std = {}, {}
         for k in QUALITY_KEYS:
-            values = [s["metrics"][k] for s in row.per_seed]
-            metrics[k], std[k] = _mean_std(values)
-            n_seeds[k] = sum(v is not None and math.isfinite(v) for v in values)
+            metrics[k], std[k] = _mean_std([s["metrics"][k] for s in row.per_seed])
+        n_seeds = seed_counts(row.per_seed)
         seg_mean, seg_std = _mean_std([s["segmentation_jaccard"] for s in row.per_seed])
         result_rows.append(
             {
