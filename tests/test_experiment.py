@@ -27,6 +27,7 @@ from segqc.experiment.report import (
 )
 from segqc.experiment.run import warn_if_few_failures_or_passes
 from segqc.metrics import QUALITY_KEYS
+from segqc.quality.rca import PRIOR_STRENGTHS as RCA_PRIOR_STRENGTHS
 from segqc.segmenter import Segmenter
 from segqc.uncertainty import METHODS
 from segqc.utils import json_ready
@@ -165,6 +166,15 @@ def test_end_to_end_results_json(full_run, folder):
         t1, q1 = (np.array(entry["per_seed"][1][k]) for k in ("true_jaccard", "predicted_jaccard"))
         assert np.sqrt(np.mean((q1 - t1) ** 2)) == pytest.approx(row["per_seed"][1]["metrics"]["rmse"])
         assert row["n_seeds"]["rmse"] == 2
+    # what a g learned on training images is kept per seed and named under the table: RCA's prior
+    rca = next(r for r in res["rows"] if r["method"] == "rca")
+    fitted = [s["fitted"] for s in rca["per_seed"]]
+    assert all(f["prior_strength_"] in RCA_PRIOR_STRENGTHS for f in fitted)
+    assert set(fitted[0]["validation_spearman_"]) == {f"{v:g}" for v in RCA_PRIOR_STRENGTHS}
+    values = [f"{f['prior_strength_']:g} (seed {seed})" for f, seed in zip(fitted, (0, 1))]
+    note = f"- `rca` learned on training images: prior_strength_ {', '.join(values)}."
+    assert note in (out / "table1.md").read_text()
+    assert all("fitted" not in s for r in res["rows"] if r["method"] != "rca" for s in r["per_seed"])
     # intervals for every row and metric, paired differences to the no-uncertainty rows
     stats = res["statistics"]
     assert stats["seeds"] == [0, 1] and stats["n_images"] == len(test_ids)
@@ -268,6 +278,12 @@ def test_report_only_rebuilds_from_results_json_with_portable_paths(full_run, tm
     report = (folder / "report.md").read_text()
     assert "figures/fig2.png" in report and "report re-rendered from results.json" in report
     assert render_report(folder, paper_table=tmp_path / "none.json")["paper_table"] is None
+    # notes: given ones replace the stored ones, none given keeps them
+    note = ["--report-only", "--out", "copy", "--note", "Row rca: superseded.", "--note", "Second."]
+    assert CliRunner().invoke(command, note).exit_code == 0
+    assert CliRunner().invoke(command, ["--report-only", "--out", "copy"]).exit_code == 0
+    assert strict_json(folder / "results.json")["notes"] == ["Row rca: superseded.", "Second."]
+    assert "## Notes\n\n- Row rca: superseded.\n- Second.\n" in (folder / "table1.md").read_text()
 
 
 def test_an_out_folder_of_a_run_with_other_settings_is_named_before_it_is_replaced(tmp_path):

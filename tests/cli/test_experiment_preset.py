@@ -74,4 +74,6 @@ def test_report_only_refuses_options_it_would_ignore(tmp_path):
     args = ["--report-only", "--out", str(tmp_path), "--seeds", "2", "--quality-epochs", "3"]
     result = CliRunner().invoke(cli, ["experiment", *args])
     assert result.exit_code == 2, result.output
-    assert "takes only --out, --paper-table and --quiet; drop --seeds, --quality-epochs" in result.output
+    assert (
+        "takes only --out, --paper-table, --note and --quiet; drop --seeds, --quality-epochs" in result.output
+    )

@@ -107,6 +107,13 @@ def _setting(flag: str, help: str, type: click.ParamType) -> Any:
         "if it exists; none: no paper lines).",
     ),
     click.option(
+        "--note",
+        "notes",
+        multiple=True,
+        help="A note to show under the tables (e.g. what a row's setting was chosen on), kept in "
+        "results.json; repeatable. With --report-only, given notes replace the stored ones.",
+    ),
+    click.option(
         "--preset",
         type=click.Choice(["paper"]),
         default=None,
@@ -144,6 +151,7 @@ def experiment(
     seed: int | None,
     quiet: bool,
     paper_table: Path | None,
+    notes: tuple[str, ...],
     preset: str | None,
     time_budget: float | None,
     report_only: bool,
@@ -177,16 +185,18 @@ def experiment(
         ignored = [
             max(param.opts, key=len)
             for param in ctx.command.params
-            if param.name not in ("out", "paper_table", "report_only", "quiet")
+            if param.name not in ("out", "paper_table", "report_only", "quiet", "notes")
             and ctx.get_parameter_source(param.name) is click.core.ParameterSource.COMMANDLINE
         ]
         if ignored:  # they would change nothing: the tables come from results.json as it is
             raise click.UsageError(
-                f"--report-only rebuilds the tables from --out/results.json and takes only --out, "
-                f"--paper-table and --quiet; drop {', '.join(ignored)} (or leave out --report-only to run)"
+                "--report-only rebuilds the tables from --out/results.json and takes only --out, "
+                f"--paper-table, --note and --quiet; drop {', '.join(ignored)} "
+                "(or leave out --report-only to run)"
             )
 
-        render_report(out, paper_table=paper_table, command=["segqc", *sys.argv[1:]])
+        command = ["segqc", *sys.argv[1:]]
+        render_report(out, paper_table=paper_table, command=command, notes=list(notes) if notes else None)
         click.echo(f"rewrote {out / 'table1.md'}, {out / 'report.md'} and {out / 'results.json'}")
         return
     options = (("--seeds", n_seeds), ("--seed-list", seed_list), ("--seed", seed))
@@ -223,6 +233,7 @@ def experiment(
                 progress=not quiet,
                 command=["segqc", *sys.argv[1:]],
                 paper_table=paper_table,
+                notes=list(notes),
             )
     except engine.TimeBudgetExceeded:
         click.echo(

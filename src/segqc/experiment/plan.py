@@ -74,6 +74,13 @@ def _no_payloads(unit: Unit) -> Payload:
     raise RuntimeError(f"this planner cannot compute units (no get given): {unit.label}")
 
 
+def fitted_settings(predictor: Any) -> dict[str, Any]:
+    """The settings a predictor chose in ``fit`` (its ``chosen_settings``, e.g. RCA's
+    ``prior_strength_`` and the validation scores it was chosen by)."""
+    names = getattr(predictor, "chosen_settings", ())
+    return {k: getattr(predictor, k) for k in names if hasattr(predictor, k)}
+
+
 class Planner:
     """Builds the units of an experiment on ``train`` and ``test``; ``get`` returns the payload of a
     unit another one reads (a :class:`~segqc.experiment.units.UnitRunner`'s ``get``)."""
@@ -177,7 +184,8 @@ class Planner:
             test_samples = quality_samples(self.test, stored_prediction(self.get(test_pred)), labelled=False)
             predictor = fit_predictor(row.predictor, pcfg, train_samples, progress=self.progress)
             q = np.asarray(predictor.predict(test_samples), dtype=np.float64)
-            return Payload(arrays={"predicted": q}, meta={"history": getattr(predictor, "history_", None)})
+            meta = {"history": getattr(predictor, "history_", None), "fitted": fitted_settings(predictor)}
+            return Payload(arrays={"predicted": q}, meta=meta)
 
         slug = row.name.replace(CROSSFIT_SUFFIX, "-crossfit").replace(" ", "_")
         return Unit("g", f"g-{slug}-s{seed}", key, compute)

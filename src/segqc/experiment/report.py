@@ -404,6 +404,8 @@ def table1_markdown(
         "",
         "## Notes",
         "",
+        *[f"- {note}" for note in results.get("notes", [])],
+        *fitted_notes(results["rows"]),
         f"- Each method row is the paper's g(x, y^, z) on the maps of that method's f; the baselines "
         f"({', '.join(cfg['baselines']) or 'none'}) read the masks of the "
         f"`{results.get('baseline_f', cfg['methods'][0])}` f.",
@@ -416,6 +418,26 @@ def table1_markdown(
         "",
     ]
     return "\n".join(lines + notes)
+
+
+def _plain(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def fitted_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """One note per row whose g learned settings of its own (e.g. RCA's ``prior_strength_``), with
+    the value of each seed; the scores they were chosen by stay in results.json."""
+    notes = []
+    for row in rows:
+        per_seed = [s for s in row.get("per_seed", []) if s.get("fitted")]
+        keys = sorted({k for s in per_seed for k, v in s["fitted"].items() if not isinstance(v, dict)})
+        if keys:
+            values = "; ".join(
+                f"{k} " + ", ".join(f"{_plain(s['fitted'].get(k, '?'))} (seed {s['seed']})" for s in per_seed)
+                for k in keys
+            )
+            notes.append(f"- `{row['method']}` learned on training images: {values}.")
+    return notes
 
 
 def plot_fig2(
@@ -531,7 +553,11 @@ def seed_counts(per_seed: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def render_report(
-    out_dir: str | Path, *, paper_table: str | Path | None = None, command: list[str] | None = None
+    out_dir: str | Path,
+    *,
+    paper_table: str | Path | None = None,
+    command: list[str] | None = None,
+    notes: list[str] | None = None,
 ) -> dict[str, Any]:
     """Rebuild table1.md, report.md and figures/fig3.png from ``out_dir/results.json``, without
     retraining or the test images (figures/fig2.png is kept as it is). The command and data paths in
@@ -542,6 +568,8 @@ def render_report(
         out_dir: a folder written by ``segqc experiment``.
         paper_table: the paper's Table 1 JSON (default: :func:`find_paper_table`).
         command: the re-rendering command to record (``rendered_by``), e.g. ``sys.argv``.
+        notes: notes to show under the tables (kept in results.json), replacing the stored ones;
+            ``None`` keeps them.
     """
     out = Path(out_dir)
     path = out / "results.json"
@@ -564,6 +592,8 @@ def render_report(
     for row in results["rows"]:  # results written before rows counted their seeds
         if isinstance(row, dict) and "n_seeds" not in row and isinstance(row.get("per_seed"), list):
             row["n_seeds"] = seed_counts(row["per_seed"])
+    if notes is not None:
+        results["notes"] = list(notes)
     if command is not None:
         results["rendered_by"] = " ".join(portable_command(command))
     write_experiment_report(out, results, paper_table=paper_table)

@@ -113,6 +113,7 @@ def run_experiment(
     progress: bool = True,
     command: list[str] | None = None,
     paper_table: str | Path | None = None,
+    notes: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the experiment; write results.json, table1.md, report.md and figures/.
 
@@ -129,6 +130,7 @@ def run_experiment(
         paper_table: the paper's Table 1 JSON to show beside ours; by default
             ``../shared/paper/table1.json`` if it exists (see
             :func:`segqc.experiment.report.find_paper_table`); without one, no paper lines.
+        notes: notes to show under the tables (kept in results.json).
     Returns:
         The content of ``results.json``.
     """
@@ -184,11 +186,17 @@ def run_experiment(
             if s_i == 0:
                 first.setdefault("maps", {})[m] = (pred.mask, pred.uncertainty)
         for i, row in enumerate(rows):
-            q = runner.get(plan.g_units[i]).arrays["predicted"]
+            g = runner.get(plan.g_units[i])
+            q = g.arrays["predicted"]
             metrics = score_quality(q, true_j[row.method], cfg.threshold)  # one-class test sets: null
-            row.per_seed.append(
-                {"seed": seed, "metrics": metrics, "segmentation_jaccard": float(true_j[row.method].mean())}
-            )
+            entry = {
+                "seed": seed,
+                "metrics": metrics,
+                "segmentation_jaccard": float(true_j[row.method].mean()),
+            }
+            if g.meta.get("fitted"):  # e.g. RCA's prior_strength_, chosen on training images
+                entry["fitted"] = g.meta["fitted"]
+            row.per_seed.append(entry)
             per_image_seeds.setdefault(row.name, []).append(
                 {"seed": seed, "true_jaccard": true_j[row.method].tolist(), "predicted_jaccard": q.tolist()}
             )
@@ -255,6 +263,7 @@ def run_experiment(
             for id_, t, q in zip(test.ids, t0, q0)
         ],
         # per row: the first seed's values (as before), and every seed's under "per_seed"
+        "notes": list(notes or []),
         "per_image_by_row": {
             name: {
                 "seed": cfg.seeds[0],

@@ -26,6 +26,9 @@ class QualityPredictor(ABC):
     #: Whether ``fit`` learns from f's predictions (masks, maps and their true Jaccard). RCA learns only
     #: from reference images with their ground truth, so cross-fitting f changes nothing for it.
     learns_from_predictions: ClassVar[bool] = True
+    #: Fitted attributes that are settings chosen in ``fit`` (not weights), recorded with the results
+    #: so a reader can see what was chosen and on what (e.g. RCA's ``prior_strength_``).
+    chosen_settings: ClassVar[tuple[str, ...]] = ()
 
     def get_params(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if not k.endswith("_") and not k.startswith("_")}

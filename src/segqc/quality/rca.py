@@ -182,6 +182,7 @@ class ReverseClassificationAccuracy(QualityPredictor):
 
     uses_uncertainty = False
     learns_from_predictions = False
+    chosen_settings = ("prior_strength_", "validation_spearman_")
 
     def __init__(
         self,
