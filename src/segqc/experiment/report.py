@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -510,7 +511,7 @@ def write_experiment_report(
     has_fig2 = (out / "figures" / "fig2.png").is_file()
 
     units = results.get("units", {})
-    command = " ".join(results.get("command") or [])
+    command = shlex.join(results.get("command") or [])  # runnable as shown
     lines = [
         "# segqc experiment",
         "",
@@ -595,7 +596,7 @@ def render_report(
     if notes is not None:
         results["notes"] = list(notes)
     if command is not None:
-        results["rendered_by"] = " ".join(portable_command(command))
+        results["rendered_by"] = shlex.join(portable_command(command))
     write_experiment_report(out, results, paper_table=paper_table)
     write_json(path, results)
     return results
