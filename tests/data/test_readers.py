@@ -293,3 +293,14 @@ def test_masks_are_found_whatever_the_case_of_their_name(tmp_path):
     # an exactly named one is taken
     (root / "masks" / "case1_segmentation.png").write_bytes(mask)
     assert find_pairs(root)["case1"].mask.name == "case1_segmentation.png"
+    # ids that differ only in case: the other case of a name is not taken when it is another image's
+    # own mask name, and two images never share one mask
+    root = make_folder(tmp_path / "ids", n=0)
+    write_rgb(root / "images" / "A.png", seed=1)
+    write_rgb(root / "images" / "a.png", seed=2)
+    write_mask(root / "masks" / "a_segmentation.png")
+    pairs = find_pairs(root)
+    assert pairs["a"].mask.name == "a_segmentation.png" and pairs["A"].mask is None
+    (root / "masks" / "a_segmentation.png").rename(root / "masks" / "a_Segmentation.png")
+    with pytest.raises(DataError, match="would share the mask a_Segmentation.png"):
+        find_pairs(root)

@@ -297,16 +297,30 @@ def find_folder(root: str | Path, mask_pattern: str | None = None) -> dict[str, 
     if mask_pattern is None:
         found = [sum(p.format(id=i.stem).lower() in masks for i in images) for p in MASK_PATTERNS]
         mask_pattern = MASK_PATTERNS[found.index(max(found))] if images else MASK_PATTERNS[-1]
+    own_names = {mask_pattern.format(id=p.stem) for p in images}
     pairs: dict[str, Pair] = {}
+    taken: dict[Path, Path] = {}  # mask -> the image it serves
     for path in images:
         if path.stem in pairs:
             raise DataError(f"{path}: two images share the id {path.stem!r}")
         name = mask_pattern.format(id=path.stem)
         exact = root / "masks" / name
-        same_name = [exact] if exact.is_file() else masks.get(name.lower(), [])
+        # another case of the name serves too, unless it is exactly another image's mask name
+        same_name = (
+            [exact]
+            if exact.is_file()
+            else [m for m in masks.get(name.lower(), []) if m.name not in own_names]
+        )
         if len(same_name) > 1:
             raise DataError(f"{path}: two masks differ only in case: {', '.join(m.name for m in same_name)}")
-        pairs[path.stem] = Pair(path.stem, path, same_name[0] if same_name else None)
+        mask = same_name[0] if same_name else None
+        if mask is not None and mask in taken:
+            raise DataError(
+                f"{taken[mask]} and {path} would share the mask {mask.name} (ids differ only in case)"
+            )
+        if mask is not None:
+            taken[mask] = path
+        pairs[path.stem] = Pair(path.stem, path, mask)
     return pairs
 
 
