@@ -19,6 +19,7 @@ from segqc.data.synthetic import make_synthetic, write_synthetic
 from segqc.errors import SegQCError, SegQCWarning, UnknownNameError
 from segqc.experiment import ExperimentConfig, Payload, Planner, Unit, UnitStore, run_experiment, training_key
 from segqc.experiment.report import (
+    code_span,
     interval_cell,
     load_paper_table,
     render_report,
@@ -172,7 +173,7 @@ def test_end_to_end_results_json(full_run, folder):
     assert all(f["prior_strength_"] in RCA_PRIOR_STRENGTHS for f in fitted)
     assert set(fitted[0]["validation_spearman_"]) == {f"{v:g}" for v in RCA_PRIOR_STRENGTHS}
     values = [f"{f['prior_strength_']:g} (seed {seed})" for f, seed in zip(fitted, (0, 1))]
-    note = f"- `rca` learned on training images: prior_strength_ {', '.join(values)}."
+    note = f"a fixed one as given): prior_strength_ {', '.join(values)}."
     assert note in (out / "table1.md").read_text()
     assert all("fitted" not in s for r in res["rows"] if r["method"] != "rca" for s in r["per_seed"])
     # intervals for every row and metric, paired differences to the no-uncertainty rows
@@ -284,6 +285,21 @@ def test_report_only_rebuilds_from_results_json_with_portable_paths(full_run, tm
     assert CliRunner().invoke(command, ["--report-only", "--out", "copy"]).exit_code == 0
     assert strict_json(folder / "results.json")["notes"] == ["Row rca: superseded.", "Second."]
     assert "## Notes\n\n- Row rca: superseded.\n- Second.\n" in (folder / "table1.md").read_text()
+    # a note is one line (a newline would start a heading), a backtick cannot end the command's code
+    odd = "two\n## lines `x` | y"
+    assert CliRunner().invoke(command, ["--report-only", "--out", "copy", "--note", odd]).exit_code == 0
+    assert "- two ## lines `x` | y\n" in (folder / "table1.md").read_text()
+    report = (folder / "report.md").read_text()
+    assert "\n## lines" not in report and "\n- two ## lines `x` | y\n" in report
+    render_report(folder, command=["segqc", "experiment", "--note", "a `b`"])
+    assert "by ``segqc experiment --note 'a `b`'``" in (folder / "report.md").read_text()
+    # --note '' clears them; notes that are not a list of strings are one error
+    assert CliRunner().invoke(command, ["--report-only", "--out", "copy", "--note", ""]).exit_code == 0
+    assert strict_json(folder / "results.json")["notes"] == []
+    broken = {**strict_json(folder / "results.json"), "notes": "abc"}
+    (folder / "results.json").write_text(json.dumps(broken))
+    with pytest.raises(SegQCError, match="'notes' must be a list of strings"):
+        render_report(folder)
 
 
 def test_an_out_folder_of_a_run_with_other_settings_is_named_before_it_is_replaced(tmp_path):
@@ -299,10 +315,13 @@ def test_an_out_folder_of_a_run_with_other_settings_is_named_before_it_is_replac
 
     train, test = images("a", "b", "c"), images("d", "e")
     data = {"train_ids": list(train.ids), "test_ids": list(test.ids)}
-    (tmp_path / "results.json").write_text(json.dumps({"config": cfg.to_dict(), "data": data}))
+    notes = ["prior_strength 64 was chosen on test images."]
+    earlier = {"config": cfg.to_dict(), "data": data, "notes": notes}
+    (tmp_path / "results.json").write_text(json.dumps(earlier))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        warn_if_replacing_another_run(tmp_path, cfg, train, test)  # the same run resumed: no warning
+        # the same run resumed: no warning, and its notes are kept
+        assert warn_if_replacing_another_run(tmp_path, cfg, train, test) == notes
         warn_if_replacing_another_run(tmp_path, cfg.replace(device="cpu"), train, test)  # same results
         warn_if_replacing_another_run(tmp_path / "new", cfg, train, test)  # a new folder: no warning
         for odd in ('{"config": [[1, 2]], "data": {}}', "[]", "{", "[" * 100_000):
@@ -311,8 +330,8 @@ def test_an_out_folder_of_a_run_with_other_settings_is_named_before_it_is_replac
             warn_if_replacing_another_run(tmp_path / "odd", cfg, train, test)  # replaced without a word
     other = cfg.replace(seeds=[0], quality_epochs=2)
     expected = r"other settings \(quality_epochs 4 -> 2; seeds \[0, 1\] -> \[0\]; other test images\)"
-    with pytest.warns(SegQCWarning, match=expected):
-        warn_if_replacing_another_run(tmp_path, other, train, images("d", "f"))
+    with pytest.warns(SegQCWarning, match=expected):  # another run's notes are not carried over
+        assert warn_if_replacing_another_run(tmp_path, other, train, images("d", "f")) == []
 
 
 @pytest.mark.parametrize("content", ["[]", '{"config": {}}', "{", "[" * 100_000])
@@ -714,3 +733,10 @@ def test_few_failing_or_passing_test_images_are_warned_about():
         warn_if_few_failures_or_passes(summary(0.5, 0.09), 0.7)
     with pytest.warns(SegQCWarning, match="msp seed 0: 95 of 100 fail"):
         warn_if_few_failures_or_passes(summary(0.95), 0.7)
+
+
+def test_code_span_holds_any_backticks():
+    assert code_span("segqc experiment --out x") == "`segqc experiment --out x`"
+    assert code_span("a `b` c") == "``a `b` c``"
+    assert code_span("`a``") == "``` `a`` ```"
+    assert code_span("one\ntwo") == "`one two`"

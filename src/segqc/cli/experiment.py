@@ -111,7 +111,8 @@ def _setting(flag: str, help: str, type: click.ParamType) -> Any:
         "notes",
         multiple=True,
         help="A note to show under the tables (e.g. what a row's setting was chosen on), kept in "
-        "results.json; repeatable. With --report-only, given notes replace the stored ones.",
+        "results.json; repeatable. Given notes replace the stored ones (--note '' clears them); "
+        "without --note a rerun of the same settings keeps them.",
     ),
     click.option(
         "--preset",
@@ -233,7 +234,7 @@ def experiment(
                 progress=not quiet,
                 command=["segqc", *sys.argv[1:]],
                 paper_table=paper_table,
-                notes=list(notes),
+                notes=list(notes) if notes else None,
             )
     except engine.TimeBudgetExceeded:
         click.echo(

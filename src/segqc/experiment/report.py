@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -405,7 +406,7 @@ def table1_markdown(
         "",
         "## Notes",
         "",
-        *[f"- {note}" for note in results.get("notes", [])],
+        *[f"- {note}" for note in clean_notes(results.get("notes") or [])],
         *fitted_notes(results["rows"]),
         f"- Each method row is the paper's g(x, y^, z) on the maps of that method's f; the baselines "
         f"({', '.join(cfg['baselines']) or 'none'}) read the masks of the "
@@ -422,7 +423,23 @@ def table1_markdown(
 
 
 def _plain(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def clean_notes(notes: list[str]) -> list[str]:
+    """Notes as one line each (a newline would end the bullet and could start a heading); blank
+    ones are dropped, so ``--note ''`` clears the notes."""
+    return [line for line in (" ".join(str(n).split()) for n in notes) if line]
+
+
+def code_span(text: str) -> str:
+    """``text`` as Markdown inline code, whatever backticks it holds (CommonMark: a longer fence)."""
+    text = " ".join(text.splitlines())
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def fitted_notes(rows: list[dict[str, Any]]) -> list[str]:
@@ -430,14 +447,18 @@ def fitted_notes(rows: list[dict[str, Any]]) -> list[str]:
     the value of each seed; the scores they were chosen by stay in results.json."""
     notes = []
     for row in rows:
-        per_seed = [s for s in row.get("per_seed", []) if s.get("fitted")]
+        per_seed = [s for s in row.get("per_seed", []) if isinstance(s.get("fitted"), dict) and s["fitted"]]
         keys = sorted({k for s in per_seed for k, v in s["fitted"].items() if not isinstance(v, dict)})
         if keys:
             values = "; ".join(
-                f"{k} " + ", ".join(f"{_plain(s['fitted'].get(k, '?'))} (seed {s['seed']})" for s in per_seed)
+                f"{k} "
+                + ", ".join(f"{_plain(s['fitted'].get(k))} (seed {s.get('seed', '?')})" for s in per_seed)
                 for k in keys
             )
-            notes.append(f"- `{row['method']}` learned on training images: {values}.")
+            notes.append(
+                f"- `{row['method']}`'s settings chosen in fitting (on training images only; a fixed one "
+                f"as given): {values}."
+            )
     return notes
 
 
@@ -531,7 +552,7 @@ def write_experiment_report(
         "",
         "## Run",
         "",
-        f"- command: `{command}`",
+        f"- command: {code_span(command)}",
         f"- wall time {results.get('wall_time_s', 0.0):.0f} s; compute time of all units "
         f"{results.get('compute_time_s', 0.0):.0f} s; units computed {units.get('computed', '?')}, "
         f"reused from the cache {units.get('cached', '?')}",
@@ -539,7 +560,7 @@ def write_experiment_report(
         versions_line(results["versions"]),
     ]
     if results.get("rendered_by"):
-        lines.append(f"- report re-rendered from results.json by `{results['rendered_by']}`")
+        lines.append(f"- report re-rendered from results.json by {code_span(results['rendered_by'])}")
     lines.append("")
     return write_markdown(out / "report.md", lines)
 
@@ -593,8 +614,11 @@ def render_report(
     for row in results["rows"]:  # results written before rows counted their seeds
         if isinstance(row, dict) and "n_seeds" not in row and isinstance(row.get("per_seed"), list):
             row["n_seeds"] = seed_counts(row["per_seed"])
+    stored = results.get("notes", [])
+    if not isinstance(stored, list) or not all(isinstance(n, str) for n in stored):
+        raise SegQCError(f"{path}: 'notes' must be a list of strings")
     if notes is not None:
-        results["notes"] = list(notes)
+        results["notes"] = clean_notes(notes)
     if command is not None:
         results["rendered_by"] = shlex.join(portable_command(command))
     write_experiment_report(out, results, paper_table=paper_table)

@@ -50,17 +50,20 @@ def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
     return float(np.mean(finite)), (float(np.std(finite, ddof=1)) if len(finite) > 1 else None)
 
 
-def warn_if_replacing_another_run(out: Path, cfg: ExperimentConfig, train: SegData, test: SegData) -> None:
+def warn_if_replacing_another_run(
+    out: Path, cfg: ExperimentConfig, train: SegData, test: SegData
+) -> list[str]:
     """A ``SegQCWarning`` naming what differs when ``out`` holds the results of a run with other
     settings (the device aside) or other training or test images: they are replaced at the end
-    (finished units stay in the cache and are reused where they fit)."""
+    (finished units stay in the cache and are reused where they fit). Returns the notes of an
+    earlier run of the same settings and images (a resumed or repeated run keeps them), else ``[]``."""
     try:
         old = json.loads((out / "results.json").read_text())
         old_config, old_data = old["config"], old["data"]
         if not isinstance(old_config, dict) or not isinstance(old_data, dict):
-            return
+            return []
     except (OSError, ValueError, KeyError, TypeError, RecursionError):
-        return  # no earlier results (or unreadable ones, which are replaced too)
+        return []  # no earlier results (or unreadable ones, which are replaced too)
     new_config = json.loads(json.dumps(cfg.to_dict()))
     keys = sorted((set(old_config) | set(new_config)) - {"device"}, key=str)
     changed = [
@@ -78,6 +81,9 @@ def warn_if_replacing_another_run(out: Path, cfg: ExperimentConfig, train: SegDa
             SegQCWarning,
             stacklevel=3,
         )
+        return []
+    notes = old.get("notes")
+    return list(notes) if isinstance(notes, list) and all(isinstance(n, str) for n in notes) else []
 
 
 FEW_OF_A_CLASS = 10  # test images that fail (or pass) below which the classification metrics are noise
@@ -130,11 +136,18 @@ def run_experiment(
         paper_table: the paper's Table 1 JSON to show beside ours; by default
             ``../shared/paper/table1.json`` if it exists (see
             :func:`segqc.experiment.report.find_paper_table`); without one, no paper lines.
-        notes: notes to show under the tables (kept in results.json).
+        notes: notes to show under the tables (kept in results.json); ``None`` keeps those of an
+            earlier run of the same settings in ``out_dir``.
     Returns:
         The content of ``results.json``.
     """
-    from segqc.experiment.report import portable_command, portable_path, seed_counts, write_experiment_report
+    from segqc.experiment.report import (
+        clean_notes,
+        portable_command,
+        portable_path,
+        seed_counts,
+        write_experiment_report,
+    )
 
     start = time.perf_counter()
     out = Path(out_dir)
@@ -157,7 +170,8 @@ def run_experiment(
         raise SegQCError(f"the images are {train.size} px, the config says image_size {cfg.image_size}")
     resolve_device(cfg.device)  # fail early on --device cuda without CUDA
     if is_main_process():  # once, not per process of a distributed run
-        warn_if_replacing_another_run(out, cfg, train, test)
+        earlier_notes = warn_if_replacing_another_run(out, cfg, train, test)
+        notes = earlier_notes if notes is None else notes
     main = is_main_process()
     if main:
         write_json(out / "config.json", cfg.to_dict())
@@ -263,7 +277,7 @@ def run_experiment(
             for id_, t, q in zip(test.ids, t0, q0)
         ],
         # per row: the first seed's values (as before), and every seed's under "per_seed"
-        "notes": list(notes or []),
+        "notes": clean_notes(notes or []),
         "per_image_by_row": {
             name: {
                 "seed": cfg.seeds[0],
