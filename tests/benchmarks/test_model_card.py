@@ -54,5 +54,13 @@ def test_the_card_is_generated_from_the_model_run_on_test_images(tmp_path):
     assert "missed; quality.rmse <= 1: " in text and text.count(", met") == 1
     assert card["limits"][4] == "Chosen among 3 settings on the test images."
     assert "--train-command 'segqc train --out x'" in text and "--note 'Chosen among 3" in text
-    with pytest.raises(SystemExit):
-        card_module.main([*args[:6], "--target", "auroc=0.9", "--train-command", "x", "--doc", str(doc)])
+    # a bad target is refused before the evaluation runs
+    for bad in ("auroc=0.9", "quality.auroc=92", "quality.auroc=nan", "quality.auroc=1_0", "quality.auroc"):
+        with pytest.raises(SystemExit, match="--target"):
+            card_module.parse_targets([bad])
+    with pytest.raises(SystemExit, match="given twice"):
+        card_module.parse_targets(["quality.auroc=0.9", "quality.auroc=0.8"])
+    assert card_module.parse_targets(["quality.spearman=-0.5", " quality.auroc = .92"]) == {
+        "quality.spearman": -0.5,
+        "quality.auroc": 0.92,
+    }
