@@ -4,7 +4,8 @@ Usage::
 
     python benchmarks/model_card.py --model src/segqc/models/isic2017 --name isic2017 \\
         --data ../shared/data/isic2017 --protocol ../shared/data/isic2017/split.json \\
-        --train-command "segqc train ..." --doc docs/models/isic2017.md
+        --train-command "segqc train ..." --doc docs/models/isic2017.md \
+        [--target quality.auroc=0.92 ...] [--note "a limit the evaluation cannot see" ...]
 
 Runs the model as a user gets it (``segqc.assess.assess_images``: each test image at the data's own
 resolution, resized to the model's size and back) on the protocol's test images, and compares with
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import shlex
 import sys
@@ -213,11 +215,11 @@ def targets_limit(targets: dict[str, float], metrics: dict[str, float]) -> str:
     parts, missed = [], 0
     for key, goal in targets.items():
         lower = key in LOWER_IS_BETTER
-        met = metrics[key] <= goal if lower else metrics[key] >= goal
+        value = metrics[key]
+        met = value <= goal if lower else value >= goal  # False for NaN: an undefined metric misses
         missed += not met
-        parts.append(
-            f"{key} {'<=' if lower else '>='} {goal:g}: {metrics[key]:.4f}, {'met' if met else 'missed'}"
-        )
+        shown = f"{value:.4f}" if math.isfinite(value) else "undefined"
+        parts.append(f"{key} {'<=' if lower else '>='} {goal:g}: {shown}, {'met' if met else 'missed'}")
     verdict = "It misses targets set for it" if missed else "It meets the targets set for it"
     return f"{verdict} (on the test images; {'; '.join(parts)})."
 
@@ -295,8 +297,10 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="A target set for the model, e.g. segmentation.jaccard_mean=0.80 or quality.auroc=0.92 "
-        "(keys of the card's metrics); the card says whether each was met. Repeatable.",
+        help="A target set for the model, as a fraction, e.g. segmentation.jaccard_mean=0.80 or "
+        f"quality.auroc=0.92; KEY one of {', '.join(TARGET_KEYS)} (for "
+        f"{', '.join(sorted(LOWER_IS_BETTER))} a ceiling, else a floor). The card says whether each was "
+        "met. Repeatable.",
     )
     ap.add_argument(
         "--note",

@@ -173,7 +173,7 @@ def test_end_to_end_results_json(full_run, folder):
     assert all(f["prior_strength_"] in RCA_PRIOR_STRENGTHS for f in fitted)
     assert set(fitted[0]["validation_spearman_"]) == {f"{v:g}" for v in RCA_PRIOR_STRENGTHS}
     values = [f"{f['prior_strength_']:g} (seed {seed})" for f, seed in zip(fitted, (0, 1))]
-    note = f"a fixed one as given): prior_strength_ {', '.join(values)}."
+    note = f"(a fixed value as given): prior_strength {', '.join(values)}."
     assert note in (out / "table1.md").read_text()
     assert all("fitted" not in s for r in res["rows"] if r["method"] != "rca" for s in r["per_seed"])
     # intervals for every row and metric, paired differences to the no-uncertainty rows
@@ -300,12 +300,20 @@ def test_report_only_rebuilds_from_results_json_with_portable_paths(full_run, tm
     (folder / "results.json").write_text(json.dumps(broken))
     with pytest.raises(SegQCError, match="'notes' must be a list of strings"):
         render_report(folder)
+    assert render_report(folder, notes=["# kept as text"])["notes"] == ["\\# kept as text"]  # replaced
+    # a seed whose RCA unit was cached before chosen settings were kept says so
+    done = strict_json(folder / "results.json")
+    rca = next(r for r in done["rows"] if r["method"] == "rca")
+    del rca["per_seed"][1]["fitted"]
+    (folder / "results.json").write_text(json.dumps(done))
+    render_report(folder)
+    assert "not recorded (seed 1)." in (folder / "table1.md").read_text()
 
 
 def test_an_out_folder_of_a_run_with_other_settings_is_named_before_it_is_replaced(tmp_path):
     import warnings
 
-    from segqc.experiment.run import warn_if_replacing_another_run
+    from segqc.experiment.run import check_earlier_run
 
     cfg = ExperimentConfig(seeds=[0, 1], quality_epochs=4)
 
@@ -321,17 +329,17 @@ def test_an_out_folder_of_a_run_with_other_settings_is_named_before_it_is_replac
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         # the same run resumed: no warning, and its notes are kept
-        assert warn_if_replacing_another_run(tmp_path, cfg, train, test) == notes
-        warn_if_replacing_another_run(tmp_path, cfg.replace(device="cpu"), train, test)  # same results
-        warn_if_replacing_another_run(tmp_path / "new", cfg, train, test)  # a new folder: no warning
+        assert check_earlier_run(tmp_path, cfg, train, test) == notes
+        check_earlier_run(tmp_path, cfg.replace(device="cpu"), train, test)  # same results
+        check_earlier_run(tmp_path / "new", cfg, train, test)  # a new folder: no warning
         for odd in ('{"config": [[1, 2]], "data": {}}', "[]", "{", "[" * 100_000):
             (tmp_path / "odd").mkdir(exist_ok=True)
             (tmp_path / "odd" / "results.json").write_text(odd)
-            warn_if_replacing_another_run(tmp_path / "odd", cfg, train, test)  # replaced without a word
+            check_earlier_run(tmp_path / "odd", cfg, train, test)  # replaced without a word
     other = cfg.replace(seeds=[0], quality_epochs=2)
     expected = r"other settings \(quality_epochs 4 -> 2; seeds \[0, 1\] -> \[0\]; other test images\)"
     with pytest.warns(SegQCWarning, match=expected):  # another run's notes are not carried over
-        assert warn_if_replacing_another_run(tmp_path, other, train, images("d", "f")) == []
+        assert check_earlier_run(tmp_path, other, train, images("d", "f")) == []
 
 
 @pytest.mark.parametrize("content", ["[]", '{"config": {}}', "{", "[" * 100_000])

@@ -120,7 +120,8 @@ def _setting(flag: str, help: str, type: click.ParamType) -> Any:
         default=None,
         help="Start from named settings; options given explicitly override them. paper: the paper's "
         "setup (224 px, f 120 epochs, g 30 epochs, batches of 16, Adam 1e-3, 5 seeds, every row, MC dropout "
-        "after every central block: mcdropout.placement=segnet).",
+        "after every central block: mcdropout.placement=segnet); a --method-param adds to the preset's "
+        "settings of its method.",
     ),
     click.option(
         "--time-budget",

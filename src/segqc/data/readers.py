@@ -290,6 +290,10 @@ def find_folder(root: str | Path, mask_pattern: str | None = None) -> dict[str, 
             :data:`MASK_PATTERNS` that names an existing file for the most images (ties: the first),
             so one missing mask leaves out that image only, and one naming serves the whole folder
             (a mask copied into ``images/`` is not taken for an image with its own mask).
+
+    A mask name is matched whatever its case (``x_segmentation.PNG``), an exact name first; the
+    other case of a name is never another image's own mask name. Two masks that differ only in case,
+    or two images (ids differing in case) that would share one mask, are a :class:`DataError`.
     """
     root = Path(root)
     images = sorted(p for p in (root / "images").iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)

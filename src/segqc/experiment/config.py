@@ -106,7 +106,11 @@ class ExperimentConfig(TrainingSettings):
 
     @classmethod
     def preset(cls, name: str | None) -> ExperimentConfig:
-        """The config of a named preset (:data:`PRESETS`), or the defaults for ``None``."""
+        """The config of a named preset (:data:`PRESETS`), or the defaults for ``None``.
+
+        ``.replace(method_params=...)`` replaces the preset's method settings whole; to add to them
+        (as ``--method-param`` does), merge into ``cfg.method_params`` first.
+        """
         if name is None:
             return cls()
         if name not in PRESETS:

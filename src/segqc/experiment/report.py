@@ -429,9 +429,11 @@ def _plain(value: Any) -> str:
 
 
 def clean_notes(notes: list[str]) -> list[str]:
-    """Notes as one line each (a newline would end the bullet and could start a heading); blank
-    ones are dropped, so ``--note ''`` clears the notes."""
-    return [line for line in (" ".join(str(n).split()) for n in notes) if line]
+    """Notes as one line each (a newline would end the bullet and could start a heading), a leading
+    ``#`` escaped (it would make the bullet a heading); blank ones are dropped, so ``--note ''``
+    clears the notes."""
+    lines = (" ".join(str(n).split()) for n in notes)
+    return [("\\" + line if line.startswith("#") else line) for line in lines if line]
 
 
 def code_span(text: str) -> str:
@@ -443,22 +445,35 @@ def code_span(text: str) -> str:
 
 
 def fitted_notes(rows: list[dict[str, Any]]) -> list[str]:
-    """One note per row whose g learned settings of its own (e.g. RCA's ``prior_strength_``), with
-    the value of each seed; the scores they were chosen by stay in results.json."""
+    """One note per row whose g chose settings in ``fit`` (its predictor's ``chosen_settings``, e.g.
+    RCA's ``prior_strength_``): each seed's value, or "not recorded" (a unit cached before they were
+    kept); the scores they were chosen by stay in results.json."""
+    from segqc.quality import PREDICTORS
+
     notes = []
     for row in rows:
-        per_seed = [s for s in row.get("per_seed", []) if isinstance(s.get("fitted"), dict) and s["fitted"]]
-        keys = sorted({k for s in per_seed for k, v in s["fitted"].items() if not isinstance(v, dict)})
-        if keys:
-            values = "; ".join(
-                f"{k} "
-                + ", ".join(f"{_plain(s['fitted'].get(k))} (seed {s.get('seed', '?')})" for s in per_seed)
-                for k in keys
+        try:
+            names = PREDICTORS.get(row.get("predictor")).chosen_settings
+        except Exception:  # a predictor this version does not know
+            continue
+        seeds = row.get("per_seed", [])
+        fitted = [s.get("fitted") if isinstance(s.get("fitted"), dict) else {} for s in seeds]
+        shown = [k for k in names if any(k in f and not isinstance(f[k], dict) for f in fitted)]
+        values = [
+            f"{k.rstrip('_')} "
+            + ", ".join(
+                f"{_plain(f[k]) if k in f else 'not recorded'} (seed {s.get('seed', '?')})"
+                for s, f in zip(seeds, fitted)
             )
+            for k in shown
+        ]
+        if names and values:
             notes.append(
-                f"- `{row['method']}`'s settings chosen in fitting (on training images only; a fixed one "
-                f"as given): {values}."
+                f"- `{row['method']}`: settings chosen in fitting, on training images only (a fixed value "
+                f"as given): {'; '.join(values)}."
             )
+        elif names:  # results of a version that did not keep them: what they were is not known here
+            notes.append(f"- `{row['method']}`: the settings it chose in fitting were not recorded.")
     return notes
 
 
@@ -614,11 +629,11 @@ def render_report(
     for row in results["rows"]:  # results written before rows counted their seeds
         if isinstance(row, dict) and "n_seeds" not in row and isinstance(row.get("per_seed"), list):
             row["n_seeds"] = seed_counts(row["per_seed"])
-    stored = results.get("notes", [])
-    if not isinstance(stored, list) or not all(isinstance(n, str) for n in stored):
-        raise SegQCError(f"{path}: 'notes' must be a list of strings")
     if notes is not None:
         results["notes"] = clean_notes(notes)
+    stored = results.get("notes", [])
+    if not isinstance(stored, list) or not all(isinstance(n, str) for n in stored):
+        raise SegQCError(f"{path}: 'notes' must be a list of strings (give --note to replace them)")
     if command is not None:
         results["rendered_by"] = shlex.join(portable_command(command))
     write_experiment_report(out, results, paper_table=paper_table)

@@ -50,9 +50,7 @@ def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
     return float(np.mean(finite)), (float(np.std(finite, ddof=1)) if len(finite) > 1 else None)
 
 
-def warn_if_replacing_another_run(
-    out: Path, cfg: ExperimentConfig, train: SegData, test: SegData
-) -> list[str]:
+def check_earlier_run(out: Path, cfg: ExperimentConfig, train: SegData, test: SegData) -> list[str]:
     """A ``SegQCWarning`` naming what differs when ``out`` holds the results of a run with other
     settings (the device aside) or other training or test images: they are replaced at the end
     (finished units stay in the cache and are reused where they fit). Returns the notes of an
@@ -104,7 +102,8 @@ def warn_if_few_failures_or_passes(segmentation: dict[str, dict[str, Any]], thre
         warnings.warn(
             f"few test images fail or pass (Jaccard < {threshold:g}) for some f ({'; '.join(few[:4])}"
             f"{'; ...' if len(few) > 4 else ''}): AUROC, AUPR and detection error rest on fewer than "
-            f"{FEW_OF_A_CLASS} images of a class, so they are noisy; use more test images",
+            f"{FEW_OF_A_CLASS} images of a class, so they are noisy (undefined with none); "
+            "use more test images",
             SegQCWarning,
             stacklevel=3,
         )
@@ -170,7 +169,7 @@ def run_experiment(
         raise SegQCError(f"the images are {train.size} px, the config says image_size {cfg.image_size}")
     resolve_device(cfg.device)  # fail early on --device cuda without CUDA
     if is_main_process():  # once, not per process of a distributed run
-        earlier_notes = warn_if_replacing_another_run(out, cfg, train, test)
+        earlier_notes = check_earlier_run(out, cfg, train, test)
         notes = earlier_notes if notes is None else notes
     main = is_main_process()
     if main:
@@ -245,8 +244,6 @@ def run_experiment(
         for k in ("jaccard_mean", "dice_mean", "failure_rate"):
             entry[k], entry[k.replace("_mean", "") + "_std"] = _mean_std([s[k] for s in per_seed])
         seg_summary[m] = {**entry, "n_images": len(test), "per_seed": per_seed}
-    if main:
-        warn_if_few_failures_or_passes(seg_summary, cfg.threshold)
 
     first_row = rows[0].name
     t0, q0 = first["quality"][first_row]
@@ -276,8 +273,8 @@ def run_experiment(
             {"id": id_, "true_jaccard": float(t), "predicted_jaccard": float(q)}
             for id_, t, q in zip(test.ids, t0, q0)
         ],
-        # per row: the first seed's values (as before), and every seed's under "per_seed"
         "notes": clean_notes(notes or []),
+        # per row: the first seed's values (as before), and every seed's under "per_seed"
         "per_image_by_row": {
             name: {
                 "seed": cfg.seeds[0],
@@ -293,4 +290,5 @@ def run_experiment(
         write_experiment_report(out, results, test=test, maps=first["maps"], paper_table=paper_table)
         results["wall_time_s"] = time.perf_counter() - start
         write_json(out / "results.json", results)  # again, with the report's time included
+        warn_if_few_failures_or_passes(seg_summary, cfg.threshold)  # after the writes: -W error loses nothing
     return results
