@@ -307,3 +307,17 @@ def test_masks_are_found_whatever_the_case_of_their_name(tmp_path):
     (root / "masks" / "a_segmentation.png").rename(root / "masks" / "a_Segmentation.png")
     with pytest.raises(DataError, match="would share the mask a_Segmentation.png"):
         find_pairs(root)
+
+
+def test_no_mask_at_all_says_where_masks_were_looked_for(tmp_path):
+    root = make_folder(tmp_path, n=2)
+    (root / "masks").rename(root / "Masks")
+    with pytest.raises(
+        DataError, match=r"no image has a ground-truth mask: there is no folder .*masks \(Masks/"
+    ):
+        load_folder(root, size=16, cache_dir=None)
+    (root / "Masks").rename(root / "masks")
+    for mask in (root / "masks").iterdir():
+        mask.rename(mask.with_name("x" + mask.name))
+    with pytest.raises(DataError, match=r"has no file named <id>_segmentation.png, <id>_lesion.png"):
+        load_folder(root, size=16, cache_dir=None)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from segqc.data.readers import Pair, check_splits, find_pairs, read_pair, read_protocol
+from segqc.data.readers import Pair, check_splits, find_pairs, missing_masks_hint, read_pair, read_protocol
 from segqc.errors import DataError, SegQCWarning
 from segqc.utils import atomic_write, canonical
 
@@ -106,7 +106,7 @@ def load_folder(
     if ids is None:
         ids = [i for i, p in pairs.items() if p.mask is not None]
         if not ids:
-            raise DataError(f"{root}: no image has a ground-truth mask")
+            raise DataError(f"{root}: no image has a ground-truth mask: {missing_masks_hint(root)}")
         unlabelled = [i for i, p in pairs.items() if p.mask is None]
         if unlabelled:  # left out by design, but a forgotten mask should not go unnoticed
             warnings.warn(

@@ -339,6 +339,21 @@ def _files_by_lower_name(folder: Path) -> dict[str, list[Path]]:
     return files
 
 
+def missing_masks_hint(root: str | Path) -> str:
+    """Why no image of ``root`` found a mask, for the error that says so."""
+    root = Path(root)
+    if any((root / image_dir).is_dir() for image_dir, _ in ISIC2017_SPLITS.values()):
+        return "expected ISIC-2017_*_Part1_GroundTruth/ISIC_<id>_segmentation.png"
+    masks = root / "masks"
+    if not masks.is_dir():
+        near = sorted(p.name for p in root.iterdir() if p.name.lower() == "masks" and p.is_dir())
+        return f"there is no folder {masks}" + (
+            f" ({near[0]}/ differs in case: rename it masks/)" if near else ""
+        )
+    names = ", ".join(p.replace("{id}", "<id>") for p in MASK_PATTERNS)
+    return f"{masks} has no file named {names} (any case) for any image in images/"
+
+
 def find_pairs(root: str | Path, mask_pattern: str | None = None) -> dict[str, Pair]:
     """Image/mask pairs under ``root``, in the ISIC 2017 layout or the generic folder layout."""
     root = Path(root)
