@@ -77,3 +77,15 @@ def test_report_only_refuses_options_it_would_ignore(tmp_path):
     assert (
         "takes only --out, --paper-table, --note and --quiet; drop --seeds, --quality-epochs" in result.output
     )
+
+
+@pytest.mark.parametrize(
+    ("methods", "expected"), [("msp", {}), ("msp,mcdropout", {"mcdropout": {"placement": "segnet"}})]
+)
+def test_the_presets_method_settings_are_kept_for_the_methods_run(tmp_path, methods, expected):
+    out = tmp_path / "run"
+    args = ["experiment", "--preset", "paper", *TINY, "--methods", methods, "--baselines", "none"]
+    args += ["--seed-list", "0", "--quiet", "--time-budget", "0.001", "--out", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == TIME_BUDGET_EXIT, result.output
+    assert json.loads((out / "config.json").read_text())["method_params"] == expected

@@ -213,7 +213,9 @@ def experiment(
     elif seed is not None:
         seeds = [seed]
     start = ExperimentConfig.preset(preset)
-    merged = {m: dict(p) for m, p in start.method_params.items()}  # a given setting overrides the preset's
+    run_methods = start.methods if methods is None else _names(methods)
+    # the preset's settings of the methods this run has; a given setting overrides the preset's
+    merged = {m: dict(p) for m, p in start.method_params.items() if m in run_methods}
     for method, params in method_params.items():
         merged.setdefault(method, {}).update(params)
     for method, params in merged.items():
@@ -222,7 +224,7 @@ def experiment(
         methods=_names(methods),
         baselines=_names(baselines),
         seeds=seeds,
-        method_params=merged or None,
+        method_params=merged,
         **settings,
     )
     try:
