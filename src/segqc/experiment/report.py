@@ -582,11 +582,7 @@ def write_experiment_report(
 
 def seed_counts(per_seed: list[dict[str, Any]]) -> dict[str, int]:
     """Per metric, how many seeds have a finite value (the ones its mean and std average)."""
-    counts = {}
-    for k in QUALITY_KEYS:
-        values = [s["metrics"].get(k) for s in per_seed]
-        counts[k] = sum(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
-    return counts
+    return {k: sum(_finite(s["metrics"].get(k)) for s in per_seed) for k in QUALITY_KEYS}
 
 
 def render_report(

@@ -168,11 +168,10 @@ def run_experiment(
     if train.size != cfg.image_size or test.size != cfg.image_size:
         raise SegQCError(f"the images are {train.size} px, the config says image_size {cfg.image_size}")
     resolve_device(cfg.device)  # fail early on --device cuda without CUDA
-    if is_main_process():  # once, not per process of a distributed run
+    main = is_main_process()
+    if main:  # once, not per process of a distributed run
         earlier_notes = check_earlier_run(out, cfg, train, test)
         notes = earlier_notes if notes is None else notes
-    main = is_main_process()
-    if main:
         write_json(out / "config.json", cfg.to_dict())
 
     runner = UnitRunner(out / "units", progress=progress)
